@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs what the tests need, then runs
+# formatting, lints and every test. This is the command README.md shows and .ci/run calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== toolchain components"
+rustup component add rustfmt clippy
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy (all targets, warnings are errors)"
+cargo clippy --all-targets -- -D warnings
+
+echo "== cargo test"
+# --show-output prints what passing tests report (fixture counts, refusals) after each binary.
+cargo test --all-targets -- --show-output

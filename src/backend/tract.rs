@@ -1,0 +1,222 @@
+//! The tract backend: CPU, f32, behind the guard of [`super::tract_guard`].
+//!
+//! tract wants concrete shapes to optimise a model, so one optimised plan is built per set of
+//! input shapes and kept for later runs with the same shapes.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+
+use super::tract_guard::tract_refusals;
+use super::Backend;
+use crate::error::{one_line, RecurError, Result};
+use crate::ir::RecurrentModel;
+use crate::model::Model;
+use crate::tensor::{CheckedInputs, HostTensor};
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// tract running one model, with its optimised plans cached by input shapes.
+pub struct TractBackend {
+    path: PathBuf,
+    ir: RecurrentModel,
+    model: InferenceModel,
+    guarded: bool,
+    plans: HashMap<Vec<Vec<usize>>, Plan>,
+}
+
+impl TractBackend {
+    /// Parses the model with tract, after the guard has accepted it.
+    pub fn new(model: &Model, _path: &std::path::Path) -> Result<Self> {
+        Self::build(model, true)
+    }
+
+    /// Parses the model with tract and no guard: tract's own answers, right or wrong. Only for
+    /// the tests that check each guard rule is still needed.
+    pub fn unguarded(model: &Model) -> Result<Self> {
+        Self::build(model, false)
+    }
+
+    fn build(model: &Model, guarded: bool) -> Result<Self> {
+        if guarded {
+            refuse_first(&model.ir, None)?;
+        }
+        let proto = &model.proto;
+        let parsed = guard_engine(&model.path, || {
+            tract_onnx::onnx().model_for_proto_model(proto)
+        })?;
+        Ok(TractBackend {
+            path: model.path.clone(),
+            ir: model.ir.clone(),
+            model: parsed,
+            guarded,
+            plans: HashMap::new(),
+        })
+    }
+
+    fn plan_for(&mut self, inputs: &CheckedInputs) -> Result<Plan> {
+        let shapes: Vec<Vec<usize>> = inputs
+            .tensors
+            .iter()
+            .map(|(_, t)| t.shape().to_vec())
+            .collect();
+        if let Some(plan) = self.plans.get(&shapes) {
+            return Ok(plan.clone());
+        }
+        let mut model = self.model.clone();
+        let outlets = model
+            .input_outlets()
+            .map_err(|e| self.engine_error(e))?
+            .to_vec();
+        for (i, outlet) in outlets.iter().enumerate() {
+            let name = model.node(outlet.node).name.clone();
+            let (_, tensor) = inputs
+                .tensors
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| RecurError::input(&name, "not given"))?;
+            let dt = match tensor {
+                HostTensor::F32(_) => f32::datum_type(),
+                HostTensor::I64(_) => i64::datum_type(),
+                HostTensor::I32(_) => i32::datum_type(),
+            };
+            model
+                .set_input_fact(i, InferenceFact::dt_shape(dt, tensor.shape()))
+                .map_err(|e| self.engine_error(e))?;
+        }
+        let plan = guard_engine(&self.path, move || model.into_optimized()?.into_runnable())
+            .map_err(|e| self.blame_node(e))?;
+        self.plans.insert(shapes, plan.clone());
+        Ok(plan)
+    }
+
+    /// tract reports a failing node as `Evaluating #N "name"`: such a failure becomes a
+    /// refusal of that node, so the user learns which layer the CPU path cannot run.
+    fn blame_node(&self, error: RecurError) -> RecurError {
+        let RecurError::Engine { message, .. } = &error else {
+            return error;
+        };
+        let named = message
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .find_map(|name| self.ir.layers.iter().find(|l| l.node == name));
+        match named {
+            Some(layer) => RecurError::Unsupported {
+                backend: "tract".into(),
+                node: layer.node.clone(),
+                op: layer.op.clone(),
+                reason: format!("tract 0.23.9 fails on it: {message}"),
+            },
+            None => error,
+        }
+    }
+
+    fn engine_error(&self, e: impl std::fmt::Display) -> RecurError {
+        RecurError::Engine {
+            backend: "tract".into(),
+            path: self.path.clone(),
+            message: one_line(&format!("{e:#}")),
+        }
+    }
+}
+
+impl Backend for TractBackend {
+    fn name(&self) -> &'static str {
+        "tract"
+    }
+
+    fn run(&mut self, inputs: &CheckedInputs) -> Result<Vec<(String, HostTensor)>> {
+        if self.guarded {
+            let shapes: HashMap<String, Vec<usize>> = inputs
+                .tensors
+                .iter()
+                .map(|(n, t)| (n.clone(), t.shape().to_vec()))
+                .collect();
+            refuse_first(&self.ir, Some(&shapes))?;
+        }
+        let plan = self.plan_for(inputs)?;
+        let outlets = plan
+            .model()
+            .input_outlets()
+            .map_err(|e| self.engine_error(e))?;
+        let mut values: TVec<TValue> = TVec::new();
+        for outlet in outlets {
+            let name = &plan.model().node(outlet.node).name;
+            let (_, tensor) = inputs
+                .tensors
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or_else(|| RecurError::input(name, "not given"))?;
+            let value: Tensor = match tensor {
+                HostTensor::F32(a) => a.clone().into(),
+                HostTensor::I64(a) => a.clone().into(),
+                HostTensor::I32(a) => a.clone().into(),
+            };
+            values.push(value.into_tvalue());
+        }
+        let outputs =
+            guard_engine(&self.path, || plan.run(values)).map_err(|e| self.blame_node(e))?;
+        outputs
+            .into_iter()
+            .zip(&self.ir.outputs)
+            .map(|(value, decl)| {
+                Ok((
+                    decl.name.clone(),
+                    to_host(&value).map_err(|e| self.engine_error(e))?,
+                ))
+            })
+            .collect()
+    }
+}
+
+/// The first refusal of the guard as an error.
+fn refuse_first(ir: &RecurrentModel, shapes: Option<&HashMap<String, Vec<usize>>>) -> Result<()> {
+    match tract_refusals(ir, shapes).into_iter().next() {
+        None => Ok(()),
+        Some(r) => Err(RecurError::Unsupported {
+            backend: "tract".into(),
+            node: r.node,
+            op: r.op,
+            reason: r.reason,
+        }),
+    }
+}
+
+/// Runs an engine call, turning its errors and panics into one-line errors naming the model.
+fn guard_engine<T>(path: &std::path::Path, f: impl FnOnce() -> TractResult<T>) -> Result<T> {
+    let engine = |message: String| RecurError::Engine {
+        backend: "tract".into(),
+        path: path.to_path_buf(),
+        message: one_line(&message),
+    };
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(engine(format!("{e:#}"))),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(engine(format!("tract panicked: {what}")))
+        }
+    }
+}
+
+fn to_host(value: &TValue) -> TractResult<HostTensor> {
+    let dt = value.datum_type();
+    Ok(if dt == i64::datum_type() {
+        HostTensor::I64(value.to_plain_array_view::<i64>()?.to_owned())
+    } else if dt == i32::datum_type() {
+        HostTensor::I32(value.to_plain_array_view::<i32>()?.to_owned())
+    } else if dt == f32::datum_type() {
+        HostTensor::F32(value.to_plain_array_view::<f32>()?.to_owned())
+    } else {
+        let cast = value.cast_to::<f32>()?;
+        HostTensor::F32(cast.to_plain_array_view::<f32>()?.to_owned())
+    })
+}

@@ -1,0 +1,56 @@
+//! The command-line interface: one module per subcommand, each an argument struct plus an
+//! `exec` that turns arguments into library calls. Nothing below this module prints.
+
+mod inspect;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::RecurError;
+
+/// Run recurrent ONNX models (LSTM, GRU, RNN) on CPUs, Jetson GPUs and microcontrollers.
+#[derive(Debug, Parser)]
+#[command(name = "recur", version, about)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// recur's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show a model's inputs, outputs, layers and which path can run it.
+    Inspect(inspect::InspectArgs),
+    /// Run a model once on inputs from .npy files.
+    Run(run::RunArgs),
+}
+
+/// An error from a subcommand, with its exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad usage or bad input: exit status 2.
+    #[error(transparent)]
+    User(#[from] RecurError),
+    /// Anything else: exit status 1.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl CliError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::User(_) => 2,
+            CliError::Internal(_) => 1,
+        }
+    }
+}
+
+/// Runs one parsed command line.
+pub fn exec(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Inspect(args) => inspect::exec(args),
+        Command::Run(args) => run::exec(args),
+    }
+}

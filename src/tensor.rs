@@ -1,0 +1,312 @@
+//! Host tensors and `.npy` files: what users feed recur and what it writes back.
+//!
+//! Inputs are checked against the model's declared inputs before any engine sees them (name,
+//! element type, rank, fixed and symbolic dimensions, NaN/inf), so a bad input is one clear
+//! line naming it rather than an engine's stack of errors.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read};
+use std::path::Path;
+
+use ndarray::ArrayD;
+use ndarray_npy::{ReadNpyExt, WriteNpyExt};
+
+use crate::error::{RecurError, Result};
+use crate::ir::{Dim, ElemType, ValueInfo};
+
+/// A tensor on the host in one of the element types recurrent models take or give.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostTensor {
+    /// float32: samples, states, probabilities.
+    F32(ArrayD<f32>),
+    /// int64: token ids.
+    I64(ArrayD<i64>),
+    /// int32: token ids, sequence lengths.
+    I32(ArrayD<i32>),
+}
+
+impl HostTensor {
+    /// The tensor's shape.
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            HostTensor::F32(a) => a.shape(),
+            HostTensor::I64(a) => a.shape(),
+            HostTensor::I32(a) => a.shape(),
+        }
+    }
+
+    /// The element type.
+    pub fn elem_type(&self) -> ElemType {
+        match self {
+            HostTensor::F32(_) => ElemType::F32,
+            HostTensor::I64(_) => ElemType::I64,
+            HostTensor::I32(_) => ElemType::I32,
+        }
+    }
+
+    /// The values as f32 (integers converted), for comparisons and summaries.
+    pub fn to_f32(&self) -> ArrayD<f32> {
+        match self {
+            HostTensor::F32(a) => a.clone(),
+            HostTensor::I64(a) => a.mapv(|v| v as f32),
+            HostTensor::I32(a) => a.mapv(|v| v as f32),
+        }
+    }
+
+    /// Writes the tensor as `.npy`, keeping its element type.
+    pub fn write_npy(&self, path: &Path) -> Result<()> {
+        let file = File::create(path).map_err(|e| RecurError::file(path, e))?;
+        let writer = BufWriter::new(file);
+        match self {
+            HostTensor::F32(a) => a.write_npy(writer),
+            HostTensor::I64(a) => a.write_npy(writer),
+            HostTensor::I32(a) => a.write_npy(writer),
+        }
+        .map_err(|e| RecurError::file(path, e))
+    }
+}
+
+/// Reads the `descr` (dtype) of a `.npy` file from its header, e.g. `<f4`.
+fn npy_descr(path: &Path) -> Result<String> {
+    let mut file = File::open(path).map_err(|e| RecurError::file(path, e))?;
+    let mut head = [0u8; 10];
+    file.read_exact(&mut head)
+        .map_err(|_| RecurError::file(path, "not a .npy file (too short)"))?;
+    if &head[..6] != b"\x93NUMPY" {
+        return Err(RecurError::file(path, "not a .npy file (bad magic)"));
+    }
+    let header_len = match head[6] {
+        1 => u16::from_le_bytes([head[8], head[9]]) as usize,
+        2 | 3 => {
+            let mut more = [0u8; 2];
+            file.read_exact(&mut more)
+                .map_err(|_| RecurError::file(path, "truncated .npy header"))?;
+            u32::from_le_bytes([head[8], head[9], more[0], more[1]]) as usize
+        }
+        v => return Err(RecurError::file(path, format!("unknown .npy version {v}"))),
+    };
+    if header_len > 1 << 20 {
+        return Err(RecurError::file(path, "implausible .npy header length"));
+    }
+    let mut header = vec![0u8; header_len];
+    file.read_exact(&mut header)
+        .map_err(|_| RecurError::file(path, "truncated .npy header"))?;
+    let header = String::from_utf8_lossy(&header);
+    let start = header
+        .find("'descr'")
+        .ok_or_else(|| RecurError::file(path, "no dtype in .npy header"))?;
+    let rest = &header[start + 7..];
+    let value = rest
+        .split('\'')
+        .nth(1)
+        .ok_or_else(|| RecurError::file(path, "malformed dtype in .npy header"))?;
+    Ok(value.to_string())
+}
+
+/// Numpy's name for a `descr`, for error messages.
+fn numpy_name(descr: &str) -> String {
+    let name = match descr.trim_start_matches(['<', '>', '|', '=']) {
+        "f4" => "float32",
+        "f8" => "float64",
+        "f2" => "float16",
+        "i8" => "int64",
+        "i4" => "int32",
+        "i2" => "int16",
+        "i1" => "int8",
+        "u1" => "uint8",
+        "b1" => "bool",
+        other => return format!("dtype '{other}'"),
+    };
+    name.to_string()
+}
+
+/// Reads a `.npy` file as float32, int64 or int32; any other dtype is an error naming it.
+pub fn read_npy(path: &Path) -> Result<HostTensor> {
+    let descr = npy_descr(path)?;
+    let open = || {
+        File::open(path)
+            .map(BufReader::new)
+            .map_err(|e| RecurError::file(path, e))
+    };
+    let bad =
+        |e: ndarray_npy::ReadNpyError| RecurError::file(path, format!("unreadable .npy: {e}"));
+    match descr.as_str() {
+        "<f4" | "=f4" => Ok(HostTensor::F32(
+            ArrayD::<f32>::read_npy(open()?).map_err(bad)?,
+        )),
+        "<i8" | "=i8" => Ok(HostTensor::I64(
+            ArrayD::<i64>::read_npy(open()?).map_err(bad)?,
+        )),
+        "<i4" | "=i4" => Ok(HostTensor::I32(
+            ArrayD::<i32>::read_npy(open()?).map_err(bad)?,
+        )),
+        other => Err(RecurError::file(
+            path,
+            format!(
+                "element type {} is not supported (recur reads float32, int64 and int32)",
+                numpy_name(other)
+            ),
+        )),
+    }
+}
+
+/// Replaces every character outside `[A-Za-z0-9_.-]` with `_`, so an output name is a safe
+/// file name (the command-line contract's rule).
+pub fn sanitize_file_stem(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() {
+        "_".into()
+    } else {
+        s
+    }
+}
+
+/// Inputs matched to the model's declared inputs, checked and converted to the declared type.
+#[derive(Debug, Clone)]
+pub struct CheckedInputs {
+    /// One tensor per declared input, in declaration order.
+    pub tensors: Vec<(String, HostTensor)>,
+}
+
+/// Matches named inputs to the declared ones and checks each: every declared input given once,
+/// no unknown names, the declared element type (int32 ids widen to int64, and int64 ids narrow
+/// to int32 when every value fits), the declared rank, fixed dimensions equal, one value per
+/// symbolic dimension across inputs, and no NaN or infinity in float inputs.
+pub fn check_inputs(
+    declared: &[ValueInfo],
+    given: Vec<(String, HostTensor)>,
+) -> Result<CheckedInputs> {
+    let mut by_name: HashMap<String, HostTensor> = HashMap::new();
+    for (name, tensor) in given {
+        if declared.iter().all(|d| d.name != name) {
+            let known: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
+            return Err(RecurError::input(
+                &name,
+                format!(
+                    "the model has no such input (its inputs: {})",
+                    known.join(", ")
+                ),
+            ));
+        }
+        if by_name.insert(name.clone(), tensor).is_some() {
+            return Err(RecurError::input(&name, "given twice"));
+        }
+    }
+    let mut symbols: HashMap<String, (usize, String)> = HashMap::new();
+    let mut tensors = Vec::with_capacity(declared.len());
+    for decl in declared {
+        let tensor = by_name.remove(&decl.name).ok_or_else(|| {
+            RecurError::input(&decl.name, "not given (every model input is required)")
+        })?;
+        let tensor = convert_elem_type(&decl.name, tensor, decl.elem_type)?;
+        check_dims(decl, tensor.shape(), &mut symbols)?;
+        check_finite(&decl.name, &tensor)?;
+        tensors.push((decl.name.clone(), tensor));
+    }
+    Ok(CheckedInputs { tensors })
+}
+
+fn convert_elem_type(name: &str, tensor: HostTensor, want: ElemType) -> Result<HostTensor> {
+    let got = tensor.elem_type();
+    if got == want {
+        return Ok(tensor);
+    }
+    match (tensor, want) {
+        (HostTensor::I32(a), ElemType::I64) => Ok(HostTensor::I64(a.mapv(i64::from))),
+        (HostTensor::I64(a), ElemType::I32) => {
+            if let Some(v) = a.iter().find(|v| i32::try_from(**v).is_err()) {
+                return Err(RecurError::input(
+                    name,
+                    format!("expects int32, and value {v} does not fit"),
+                ));
+            }
+            Ok(HostTensor::I32(a.mapv(|v| v as i32)))
+        }
+        _ => Err(RecurError::input(
+            name,
+            format!(
+                "expects {}, the file holds {}",
+                want.numpy_name(),
+                got.numpy_name()
+            ),
+        )),
+    }
+}
+
+fn check_dims(
+    decl: &ValueInfo,
+    shape: &[usize],
+    symbols: &mut HashMap<String, (usize, String)>,
+) -> Result<()> {
+    let Some(dims) = &decl.dims else {
+        return Ok(());
+    };
+    let expected = crate::ir::format_dims(&decl.dims);
+    if dims.len() != shape.len() {
+        return Err(RecurError::input(
+            &decl.name,
+            format!(
+                "expects rank {} {expected}, got rank {} {shape:?}",
+                dims.len(),
+                shape.len()
+            ),
+        ));
+    }
+    for (axis, (dim, &got)) in dims.iter().zip(shape).enumerate() {
+        match dim {
+            Dim::Fixed(n) if *n != got => {
+                return Err(RecurError::input(
+                    &decl.name,
+                    format!("expects shape {expected}, got {shape:?} (axis {axis} must be {n})"),
+                ))
+            }
+            Dim::Symbolic(sym) => match symbols.get(sym) {
+                Some((value, owner)) if *value != got => {
+                    return Err(RecurError::input(
+                        &decl.name,
+                        format!(
+                            "axis {axis} ('{sym}') is {got}, but input '{owner}' set '{sym}' to {value}"
+                        ),
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    symbols.insert(sym.clone(), (got, decl.name.clone()));
+                }
+            },
+            _ => {}
+        }
+        if got == 0 {
+            return Err(RecurError::input(
+                &decl.name,
+                format!("axis {axis} is empty (shape {shape:?})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_finite(name: &str, tensor: &HostTensor) -> Result<()> {
+    if let HostTensor::F32(a) = tensor {
+        if let Some((index, value)) = a.indexed_iter().find(|(_, v)| !v.is_finite()) {
+            return Err(RecurError::input(
+                name,
+                format!(
+                    "holds {value} at index {:?}; recur refuses non-finite inputs",
+                    ndarray::Dimension::slice(&index).to_vec()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,378 @@
+//! The `recur` binary: inspect and run on every fixture, and the bad-input contract (exit
+//! status 2 with one line naming the file, input or node).
+
+mod common;
+#[path = "common/onnx_builder.rs"]
+mod onnx_builder;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+use ndarray::{ArrayD, IxDyn};
+use ndarray_npy::WriteNpyExt;
+
+use common::{all_cases, compare};
+use onnx_builder::{attr_string, lstm_model, write_model};
+
+fn recur(args: &[&str]) -> Output {
+    Command::cargo_bin("recur")
+        .expect("binary built")
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Exit status 2 and exactly one line on stderr containing every `needle`.
+fn assert_user_error(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "expected exit 2, stderr: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err:?}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    for n in needles {
+        assert!(lines[0].contains(n), "'{n}' missing from: {err}");
+    }
+}
+
+fn npy<T: ndarray_npy::WritableElement>(
+    dir: &Path,
+    name: &str,
+    shape: &[usize],
+    values: Vec<T>,
+) -> PathBuf {
+    let path = dir.join(name);
+    let a = ArrayD::from_shape_vec(IxDyn(shape), values).unwrap();
+    a.write_npy(std::fs::File::create(&path).unwrap()).unwrap();
+    path
+}
+
+fn sanitized(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn inspect_reports_every_fixture_as_text_and_json() {
+    let cases = all_cases();
+    assert!(!cases.is_empty());
+    for case in &cases {
+        let model = case.model_path();
+        let model = model.to_str().unwrap();
+        let text = recur(&["inspect", model]);
+        assert!(text.status.success(), "{}: {}", case.id(), stderr(&text));
+        let text = String::from_utf8(text.stdout).unwrap();
+        for heading in ["inputs", "outputs", "layers", "paths", "tract"] {
+            assert!(
+                text.contains(heading),
+                "{}: no '{heading}' in:\n{text}",
+                case.id()
+            );
+        }
+        let json = recur(&["inspect", model, "--json"]);
+        assert!(json.status.success(), "{}: {}", case.id(), stderr(&json));
+        let v: serde_json::Value = serde_json::from_slice(&json.stdout)
+            .unwrap_or_else(|e| panic!("{}: --json is not JSON: {e}", case.id()));
+        assert_eq!(
+            v["inputs"].as_array().unwrap().len(),
+            case.inputs.len(),
+            "{}",
+            case.id()
+        );
+        assert_eq!(
+            v["outputs"].as_array().unwrap().len(),
+            case.outputs.len(),
+            "{}",
+            case.id()
+        );
+        assert!(v["paths"]["tract"]["runs"].is_boolean(), "{}", case.id());
+        let recurrent: Vec<&serde_json::Value> = v["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["kind"] == "recurrent")
+            .collect();
+        for layer in recurrent {
+            for key in [
+                "cell",
+                "direction",
+                "hidden_size",
+                "activations",
+                "layout",
+                "sequence_lens",
+            ] {
+                assert!(
+                    !layer[key].is_null(),
+                    "{}: recurrent layer without '{key}': {layer}",
+                    case.id()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn run_through_the_binary_matches_every_fixture_or_refuses_naming_the_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut matched, mut refused) = (0, 0);
+    for (i, case) in all_cases().iter().enumerate() {
+        let out_dir = tmp.path().join(i.to_string());
+        let mut args: Vec<String> = vec!["run".into(), case.model_path().display().to_string()];
+        for (name, file) in &case.inputs {
+            args.push("--input".into());
+            args.push(format!("{name}={}", file.display()));
+        }
+        args.push("--out".into());
+        args.push(out_dir.display().to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = recur(&args);
+        match out.status.code() {
+            Some(0) => {
+                for ((name, _), (_, want)) in case.outputs.iter().zip(case.read_expected()) {
+                    let file = out_dir.join(format!("{}.npy", sanitized(name)));
+                    let got = recur::tensor::read_npy(&file)
+                        .unwrap_or_else(|e| panic!("{}: {e}", case.id()))
+                        .to_f32();
+                    compare(&got, &want, case.atol, case.rtol)
+                        .unwrap_or_else(|e| panic!("{}: output '{name}': {e}", case.id()));
+                }
+                matched += 1;
+            }
+            Some(2) => {
+                assert_user_error(&out, &["tract backend cannot run node '"]);
+                refused += 1;
+            }
+            other => panic!("{}: exit {other:?}: {}", case.id(), stderr(&out)),
+        }
+    }
+    println!("binary: {matched} matched, {refused} refused");
+    assert!(matched > 0);
+}
+
+struct Tiny {
+    _dir: tempfile::TempDir,
+    model: PathBuf,
+    x: PathBuf,
+    dir: PathBuf,
+}
+
+fn tiny() -> Tiny {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path(), "tiny.onnx", &lstm_model(vec![]));
+    let x = npy(
+        dir.path(),
+        "x.npy",
+        &[5, 2, 3],
+        (0..30).map(|v| v as f32 / 30.0).collect::<Vec<f32>>(),
+    );
+    let path = dir.path().to_path_buf();
+    Tiny {
+        _dir: dir,
+        model,
+        x,
+        dir: path,
+    }
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[test]
+fn a_good_run_writes_one_npy_per_output() {
+    let t = tiny();
+    let out_dir = t.dir.join("out");
+    let out = recur(&[
+        "run",
+        &s(&t.model),
+        "--input",
+        &format!("X={}", s(&t.x)),
+        "--out",
+        &s(&out_dir),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let y = recur::tensor::read_npy(&out_dir.join("Y.npy")).unwrap();
+    assert_eq!(y.shape(), &[5, 1, 2, 4]);
+    let y_h = recur::tensor::read_npy(&out_dir.join("Y_h.npy"))
+        .unwrap()
+        .to_f32();
+    // Y_h is Y's last step: an internal consistency check of the written files.
+    let last = y.to_f32().index_axis(ndarray::Axis(0), 4).to_owned();
+    compare(&y_h, &last.into_dyn(), 0.0, 0.0).unwrap();
+    // A single-input model also takes a bare FILE.npy.
+    let bare = recur(&["run", &s(&t.model), "--input", &s(&t.x)]);
+    assert!(bare.status.success(), "{}", stderr(&bare));
+}
+
+#[test]
+fn missing_model_file() {
+    let t = tiny();
+    let missing = t.dir.join("nope.onnx");
+    assert_user_error(
+        &recur(&["run", &s(&missing), "--input", &s(&t.x)]),
+        &["nope.onnx"],
+    );
+    assert_user_error(&recur(&["inspect", &s(&missing)]), &["nope.onnx"]);
+}
+
+#[test]
+fn missing_input_file() {
+    let t = tiny();
+    let missing = t.dir.join("absent.npy");
+    assert_user_error(
+        &recur(&[
+            "run",
+            &s(&t.model),
+            "--input",
+            &format!("X={}", s(&missing)),
+        ]),
+        &["absent.npy"],
+    );
+}
+
+#[test]
+fn bytes_that_are_not_onnx() {
+    let t = tiny();
+    let bogus = t.dir.join("bogus.onnx");
+    std::fs::write(&bogus, b"this is a text file, not a protobuf\n").unwrap();
+    assert_user_error(
+        &recur(&["inspect", &s(&bogus)]),
+        &["bogus.onnx", "not a valid ONNX model"],
+    );
+    assert_user_error(
+        &recur(&["run", &s(&bogus), "--input", &s(&t.x)]),
+        &["bogus.onnx", "not a valid ONNX model"],
+    );
+    let empty = t.dir.join("empty.onnx");
+    std::fs::write(&empty, b"").unwrap();
+    assert_user_error(&recur(&["inspect", &s(&empty)]), &["empty.onnx", "empty"]);
+}
+
+#[test]
+fn truncated_onnx() {
+    let t = tiny();
+    let bytes = std::fs::read(&t.model).unwrap();
+    for cut in [bytes.len() / 3, bytes.len() / 2, bytes.len() - 7] {
+        let truncated = t.dir.join(format!("cut{cut}.onnx"));
+        std::fs::write(&truncated, &bytes[..cut]).unwrap();
+        assert_user_error(
+            &recur(&["run", &s(&truncated), "--input", &s(&t.x)]),
+            &[&format!("cut{cut}.onnx")],
+        );
+    }
+}
+
+#[test]
+fn unknown_input_name() {
+    let t = tiny();
+    assert_user_error(
+        &recur(&[
+            "run",
+            &s(&t.model),
+            "--input",
+            &format!("sensor={}", s(&t.x)),
+        ]),
+        &["sensor"],
+    );
+}
+
+#[test]
+fn wrong_rank() {
+    let t = tiny();
+    let x = npy(&t.dir, "rank2.npy", &[5, 3], vec![0.1f32; 15]);
+    assert_user_error(
+        &recur(&["run", &s(&t.model), "--input", &format!("X={}", s(&x))]),
+        &["input 'X'", "rank 3"],
+    );
+}
+
+#[test]
+fn wrong_shape() {
+    let t = tiny();
+    let x = npy(&t.dir, "wide.npy", &[5, 2, 5], vec![0.1f32; 50]);
+    assert_user_error(
+        &recur(&["run", &s(&t.model), "--input", &format!("X={}", s(&x))]),
+        &["input 'X'", "axis 2 must be 3"],
+    );
+}
+
+#[test]
+fn wrong_dtype() {
+    let t = tiny();
+    let x = npy(&t.dir, "f64.npy", &[5, 2, 3], vec![0.1f64; 30]);
+    assert_user_error(
+        &recur(&["run", &s(&t.model), "--input", &format!("X={}", s(&x))]),
+        &["f64.npy", "float64"],
+    );
+    let ids = npy(&t.dir, "ids.npy", &[5, 2, 3], vec![1i64; 30]);
+    assert_user_error(
+        &recur(&["run", &s(&t.model), "--input", &format!("X={}", s(&ids))]),
+        &["input 'X'", "expects float32", "int64"],
+    );
+}
+
+#[test]
+fn nan_in_the_input() {
+    let t = tiny();
+    let mut values = vec![0.1f32; 30];
+    values[17] = f32::NAN;
+    let x = npy(&t.dir, "nan.npy", &[5, 2, 3], values);
+    assert_user_error(
+        &recur(&["run", &s(&t.model), "--input", &format!("X={}", s(&x))]),
+        &["input 'X'", "NaN", "[2, 1, 2]"],
+    );
+}
+
+#[test]
+fn corrupt_npy() {
+    let t = tiny();
+    let bad = t.dir.join("bad.npy");
+    std::fs::write(&bad, b"\x93NUMPY\x01\x00garbage").unwrap();
+    assert_user_error(
+        &recur(&["run", &s(&t.model), "--input", &format!("X={}", s(&bad))]),
+        &["bad.npy"],
+    );
+}
+
+#[test]
+fn an_attribute_tract_gets_wrong_is_refused_naming_node_and_attribute() {
+    let t = tiny();
+    let reverse = write_model(
+        &t.dir,
+        "reverse.onnx",
+        &lstm_model(vec![attr_string("direction", "reverse")]),
+    );
+    assert_user_error(
+        &recur(&["run", &s(&reverse), "--input", &s(&t.x)]),
+        &["node 'lstm0'", "direction=reverse"],
+    );
+    let relu = write_model(
+        &t.dir,
+        "badact.onnx",
+        &lstm_model(vec![attr_string("direction", "sideways")]),
+    );
+    assert_user_error(
+        &recur(&["inspect", &s(&relu)]),
+        &["node 'lstm0'", "direction", "sideways"],
+    );
+}
+
+#[test]
+fn asking_tract_for_a_gpu_is_refused() {
+    let t = tiny();
+    assert_user_error(
+        &recur(&["run", &s(&t.model), "--input", &s(&t.x), "--device", "cuda"]),
+        &["tract", "CPU"],
+    );
+}

@@ -1,0 +1,151 @@
+//! Shared by the integration tests: the fixture cases under `models/` and the comparison rule.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use ndarray::ArrayD;
+use recur::tensor::{read_npy, HostTensor};
+
+/// One fixture case (see models/CASE-FORMAT.md).
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub dir: PathBuf,
+    pub name: String,
+    pub group: String,
+    pub inputs: Vec<(String, PathBuf)>,
+    pub outputs: Vec<(String, PathBuf)>,
+    pub atol: f32,
+    pub rtol: f32,
+    pub reference: String,
+}
+
+impl Case {
+    pub fn model_path(&self) -> PathBuf {
+        self.dir.join("model.onnx")
+    }
+
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.group, self.name)
+    }
+
+    pub fn read_inputs(&self) -> Vec<(String, HostTensor)> {
+        self.inputs
+            .iter()
+            .map(|(n, p)| (n.clone(), read_npy(p).expect("fixture input reads")))
+            .collect()
+    }
+
+    pub fn read_expected(&self) -> Vec<(String, ArrayD<f32>)> {
+        self.outputs
+            .iter()
+            .map(|(n, p)| {
+                (
+                    n.clone(),
+                    read_npy(p).expect("fixture output reads").to_f32(),
+                )
+            })
+            .collect()
+    }
+
+    /// Compares outputs (in graph order) with the reference; the first failure, described.
+    pub fn check(&self, actual: &[(String, HostTensor)]) -> Result<f32, String> {
+        let expected = self.read_expected();
+        if actual.len() != expected.len() {
+            return Err(format!(
+                "{} outputs, {} expected",
+                actual.len(),
+                expected.len()
+            ));
+        }
+        let mut worst = 0f32;
+        for ((name, got), (ename, want)) in actual.iter().zip(&expected) {
+            if name != ename {
+                return Err(format!("output '{name}' where '{ename}' was expected"));
+            }
+            worst = worst.max(
+                compare(&got.to_f32(), want, self.atol, self.rtol)
+                    .map_err(|e| format!("output '{name}': {e}"))?,
+            );
+        }
+        Ok(worst)
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every case under models/<group>/<case>/case.json, sorted by id.
+pub fn all_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for group in ["node", "matrix", "real"] {
+        let Ok(entries) = std::fs::read_dir(repo_root().join("models").join(group)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            if dir.join("case.json").is_file() {
+                cases.push(read_case(&dir, group));
+            }
+        }
+    }
+    cases.sort_by_key(|c| c.id());
+    cases
+}
+
+fn read_case(dir: &Path, group: &str) -> Case {
+    let text = std::fs::read_to_string(dir.join("case.json")).expect("case.json reads");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("case.json parses");
+    let list = |key: &str| -> Vec<(String, PathBuf)> {
+        json[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: '{key}' is a list", dir.display()))
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().expect("name").to_string(),
+                    dir.join(e["file"].as_str().expect("file")),
+                )
+            })
+            .collect()
+    };
+    Case {
+        dir: dir.to_path_buf(),
+        name: json["name"].as_str().unwrap_or_default().to_string(),
+        group: group.to_string(),
+        inputs: list("inputs"),
+        outputs: list("outputs"),
+        atol: json["atol"].as_f64().unwrap_or(1e-5) as f32,
+        rtol: json["rtol"].as_f64().unwrap_or(0.0) as f32,
+        reference: json["reference"].as_str().unwrap_or_default().to_string(),
+    }
+}
+
+/// `|a - b| <= atol + rtol * |b|` everywhere; returns the largest absolute error.
+pub fn compare(
+    actual: &ArrayD<f32>,
+    expected: &ArrayD<f32>,
+    atol: f32,
+    rtol: f32,
+) -> Result<f32, String> {
+    if actual.shape() != expected.shape() {
+        return Err(format!(
+            "shape {:?}, expected {:?}",
+            actual.shape(),
+            expected.shape()
+        ));
+    }
+    let mut worst = 0f32;
+    for ((index, a), b) in actual.indexed_iter().zip(expected.iter()) {
+        let err = (a - b).abs();
+        if !(err <= atol + rtol * b.abs()) {
+            return Err(format!(
+                "at {:?}: {a} vs {b} (error {err:.3e} > {atol:.0e} + {rtol:.0e}*|ref|)",
+                ndarray::Dimension::slice(&index).to_vec()
+            ));
+        }
+        worst = worst.max(err);
+    }
+    Ok(worst)
+}
