@@ -57,10 +57,10 @@ pub fn inspect(model: &Model) -> InspectReport {
         "tract".to_string(),
         PathSupport {
             runs: tract.is_empty(),
-            note: tract
-                .iter()
-                .any(|r| r.reason.contains("cover every step"))
-                .then(|| "constant sequence_lens are accepted at run time when they equal the input's length".to_string()),
+            note: ir
+                .recurrent_layers()
+                .any(|(_, r)| matches!(r.sequence_lens, SequenceLens::Constant { uniform: true, .. }))
+                .then(|| "constant sequence_lens are accepted when, at run time, they equal the input's length".to_string()),
             reasons: tract,
         },
     );

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
+use tract_onnx::pb::ModelProto;
+
 use super::tract_guard::tract_refusals;
 use super::Backend;
 use crate::error::{one_line, RecurError, Result};
@@ -44,10 +46,7 @@ impl TractBackend {
         if guarded {
             refuse_first(&model.ir, None)?;
         }
-        let proto = &model.proto;
-        let parsed = guard_engine(&model.path, || {
-            tract_onnx::onnx().model_for_proto_model(proto)
-        })?;
+        let parsed = parse(&model.path, &model.proto)?;
         Ok(TractBackend {
             path: model.path.clone(),
             ir: model.ir.clone(),
@@ -171,6 +170,10 @@ impl Backend for TractBackend {
             })
             .collect()
     }
+}
+
+fn parse(path: &std::path::Path, proto: &ModelProto) -> Result<InferenceModel> {
+    guard_engine(path, || tract_onnx::onnx().model_for_proto_model(proto))
 }
 
 /// The first refusal of the guard as an error.

@@ -24,8 +24,9 @@ pub struct Refusal {
 /// The reasons tract cannot run a model exactly; empty when it can.
 ///
 /// `input_shapes` are the shapes of the fed inputs when known: they give the number of steps of
-/// a recurrent node whose X is a graph input. Constant uniform `sequence_lens` that cannot be
-/// shown to equal that number are refused.
+/// a recurrent node whose X is a graph input. With them, constant uniform `sequence_lens` that
+/// cannot be shown to equal that number are refused; without them (before a run) that check
+/// is left for run time.
 pub fn tract_refusals(
     model: &RecurrentModel,
     input_shapes: Option<&HashMap<String, Vec<usize>>>,
@@ -83,11 +84,30 @@ pub fn tract_refusals(
         {
             refuse("linear_before_reset=1 with input size 1: tract 0.23.9's fused GRU fails on it ('xw not contiguous')".into());
         }
+        // Measured: only tract's fused forward path fails here; bidirectional, layout=1 and
+        // peephole LSTMs take another path and compute it right.
+        if matches!(
+            rec.cell,
+            Cell::Lstm {
+                peepholes: false,
+                ..
+            }
+        ) && rec.direction == Direction::Forward
+            && rec.layout == Layout::SequenceFirst
+            && rec.outputs.y_h
+            && rec.outputs.y_c
+            && !rec.initial_h.is_present()
+            && !rec.initial_c.is_present()
+        {
+            let batch = input_shapes
+                .and_then(|shapes| shapes.get(rec.input_names.first()?))
+                .and_then(|shape| shape.get(1).copied());
+            if batch.is_none_or(|b| b > 1) {
+                refuse("forward LSTM using Y_h and Y_c without initial states: tract 0.23.9's fused path fails on it for batch sizes above 1 ('Clashing resolution for expression')".into());
+            }
+        }
         if rec.layout == Layout::BatchFirst && rec.direction == Direction::Bidirectional {
             refuse("layout=1 with direction=bidirectional: tract 0.23.9 fails on it".into());
-        }
-        if rec.direction != Direction::Forward && rec.initial_h.is_present() {
-            refuse("initial states on a reverse or bidirectional layer: tract 0.23.9 applies them to the wrong end".into());
         }
         match &rec.sequence_lens {
             SequenceLens::Absent => {}
@@ -97,6 +117,8 @@ pub fn tract_refusals(
             SequenceLens::Constant { uniform: false, values } => refuse(format!(
                 "sequence_lens {values:?} are ragged: tract 0.23.9 needs uniform lengths"
             )),
+            // Checked once the input shapes are known (at run time).
+            SequenceLens::Constant { uniform: true, .. } if input_shapes.is_none() => {}
             SequenceLens::Constant {
                 uniform: true,
                 values,

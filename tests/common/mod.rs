@@ -139,7 +139,9 @@ pub fn compare(
     let mut worst = 0f32;
     for ((index, a), b) in actual.indexed_iter().zip(expected.iter()) {
         let err = (a - b).abs();
-        if !(err <= atol + rtol * b.abs()) {
+        // NaN in either array fails too: `err <= bound` is false for NaN.
+        let within = err <= atol + rtol * b.abs();
+        if !within {
             return Err(format!(
                 "at {:?}: {a} vs {b} (error {err:.3e} > {atol:.0e} + {rtol:.0e}*|ref|)",
                 ndarray::Dimension::slice(&index).to_vec()

@@ -1,6 +1,9 @@
 //! Small ONNX models written from the tests themselves (through tract's prost types), for
 //! tests that need a model of a precise shape rather than a fixture.
 
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
 use prost::Message;
 use tract_onnx::pb::{
     tensor_shape_proto::{dimension::Value as DimValue, Dimension},
