@@ -51,16 +51,13 @@ pub struct PathSupport {
 /// Builds the report for a loaded model.
 pub fn inspect(model: &Model) -> InspectReport {
     let ir = &model.ir;
-    let tract = tract_refusals(ir, None);
+    let tract = tract_refusals(ir);
     let mut paths = BTreeMap::new();
     paths.insert(
         "tract".to_string(),
         PathSupport {
             runs: tract.is_empty(),
-            note: ir
-                .recurrent_layers()
-                .any(|(_, r)| matches!(r.sequence_lens, SequenceLens::Constant { uniform: true, .. }))
-                .then(|| "constant sequence_lens are accepted when, at run time, they equal the input's length".to_string()),
+            note: None,
             reasons: tract,
         },
     );

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod error;
 pub mod inspect;
 pub mod ir;
+pub mod kernels;
 pub mod model;
 pub mod onnx;
 pub mod tensor;

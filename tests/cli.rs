@@ -346,25 +346,61 @@ fn corrupt_npy() {
 }
 
 #[test]
-fn an_attribute_tract_gets_wrong_is_refused_naming_node_and_attribute() {
+fn reverse_runs_and_its_last_state_is_the_first_step() {
     let t = tiny();
     let reverse = write_model(
         &t.dir,
         "reverse.onnx",
         &lstm_model(vec![attr_string("direction", "reverse")]),
     );
-    assert_user_error(
-        &recur(&["run", &s(&reverse), "--input", &s(&t.x)]),
-        &["node 'lstm0'", "direction=reverse"],
+    let out_dir = t.dir.join("rev");
+    let out = recur(&[
+        "run",
+        &s(&reverse),
+        "--input",
+        &s(&t.x),
+        "--out",
+        &s(&out_dir),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let y = recur::tensor::read_npy(&out_dir.join("Y.npy"))
+        .unwrap()
+        .to_f32();
+    let y_h = recur::tensor::read_npy(&out_dir.join("Y_h.npy"))
+        .unwrap()
+        .to_f32();
+    // A reverse layer ends its scan at step 0: Y_h is Y[0].
+    let first = y.index_axis(ndarray::Axis(0), 0).to_owned();
+    compare(&y_h, &first.into_dyn(), 0.0, 0.0).unwrap();
+    let last = y.index_axis(ndarray::Axis(0), 4).to_owned();
+    assert!(
+        compare(&y_h, &last.into_dyn(), 1e-3, 0.0).is_err(),
+        "Y_h should differ from the last step"
     );
-    let relu = write_model(
+}
+
+#[test]
+fn invalid_attributes_and_unknown_ops_are_refused_naming_the_node() {
+    let t = tiny();
+    let sideways = write_model(
         &t.dir,
-        "badact.onnx",
+        "sideways.onnx",
         &lstm_model(vec![attr_string("direction", "sideways")]),
     );
     assert_user_error(
-        &recur(&["inspect", &s(&relu)]),
+        &recur(&["inspect", &s(&sideways)]),
         &["node 'lstm0'", "direction", "sideways"],
+    );
+    assert_user_error(
+        &recur(&["run", &s(&sideways), "--input", &s(&t.x)]),
+        &["node 'lstm0'", "direction"],
+    );
+    let mut model = lstm_model(vec![]);
+    model.graph.as_mut().unwrap().node[0].op_type = "Frobnicate".into();
+    let unknown = write_model(&t.dir, "unknown.onnx", &model);
+    assert_user_error(
+        &recur(&["run", &s(&unknown), "--input", &s(&t.x)]),
+        &["node 'lstm0'", "Frobnicate"],
     );
 }
 

@@ -26,32 +26,31 @@ pub struct TractBackend {
     path: PathBuf,
     ir: RecurrentModel,
     model: InferenceModel,
-    guarded: bool,
     plans: HashMap<Vec<Vec<usize>>, Plan>,
 }
 
 impl TractBackend {
-    /// Parses the model with tract, after the guard has accepted it.
+    /// The CPU path: tract with recur's recurrent kernels, after the guard has accepted the
+    /// model.
     pub fn new(model: &Model, _path: &std::path::Path) -> Result<Self> {
         Self::build(model, true)
     }
 
-    /// Parses the model with tract and no guard: tract's own answers, right or wrong. Only for
-    /// the tests that check each guard rule is still needed.
-    pub fn unguarded(model: &Model) -> Result<Self> {
+    /// Stock tract 0.23.9, with its own recurrent ops and no guard: tract's answers, right or
+    /// wrong. For the tests and benches that compare recur with plain tract.
+    pub fn plain_tract(model: &Model) -> Result<Self> {
         Self::build(model, false)
     }
 
-    fn build(model: &Model, guarded: bool) -> Result<Self> {
-        if guarded {
-            refuse_first(&model.ir, None)?;
+    fn build(model: &Model, recur_kernels: bool) -> Result<Self> {
+        if recur_kernels {
+            refuse_first(&model.ir)?;
         }
-        let parsed = parse(&model.path, &model.proto)?;
+        let parsed = parse(&model.path, &model.proto, recur_kernels)?;
         Ok(TractBackend {
             path: model.path.clone(),
             ir: model.ir.clone(),
             model: parsed,
-            guarded,
             plans: HashMap::new(),
         })
     }
@@ -129,14 +128,6 @@ impl Backend for TractBackend {
     }
 
     fn run(&mut self, inputs: &CheckedInputs) -> Result<Vec<(String, HostTensor)>> {
-        if self.guarded {
-            let shapes: HashMap<String, Vec<usize>> = inputs
-                .tensors
-                .iter()
-                .map(|(n, t)| (n.clone(), t.shape().to_vec()))
-                .collect();
-            refuse_first(&self.ir, Some(&shapes))?;
-        }
         let plan = self.plan_for(inputs)?;
         let outlets = plan
             .model()
@@ -172,13 +163,21 @@ impl Backend for TractBackend {
     }
 }
 
-fn parse(path: &std::path::Path, proto: &ModelProto) -> Result<InferenceModel> {
-    guard_engine(path, || tract_onnx::onnx().model_for_proto_model(proto))
+fn parse(
+    path: &std::path::Path,
+    proto: &ModelProto,
+    recur_kernels: bool,
+) -> Result<InferenceModel> {
+    let mut onnx = tract_onnx::onnx();
+    if recur_kernels {
+        crate::kernels::tract_op::register(&mut onnx.op_register);
+    }
+    guard_engine(path, || onnx.model_for_proto_model(proto))
 }
 
 /// The first refusal of the guard as an error.
-fn refuse_first(ir: &RecurrentModel, shapes: Option<&HashMap<String, Vec<usize>>>) -> Result<()> {
-    match tract_refusals(ir, shapes).into_iter().next() {
+fn refuse_first(ir: &RecurrentModel) -> Result<()> {
+    match tract_refusals(ir).into_iter().next() {
         None => Ok(()),
         Some(r) => Err(RecurError::Unsupported {
             backend: "tract".into(),

@@ -237,7 +237,27 @@ fn classify(node: &NodeProto, display: &str, index: &GraphIndex) -> Result<Layer
     })
 }
 
-fn lift_recurrent(node: &NodeProto, display: &str, index: &GraphIndex) -> Result<RecurrentLayer> {
+/// A recurrent node's attributes, resolved and checked against the ONNX specification.
+#[derive(Debug, Clone)]
+pub struct RecurrentAttributes {
+    /// Cell and cell options (peepholes: whether the node has a P input).
+    pub cell: Cell,
+    /// Direction.
+    pub direction: Direction,
+    /// Layout.
+    pub layout: Layout,
+    /// `hidden_size`, when the attribute is set.
+    pub hidden_size: Option<usize>,
+    /// Activations per direction, defaults filled in.
+    pub activations: Vec<Vec<Activation>>,
+    /// Whether they differ from the defaults.
+    pub custom_activations: bool,
+    /// `clip`.
+    pub clip: Option<f32>,
+}
+
+/// Reads and checks an LSTM, GRU or RNN node's attributes; `display` names it in errors.
+pub fn recurrent_attributes(node: &NodeProto, display: &str) -> Result<RecurrentAttributes> {
     let attrs = NodeAttrs::new(node, display);
 
     if let Some(unknown) = attrs.names().find(|n| !RECURRENT_ATTRIBUTES.contains(n)) {
@@ -291,13 +311,51 @@ fn lift_recurrent(node: &NodeProto, display: &str, index: &GraphIndex) -> Result
         1 => Layout::BatchFirst,
         v => return Err(attrs.invalid("layout", format!("{v} is neither 0 nor 1"))),
     };
+    let hidden_size = match attrs.int("hidden_size") {
+        Some(h) if h > 0 => Some(h as usize),
+        Some(h) => return Err(attrs.invalid("hidden_size", format!("{h} is not positive"))),
+        None => None,
+    };
+    let clip = match attrs.float("clip") {
+        Some(c) if c.is_nan() || c <= 0.0 => {
+            return Err(attrs.invalid("clip", format!("{c} is not a positive threshold")))
+        }
+        c => c,
+    };
+    let activations = resolve_activations(&attrs, &cell, directions)?;
+    let defaults = cell.default_activations();
+    let custom_activations = activations
+        .iter()
+        .any(|per_dir| per_dir.iter().zip(&defaults).any(|(a, d)| a.kind != d.kind));
+    Ok(RecurrentAttributes {
+        cell,
+        direction,
+        layout,
+        hidden_size,
+        activations,
+        custom_activations,
+        clip,
+    })
+}
+
+fn lift_recurrent(node: &NodeProto, display: &str, index: &GraphIndex) -> Result<RecurrentLayer> {
+    let attrs = NodeAttrs::new(node, display);
+    let RecurrentAttributes {
+        cell,
+        direction,
+        layout,
+        hidden_size,
+        activations,
+        custom_activations,
+        clip,
+    } = recurrent_attributes(node, display)?;
+    let directions = direction.count();
 
     let w = index.constant(node.input.get(1)).and_then(constant_f32);
     let r = index.constant(node.input.get(2)).and_then(constant_f32);
     let gates = cell.gates();
-    let hidden_size = match attrs.int("hidden_size") {
-        Some(h) if h > 0 => h as usize,
-        Some(h) => return Err(attrs.invalid("hidden_size", format!("{h} is not positive"))),
+    let hidden_size = match hidden_size {
+        Some(h) => h,
         None => match &r {
             Some(r) if r.ndim() == 3 => r.shape()[2],
             _ => {
@@ -351,12 +409,6 @@ fn lift_recurrent(node: &NodeProto, display: &str, index: &GraphIndex) -> Result
         check_shape("P", p, &[Some(directions), Some(3 * hidden_size)])?;
     }
 
-    let activations = resolve_activations(&attrs, &cell, directions)?;
-    let defaults = cell.default_activations();
-    let custom_activations = activations
-        .iter()
-        .any(|per_dir| per_dir.iter().zip(&defaults).any(|(a, d)| a.kind != d.kind));
-
     let sequence_lens = match index.source(node.input.get(4)) {
         Source::Absent => SequenceLens::Absent,
         Source::Constant => {
@@ -383,7 +435,7 @@ fn lift_recurrent(node: &NodeProto, display: &str, index: &GraphIndex) -> Result
         hidden_size,
         activations,
         custom_activations,
-        clip: attrs.float("clip"),
+        clip,
         layout,
         bias: index.source(node.input.get(3)),
         sequence_lens,

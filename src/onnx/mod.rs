@@ -8,7 +8,7 @@ mod lift;
 
 pub use attrs::NodeAttrs;
 pub use constants::{constant_f32, constant_i64};
-pub use lift::lift;
+pub use lift::{lift, recurrent_attributes, RecurrentAttributes};
 
 use std::path::Path;
 

@@ -1,0 +1,183 @@
+//! One time step of each cell, for one batch entry, given that step's input projection.
+
+use ndarray::Array2;
+
+use super::activation::Act;
+use super::linalg::matvec_acc;
+use super::{DirectionWeights, LayerSpec};
+use crate::ir::{Activation, Cell};
+
+/// Hidden and cell state of every batch entry, `[B, H]` each.
+pub struct State {
+    /// Hidden state.
+    pub h: Array2<f32>,
+    /// Cell state (LSTM; unused otherwise).
+    pub c: Array2<f32>,
+}
+
+impl State {
+    /// Zero state.
+    pub fn new(batch: usize, hidden: usize) -> Self {
+        State {
+            h: Array2::zeros((batch, hidden)),
+            c: Array2::zeros((batch, hidden)),
+        }
+    }
+}
+
+/// Per-step working memory, allocated once per layer run.
+pub struct Scratch {
+    gates: Vec<f32>,
+    extra: Vec<f32>,
+}
+
+impl Scratch {
+    /// Room for `gates` pre-activations and one hidden-sized vector.
+    pub fn new(gates: usize, hidden: usize) -> Self {
+        Scratch {
+            gates: vec![0.0; gates],
+            extra: vec![0.0; hidden],
+        }
+    }
+}
+
+/// A direction's cell, ready to step.
+pub struct Step<'a> {
+    cell: Cell,
+    hidden: usize,
+    weights: &'a DirectionWeights,
+    acts: Vec<Act>,
+    clip: Option<f32>,
+}
+
+impl<'a> Step<'a> {
+    /// Binds a layer's options, one direction's weights and that direction's activations.
+    pub fn new(
+        spec: &LayerSpec,
+        weights: &'a DirectionWeights,
+        activations: &[Activation],
+    ) -> Self {
+        Step {
+            cell: spec.cell.clone(),
+            hidden: spec.hidden,
+            weights,
+            acts: activations.iter().map(|a| Act::new(*a)).collect(),
+            clip: spec.clip,
+        }
+    }
+
+    /// Advances batch entry `b` by one step; `pre` is `X_t · Wᵀ + biases` for it.
+    pub fn run(&self, pre: &[f32], state: &mut State, b: usize, scratch: &mut Scratch) {
+        let h = self.hidden;
+        let gates = &mut scratch.gates;
+        gates.copy_from_slice(pre);
+        let mut h_row = state.h.row_mut(b);
+        let h_prev = h_row.as_slice_mut().expect("row-major");
+        let r_t = self.weights.r_t.as_slice().expect("row-major");
+        match self.cell {
+            Cell::Rnn => {
+                matvec_acc(gates, h_prev, r_t, h);
+                clip(gates, self.clip);
+                self.acts[0].apply(gates);
+                h_prev.copy_from_slice(gates);
+            }
+            Cell::Lstm { input_forget, .. } => {
+                matvec_acc(gates, h_prev, r_t, 4 * h);
+                let mut c_row = state.c.row_mut(b);
+                let c = c_row.as_slice_mut().expect("row-major");
+                // Gate order in ONNX: i, o, f, c. Peepholes P: i, o, f.
+                let (i_g, rest) = gates.split_at_mut(h);
+                let (o_g, rest) = rest.split_at_mut(h);
+                let (f_g, c_g) = rest.split_at_mut(h);
+                if let Some(p) = &self.weights.peepholes {
+                    for k in 0..h {
+                        i_g[k] += p[k] * c[k];
+                        f_g[k] += p[2 * h + k] * c[k];
+                    }
+                }
+                clip(i_g, self.clip);
+                self.acts[0].apply(i_g);
+                if input_forget {
+                    for k in 0..h {
+                        f_g[k] = 1.0 - i_g[k];
+                    }
+                } else {
+                    clip(f_g, self.clip);
+                    self.acts[0].apply(f_g);
+                }
+                clip(c_g, self.clip);
+                self.acts[1].apply(c_g);
+                for k in 0..h {
+                    c[k] = f_g[k] * c[k] + i_g[k] * c_g[k];
+                }
+                if let Some(p) = &self.weights.peepholes {
+                    for k in 0..h {
+                        o_g[k] += p[h + k] * c[k];
+                    }
+                }
+                clip(o_g, self.clip);
+                self.acts[0].apply(o_g);
+                // ONNX Runtime clips the gates' pre-activations, not the cell state fed to h.
+                let hc = &mut scratch.extra;
+                hc.copy_from_slice(c);
+                self.acts[2].apply(hc);
+                for k in 0..h {
+                    h_prev[k] = o_g[k] * hc[k];
+                }
+            }
+            Cell::Gru {
+                linear_before_reset,
+            } => {
+                // Gate order in ONNX: z, r, h.
+                let (zr, h_g) = gates.split_at_mut(2 * h);
+                if linear_before_reset {
+                    // h~ = g(X·Whᵀ + Wbh + r ⊙ (H·Rhᵀ + Rbh))
+                    let rh = &mut scratch.extra;
+                    rh.copy_from_slice(&self.weights.rb_h);
+                    matvec_acc_cols(zr, h_prev, r_t, 3 * h, 0);
+                    matvec_acc_cols(rh, h_prev, r_t, 3 * h, 2 * h);
+                    clip(zr, self.clip);
+                    self.acts[0].apply(zr);
+                    let (z, r) = zr.split_at(h);
+                    for k in 0..h {
+                        h_g[k] += r[k] * rh[k];
+                    }
+                    clip(h_g, self.clip);
+                    self.acts[1].apply(h_g);
+                    for k in 0..h {
+                        h_prev[k] = (1.0 - z[k]) * h_g[k] + z[k] * h_prev[k];
+                    }
+                } else {
+                    // h~ = g(X·Whᵀ + Wbh + Rbh + (r ⊙ H)·Rhᵀ)
+                    matvec_acc_cols(zr, h_prev, r_t, 3 * h, 0);
+                    clip(zr, self.clip);
+                    self.acts[0].apply(zr);
+                    let (z, r) = zr.split_at(h);
+                    let rh = &mut scratch.extra;
+                    for k in 0..h {
+                        rh[k] = r[k] * h_prev[k];
+                    }
+                    matvec_acc_cols(h_g, rh, r_t, 3 * h, 2 * h);
+                    clip(h_g, self.clip);
+                    self.acts[1].apply(h_g);
+                    for k in 0..h {
+                        h_prev[k] = (1.0 - z[k]) * h_g[k] + z[k] * h_prev[k];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `out += v · M[:, offset..offset+out.len()]` for a row-major `M` of `width` columns.
+fn matvec_acc_cols(out: &mut [f32], v: &[f32], m: &[f32], width: usize, offset: usize) {
+    super::linalg::matvec_acc_strided(out, v, m, width, offset);
+}
+
+fn clip(values: &mut [f32], threshold: Option<f32>) {
+    if let Some(t) = threshold {
+        for v in values {
+            *v = v.clamp(-t, t);
+        }
+    }
+}
