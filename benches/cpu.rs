@@ -11,13 +11,20 @@ use recur::model::Model;
 use recur::tensor::{check_inputs, read_npy, CheckedInputs, HostTensor};
 
 fn load(path: &str) -> Model {
-    Model::load(Path::new(env!("CARGO_MANIFEST_DIR")).join(path).as_path()).expect("bench model loads")
+    Model::load(Path::new(env!("CARGO_MANIFEST_DIR")).join(path).as_path())
+        .expect("bench model loads")
 }
 
 fn engines(model: &Model) -> Vec<(&'static str, TractBackend)> {
     vec![
-        ("recur", TractBackend::new(model, &model.path).expect("recur runs it")),
-        ("stock-tract", TractBackend::plain_tract(model).expect("tract parses it")),
+        (
+            "recur",
+            TractBackend::new(model, &model.path).expect("recur runs it"),
+        ),
+        (
+            "stock-tract",
+            TractBackend::plain_tract(model).expect("tract parses it"),
+        ),
     ]
 }
 
@@ -35,14 +42,19 @@ fn whole_sequence(c: &mut Criterion, name: &str, model_path: &str, input: &str, 
 
 fn streamed_step(c: &mut Criterion) {
     let model = load("models/bench/lstm2x64_step.onnx");
-    let x = read_npy(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/bench/x_100x1x8.npy")).unwrap().to_f32();
+    let x = read_npy(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/bench/x_100x1x8.npy"))
+        .unwrap()
+        .to_f32();
     let zeros = || HostTensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[1, 1, 64])));
     let mut group = c.benchmark_group("lstm2x64_one_step_state_fed_back");
     for (engine, mut backend) in engines(&model) {
         let mut state = [zeros(), zeros(), zeros(), zeros()];
         let mut t = 0;
         let mut step = |backend: &mut TractBackend| {
-            let sample = x.slice(ndarray::s![t % 100..t % 100 + 1, .., ..]).to_owned().into_dyn();
+            let sample = x
+                .slice(ndarray::s![t % 100..t % 100 + 1, .., ..])
+                .to_owned()
+                .into_dyn();
             t += 1;
             let mut given = vec![("X".to_string(), HostTensor::F32(sample))];
             for (name, s) in ["h1", "c1", "h2", "c2"].iter().zip(&state) {
@@ -61,10 +73,28 @@ fn streamed_step(c: &mut Criterion) {
 }
 
 fn benches(c: &mut Criterion) {
-    whole_sequence(c, "lstm2x64_seq100", "models/bench/lstm2x64_seq.onnx", "models/bench/x_100x1x8.npy", "X");
+    whole_sequence(
+        c,
+        "lstm2x64_seq100",
+        "models/bench/lstm2x64_seq.onnx",
+        "models/bench/x_100x1x8.npy",
+        "X",
+    );
     streamed_step(c);
-    whole_sequence(c, "bigru64_seq100", "models/bench/bigru64_seq.onnx", "models/bench/x_100x1x8.npy", "X");
-    whole_sequence(c, "basicmotions_lstm_batch40", "models/real/basicmotions_lstm/model.onnx", "models/real/basicmotions_lstm/in_0.npy", "x");
+    whole_sequence(
+        c,
+        "bigru64_seq100",
+        "models/bench/bigru64_seq.onnx",
+        "models/bench/x_100x1x8.npy",
+        "X",
+    );
+    whole_sequence(
+        c,
+        "basicmotions_lstm_batch40",
+        "models/real/basicmotions_lstm/model.onnx",
+        "models/real/basicmotions_lstm/in_0.npy",
+        "x",
+    );
 }
 
 criterion_group! {

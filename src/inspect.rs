@@ -174,7 +174,7 @@ fn describe_layer(layer: &Layer) -> Option<String> {
             if *bias { " + bias" } else { "" }
         ),
         LayerKind::Activation => "activation".into(),
-        LayerKind::Loop { body_ops } => {
+        LayerKind::Loop { body_ops, .. } => {
             let ops: Vec<String> = body_ops
                 .iter()
                 .map(|(op, n)| format!("{op} x{n}"))
@@ -188,10 +188,17 @@ fn describe_layer(layer: &Layer) -> Option<String> {
 }
 
 fn describe_recurrent(r: &RecurrentLayer) -> String {
-    let mut parts = vec![
+    let mut parts = vec![];
+    if let Some(k) = &r.keras_loop {
+        parts.push(match &k.mask {
+            Some(m) => format!("keras loop, masked by '{m}':"),
+            None => "keras loop:".to_string(),
+        });
+    }
+    parts.extend([
         format!("{:?}", r.direction).to_lowercase(),
         format!("hidden={}", r.hidden_size),
-    ];
+    ]);
     if let Some(i) = r.input_size {
         parts.push(format!("input={i}"));
     }

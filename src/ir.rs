@@ -187,10 +187,13 @@ pub enum LayerKind {
     Activation,
     /// Shape glue: Transpose, Squeeze, Unsqueeze, Slice, Reshape, Concat, Add, ...
     Glue,
-    /// An ONNX `Loop`, as tf2onnx writes Keras SimpleRNN, masked layers and Keras 3 GRU.
+    /// An ONNX `Loop` whose body is not a recurrence recur recognises (recognised Keras loops
+    /// are lifted to [`LayerKind::Recurrent`]).
     Loop {
         /// Op histogram of the loop body (nested subgraphs included).
         body_ops: BTreeMap<String, usize>,
+        /// Why the body is not recognised.
+        why: String,
     },
     /// Anything else.
     Other,
@@ -503,6 +506,20 @@ pub struct RecurrentLayer {
     pub weights: Option<RecurrentWeights>,
     /// Tensor names of the node's inputs, in ONNX order ("" for absent optionals).
     pub input_names: Vec<String>,
+    /// Set when the layer is a Keras layer tf2onnx wrote as a `Loop` (weights converted to
+    /// ONNX layout and gate order).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keras_loop: Option<KerasLoopSource>,
+}
+
+/// Where a layer lifted from a Keras `Loop` reads its input and mask.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KerasLoopSource {
+    /// The outer tensor `[T, B, I]` the body reads one step of per iteration.
+    pub steps_from: String,
+    /// Keras's mask (`mask_zero`), when the layer is masked: masked steps keep the state and
+    /// repeat the last output.
+    pub mask: Option<String>,
 }
 
 /// Which of a recurrent node's outputs are wired.

@@ -412,3 +412,45 @@ fn asking_tract_for_a_gpu_is_refused() {
         &["tract", "CPU"],
     );
 }
+
+/// A Keras loop whose body is changed into something that is not a recurrence (the cell's
+/// tanh replaced by a sine) is refused on the CPU path, naming the Loop node and why; the
+/// unchanged model runs (its agreement with ONNX Runtime is checked with every fixture).
+#[test]
+fn a_loop_that_is_not_a_recognised_recurrence_is_refused_naming_the_node() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/real/simplernn_forecaster");
+    let bytes = std::fs::read(root.join("model.onnx")).unwrap();
+    let mut model = tract_onnx::pb::ModelProto::decode(bytes.as_slice()).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let lp = graph
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "Loop")
+        .expect("the fixture has Loops");
+    let loop_name = lp.name.clone();
+    let body = lp
+        .attribute
+        .iter_mut()
+        .find_map(|a| a.g.as_mut())
+        .expect("a body");
+    body.node
+        .iter_mut()
+        .find(|n| n.op_type == "Tanh")
+        .expect("SimpleRNN's tanh")
+        .op_type = "Sin".into();
+    let path = write_model(dir.path(), "sine_loop.onnx", &model);
+    let input = root.join("in_0.npy");
+    assert_user_error(
+        &recur(&["run", &s(&path), "--input", &s(&input)]),
+        &[&format!("node '{loop_name}'"), "Loop", "not a recurrence"],
+    );
+    let report = recur(&["inspect", &s(&path)]);
+    assert!(report.status.success());
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        text.contains("tract  no") && text.contains("not a recurrence"),
+        "{text}"
+    );
+}

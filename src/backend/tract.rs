@@ -163,15 +163,25 @@ impl Backend for TractBackend {
     }
 }
 
+/// tract's ONNX importer with recur's kernels in place of its LSTM, GRU and RNN, and recur's
+/// Keras `Loop` importer.
+pub fn recur_onnx() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    crate::kernels::tract_op::register(&mut onnx.op_register);
+    crate::kernels::register_loop(&mut onnx.op_register);
+    onnx
+}
+
 fn parse(
     path: &std::path::Path,
     proto: &ModelProto,
     recur_kernels: bool,
 ) -> Result<InferenceModel> {
-    let mut onnx = tract_onnx::onnx();
-    if recur_kernels {
-        crate::kernels::tract_op::register(&mut onnx.op_register);
-    }
+    let onnx = if recur_kernels {
+        recur_onnx()
+    } else {
+        tract_onnx::onnx()
+    };
     guard_engine(path, || onnx.model_for_proto_model(proto))
 }
 

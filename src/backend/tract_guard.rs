@@ -24,7 +24,7 @@ pub struct Refusal {
 ///
 /// The reasons the CPU path cannot run a model exactly; empty when it can.
 pub fn tract_refusals(model: &RecurrentModel) -> Vec<Refusal> {
-    let registry = tract_onnx::onnx().op_register;
+    let registry = super::tract::recur_onnx().op_register;
     let mut refusals = Vec::new();
     for layer in &model.layers {
         let mut refuse = |reason: String| {
@@ -34,8 +34,10 @@ pub fn tract_refusals(model: &RecurrentModel) -> Vec<Refusal> {
                 reason,
             })
         };
-        if let crate::ir::LayerKind::Loop { .. } = layer.kind {
-            refuse("ONNX Loop (tf2onnx's form of a Keras SimpleRNN, masked or Keras 3 GRU layer): tract 0.23.9 has no Loop operator".into());
+        if let crate::ir::LayerKind::Loop { why, .. } = &layer.kind {
+            refuse(format!(
+                "ONNX Loop whose body is not a recurrence recur recognises ({why}); tract 0.23.9 has no Loop operator"
+            ));
             continue;
         }
         if !registry.0.contains_key(&layer.op) {

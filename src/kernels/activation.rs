@@ -17,6 +17,7 @@ impl Act {
     }
 
     /// Applies the function to every value.
+    #[inline(always)]
     pub fn apply(&self, values: &mut [f32]) {
         match self.0.kind {
             ActivationKind::Sigmoid => values.iter_mut().for_each(|v| *v = fast_sigmoid(*v)),

@@ -16,6 +16,13 @@ pub struct State {
 }
 
 impl State {
+    /// Batch entry `b`'s hidden state.
+    #[inline(always)]
+    pub fn h_row(&self, b: usize) -> &[f32] {
+        let h = self.h.ncols();
+        &self.h.as_slice().expect("standard layout")[b * h..(b + 1) * h]
+    }
+
     /// Zero state.
     pub fn new(batch: usize, hidden: usize) -> Self {
         State {
@@ -67,6 +74,7 @@ impl<'a> Step<'a> {
     }
 
     /// Advances batch entry `b` by one step; `pre` is `X_t · Wᵀ + biases` for it.
+    #[inline(always)]
     pub fn run(&self, pre: &[f32], state: &mut State, b: usize, scratch: &mut Scratch) {
         let h = self.hidden;
         let gates = &mut scratch.gates;
@@ -174,6 +182,7 @@ fn matvec_acc_cols(out: &mut [f32], v: &[f32], m: &[f32], width: usize, offset: 
     super::linalg::matvec_acc_strided(out, v, m, width, offset);
 }
 
+#[inline(always)]
 fn clip(values: &mut [f32], threshold: Option<f32>) {
     if let Some(t) = threshold {
         for v in values {

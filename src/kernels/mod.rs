@@ -11,11 +11,13 @@
 mod activation;
 mod cell;
 mod linalg;
+mod tract_loop;
 pub mod tract_op;
 
 use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, Axis};
 
 pub use activation::{fast_sigmoid, fast_tanh};
+pub use tract_loop::register as register_loop;
 
 use crate::ir::{Activation, Cell, Direction};
 
@@ -175,32 +177,58 @@ pub fn run_layer(
     initial_h: Option<ArrayView3<f32>>,
     initial_c: Option<ArrayView3<f32>>,
 ) -> LayerOutputs {
+    run(spec, weights, x, lengths, initial_h, initial_c, None).0
+}
+
+/// Keras's masking of a forward layer: where `mask[t, b]` is false the step is skipped, the
+/// state carried over and the output is the last output (Keras `mask_zero` semantics).
+pub struct KerasMask<'a> {
+    /// `[T, B]`: which steps are real.
+    pub mask: ArrayView2<'a, bool>,
+    /// `[B, H]`: the output before the first real step (Keras starts it at zeros).
+    pub initial_output: Option<ArrayView2<'a, f32>>,
+}
+
+/// Runs a forward layer with Keras's masking. Returns the outputs (Y holds each step's output,
+/// the last output at masked steps) and the last output after the final step, `[B, H]`.
+pub fn run_layer_masked(
+    spec: &LayerSpec,
+    weights: &LayerWeights,
+    x: ArrayView3<f32>,
+    mask: KerasMask,
+    initial_h: Option<ArrayView3<f32>>,
+    initial_c: Option<ArrayView3<f32>>,
+) -> (LayerOutputs, Array2<f32>) {
+    let (outputs, last) = run(spec, weights, x, None, initial_h, initial_c, Some(mask));
+    (outputs, last.expect("masked runs keep the last output"))
+}
+
+fn run(
+    spec: &LayerSpec,
+    weights: &LayerWeights,
+    x: ArrayView3<f32>,
+    lengths: Option<&[usize]>,
+    initial_h: Option<ArrayView3<f32>>,
+    initial_c: Option<ArrayView3<f32>>,
+    keras: Option<KerasMask>,
+) -> (LayerOutputs, Option<Array2<f32>>) {
     let (t_len, batch, input) = x.dim();
     let h = spec.hidden;
     let dirs = spec.direction.count();
     debug_assert_eq!(input, weights.input);
-    let x2d = x
-        .as_standard_layout()
-        .into_owned()
-        .into_shape_with_order((t_len * batch, input))
-        .expect("contiguous");
+    let x = x.as_standard_layout();
+    let x_rows = x.as_slice().expect("standard layout");
     let mut y = Array3::<f32>::zeros((t_len, dirs * batch, h));
     let mut y_h = Array3::<f32>::zeros((dirs, batch, h));
     let mut y_c = Array3::<f32>::zeros((dirs, batch, h));
     let full: Vec<usize> = vec![t_len; batch];
     let lengths = lengths.unwrap_or(&full);
+    let gh = spec.cell.gates() * h;
+    let mut xproj = vec![0f32; t_len * batch * gh];
+    let mut last_of_forward = None;
     for (d, dw) in weights.dirs.iter().enumerate() {
         let reverse = spec.direction == Direction::Reverse || d == 1;
-        let mut xproj = x2d.dot(&dw.w_t);
-        if !xproj.is_standard_layout() {
-            // ndarray may hand back a column-major product (e.g. for one input feature).
-            xproj = xproj.as_standard_layout().into_owned();
-        }
-        for mut row in xproj.rows_mut() {
-            for (v, b) in row.iter_mut().zip(&dw.bias) {
-                *v += b;
-            }
-        }
+        input_projection(&mut xproj, x_rows, input, dw);
         let mut state = cell::State::new(batch, h);
         if let Some(h0) = &initial_h {
             state.h.assign(&h0.index_axis(Axis(0), d));
@@ -210,25 +238,150 @@ pub fn run_layer(
         }
         let step = cell::Step::new(spec, dw, &spec.activations[d]);
         let mut scratch = cell::Scratch::new(spec.cell.gates() * h, h);
+        let mask = keras.as_ref().map(|k| {
+            assert_eq!(k.mask.dim(), (t_len, batch), "mask is [T, B]");
+            let mut last = Array2::zeros((batch, h));
+            match &k.initial_output {
+                Some(o) => last.assign(o),
+                None => last.assign(&state.h),
+            }
+            (k.mask.as_standard_layout().into_owned(), last)
+        });
+        let (mask, mut last_output) = match mask {
+            Some((m, l)) => (Some(m), Some(l)),
+            None => (None, None),
+        };
+        let steps = Steps {
+            mask: mask
+                .as_ref()
+                .map(|m| m.as_slice().expect("standard layout")),
+            step: &step,
+            xproj: &xproj,
+            gates_width: gh,
+            lengths,
+            reverse,
+            column: d * batch,
+        };
+        steps.run_dispatched(&mut state, &mut scratch, &mut y, last_output.as_mut());
+        y_h.index_axis_mut(Axis(0), d).assign(&state.h);
+        y_c.index_axis_mut(Axis(0), d).assign(&state.c);
+        if d == 0 {
+            last_of_forward = last_output;
+        }
+    }
+    (LayerOutputs { y, y_h, y_c }, last_of_forward)
+}
+
+/// The time loop of one direction over every batch entry.
+struct Steps<'a> {
+    step: &'a cell::Step<'a>,
+    /// Keras mask `[T*B]`: a false entry skips the step and repeats the last output.
+    mask: Option<&'a [bool]>,
+    xproj: &'a [f32],
+    gates_width: usize,
+    lengths: &'a [usize],
+    reverse: bool,
+    /// First column of this direction in Y's `D*B` axis.
+    column: usize,
+}
+
+impl Steps<'_> {
+    /// Runs the loop, compiled for AVX2 + FMA when the CPU has them (the cell's element-wise
+    /// work then vectorises 8 wide).
+    fn run_dispatched(
+        &self,
+        state: &mut cell::State,
+        scratch: &mut cell::Scratch,
+        y: &mut Array3<f32>,
+        last: Option<&mut Array2<f32>>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports the features the function is compiled for.
+                unsafe { self.run_avx2(state, scratch, y, last) };
+                return;
+            }
+        }
+        self.run(state, scratch, y, last);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(
+        &self,
+        state: &mut cell::State,
+        scratch: &mut cell::Scratch,
+        y: &mut Array3<f32>,
+        last: Option<&mut Array2<f32>>,
+    ) {
+        self.run(state, scratch, y, last)
+    }
+
+    #[inline(always)]
+    fn run(
+        &self,
+        state: &mut cell::State,
+        scratch: &mut cell::Scratch,
+        y: &mut Array3<f32>,
+        mut last: Option<&mut Array2<f32>>,
+    ) {
+        let (t_len, width, h) = y.dim();
+        let batch = self.lengths.len();
+        let gh = self.gates_width;
+        let y = y.as_slice_mut().expect("standard layout");
         for s in 0..t_len {
-            let t = if reverse { t_len - 1 - s } else { s };
-            for (b, &len) in lengths.iter().enumerate() {
+            let t = if self.reverse { t_len - 1 - s } else { s };
+            for (b, &len) in self.lengths.iter().enumerate() {
                 if t >= len {
                     continue;
                 }
-                let pre = xproj.row(t * batch + b);
-                step.run(
-                    pre.as_slice().expect("row-major"),
-                    &mut state,
-                    b,
-                    &mut scratch,
-                );
-                y.slice_mut(s![t, d * batch + b, ..])
-                    .assign(&state.h.row(b));
+                let row = t * batch + b;
+                let at = (t * width + self.column + b) * h;
+                if let (Some(mask), Some(last)) = (self.mask, last.as_deref_mut()) {
+                    let last =
+                        &mut last.as_slice_mut().expect("standard layout")[b * h..(b + 1) * h];
+                    if mask[row] {
+                        self.step
+                            .run(&self.xproj[row * gh..(row + 1) * gh], state, b, scratch);
+                        last.copy_from_slice(state.h_row(b));
+                    }
+                    y[at..at + h].copy_from_slice(last);
+                    continue;
+                }
+                self.step
+                    .run(&self.xproj[row * gh..(row + 1) * gh], state, b, scratch);
+                y[at..at + h].copy_from_slice(state.h_row(b));
             }
         }
-        y_h.index_axis_mut(Axis(0), d).assign(&state.h);
-        y_c.index_axis_mut(Axis(0), d).assign(&state.c);
     }
-    LayerOutputs { y, y_h, y_c }
+}
+
+/// `X · Wᵀ + biases` for every row of `x` (`[rows, input]`), into `out` (`[rows, gates*hidden]`).
+fn input_projection(out: &mut [f32], x: &[f32], input: usize, dw: &DirectionWeights) {
+    /// From this many rows on, a blocked matrix product (which reuses each weight across
+    /// rows) beats one vector product per row.
+    const GEMM_ROWS: usize = 16;
+    let gh = dw.bias.len();
+    let w_t = dw.w_t.as_slice().expect("standard layout");
+    if input == 0 {
+        out.chunks_exact_mut(gh)
+            .for_each(|row| row.copy_from_slice(&dw.bias));
+        return;
+    }
+    let rows = x.len() / input;
+    if rows >= GEMM_ROWS {
+        let x = ArrayView2::from_shape((rows, input), x).expect("rows of x");
+        let mut out2 = ndarray::ArrayViewMut2::from_shape((rows, gh), out).expect("rows of out");
+        let bias = ndarray::aview1(&dw.bias);
+        out2.rows_mut()
+            .into_iter()
+            .for_each(|mut row| row.assign(&bias));
+        ndarray::linalg::general_mat_mul(1.0, &x, &dw.w_t, 1.0, &mut out2);
+        return;
+    }
+    for (row_out, row_x) in out.chunks_exact_mut(gh).zip(x.chunks_exact(input)) {
+        row_out.copy_from_slice(&dw.bias);
+        linalg::matvec_acc(row_out, row_x, w_t, gh);
+    }
 }

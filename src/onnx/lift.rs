@@ -220,19 +220,26 @@ fn classify(node: &NodeProto, display: &str, index: &GraphIndex) -> Result<Layer
         | "Gather" | "Add" | "Sub" | "Mul" | "Div" | "Cast" | "Identity" | "Flatten"
         | "Constant" | "ConstantOfShape" | "Expand" | "Split" | "Where" | "Equal" | "Not"
         | "ReduceSum" | "ReduceMax" | "Less" | "Greater" | "Range" | "Dropout" => LayerKind::Glue,
-        "Loop" => LayerKind::Loop {
-            body_ops: node
-                .attribute
-                .iter()
-                .filter_map(|a| a.g.as_ref())
-                .map(|g| op_histogram(g, true))
-                .fold(BTreeMap::new(), |mut acc, h| {
-                    for (k, v) in h {
-                        *acc.entry(k).or_default() += v;
-                    }
-                    acc
-                }),
-        },
+        "Loop" => {
+            let outer = |name: &str| index.constants.get(name).map(|t| (*t).clone());
+            match super::keras_loop::recognise(node, &outer) {
+                Ok(k) => LayerKind::Recurrent(Box::new(recurrent_from_loop(node, &k, index))),
+                Err(why) => LayerKind::Loop {
+                    body_ops: node
+                        .attribute
+                        .iter()
+                        .filter_map(|a| a.g.as_ref())
+                        .map(|g| op_histogram(g, true))
+                        .fold(BTreeMap::new(), |mut acc, h| {
+                            for (k, v) in h {
+                                *acc.entry(k).or_default() += v;
+                            }
+                            acc
+                        }),
+                    why,
+                },
+            }
+        }
         _ => LayerKind::Other,
     })
 }
@@ -453,7 +460,52 @@ fn lift_recurrent(node: &NodeProto, display: &str, index: &GraphIndex) -> Result
         weights,
         input_names: node.input.clone(),
         cell,
+        keras_loop: None,
     })
+}
+
+/// A recognised Keras loop as a recurrent layer of the IR.
+fn recurrent_from_loop(
+    node: &NodeProto,
+    k: &super::keras_loop::KerasLoop,
+    index: &GraphIndex,
+) -> RecurrentLayer {
+    use super::keras_loop::Carried;
+    let carried_input = |role: Carried| {
+        k.carried_index(role)
+            .map_or(Source::Absent, |j| index.source(node.input.get(2 + j)))
+    };
+    let carried_used = |role: Carried| {
+        k.carried_index(role)
+            .is_some_and(|j| index.is_used(node.output.get(j)))
+    };
+    let scans_used =
+        (0..k.scans.len()).any(|s| index.is_used(node.output.get(k.carried.len() + s)));
+    RecurrentLayer {
+        cell: k.cell.clone(),
+        direction: Direction::Forward,
+        hidden_size: k.hidden,
+        input_size: Some(k.input_size),
+        activations: vec![k.activations.clone()],
+        custom_activations: k.activations != k.cell.default_activations(),
+        clip: None,
+        layout: Layout::SequenceFirst,
+        bias: Source::Constant,
+        sequence_lens: SequenceLens::Absent,
+        initial_h: carried_input(Carried::Hidden),
+        initial_c: carried_input(Carried::Cell),
+        outputs: RecurrentOutputs {
+            y: scans_used,
+            y_h: carried_used(Carried::Hidden) || carried_used(Carried::LastOutput),
+            y_c: carried_used(Carried::Cell),
+        },
+        weights: Some(k.weights.clone()),
+        input_names: node.input.clone(),
+        keras_loop: Some(KerasLoopSource {
+            steps_from: k.x.clone(),
+            mask: k.mask.clone(),
+        }),
+    }
 }
 
 /// Resolves `activations`, `activation_alpha` and `activation_beta` into one list per

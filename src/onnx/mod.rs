@@ -4,6 +4,7 @@
 
 mod attrs;
 mod constants;
+pub mod keras_loop;
 mod lift;
 
 pub use attrs::NodeAttrs;

@@ -313,9 +313,83 @@ def basicmotions_lstm_keras():
         extra_files={"labels.npy": yte, "classes.txt": "\n".join(classes) + "\n"})
 
 
+# ---------------------------------------------------------------- masked, pre-padded, stacked
+def masked_rnn_lstm_prepadded():
+    """Keras's default pad_sequences pads at the front, and real data has gaps: zeros before,
+    inside and after the tokens, all hidden by mask_zero through two stacked masked layers."""
+    seed(15)
+    rng = np.random.default_rng(15)
+
+    def data(n, T=16):
+        x = np.zeros((n, T), np.int64)
+        y = np.zeros((n, 1), np.float32)
+        for i in range(n):
+            L = int(rng.integers(1, T + 1))
+            toks = rng.integers(1, 30, L)
+            toks[rng.random(L) < 0.15] = 0  # gaps inside the sequence
+            x[i, T - L:] = toks  # pre-padded
+            real = toks[toks != 0]
+            y[i, 0] = (real.max() if real.size else 0) / 30.0
+        return x, y
+
+    xtr, ytr = data(5000)
+    xte, yte = data(64)
+    inp = keras.Input((16,), dtype="int64", name="tokens")
+    h = keras.layers.Embedding(30, 8, mask_zero=True, name="embed")(inp)
+    h = keras.layers.SimpleRNN(12, activation="relu", return_sequences=True, name="rnn")(h)
+    h = keras.layers.LSTM(16, name="lstm")(h)
+    out = keras.layers.Dense(1, name="max")(h)
+    model = keras.Model(inp, out)
+    model.compile(keras.optimizers.Adam(3e-3), "mse")
+    model.fit(xtr, ytr, batch_size=64, epochs=6, verbose=2)
+    pte = predict(model, xte)
+    mse = {"train_mse": float(np.mean((predict(model, xtr) - ytr) ** 2)),
+           "test_mse": float(np.mean((pte - yte) ** 2)),
+           "test_mse_predict_mean_baseline": float(np.mean((ytr.mean() - yte) ** 2))}
+    m = export(model, ["max"])
+    common.write_case(
+        "masked_rnn_lstm_prepadded", m, [xte],
+        description="Embedding(mask_zero=True) over pre-padded int64 ids with gaps (len 16) -> "
+                    "SimpleRNN(12, relu, seq) -> LSTM(16) -> Dense(1) regressing the max id / 30; "
+                    "two masked Loops",
+        architecture="keras Embedding(30,8,mask_zero=True) -> SimpleRNN(12,relu,seq) -> LSTM(16) -> Dense(1)",
+        exporter=EXPORTER, versions=VERSIONS, framework_outputs=[pte],
+        extra={"accuracy": mse, "training": "Adam 3e-3, batch 64, 6 epochs, 5000 sequences, seed 15"},
+        extra_files={"targets.npy": yte})
+
+
+# ---------------------------------------------------------------- Keras 3 GRU
+def keras_gru_forecaster():
+    seed(16)
+    rng = np.random.default_rng(16)
+    xtr, ytr = sine_series(3000, 24, rng)
+    xte, yte = sine_series(64, 24, rng)
+    inp = keras.Input((24, 1), name="series")
+    h = keras.layers.GRU(16, name="gru")(inp)
+    out = keras.layers.Dense(1, name="next")(h)
+    model = keras.Model(inp, out)
+    model.compile(keras.optimizers.Adam(3e-3), "mse")
+    model.fit(xtr, ytr, batch_size=64, epochs=6, verbose=2)
+    pte = predict(model, xte)
+    mse = {"train_mse": float(np.mean((predict(model, xtr) - ytr) ** 2)),
+           "test_mse": float(np.mean((pte - yte) ** 2)),
+           "test_mse_last_value_baseline": float(np.mean((xte[:, -1] - yte) ** 2))}
+    m = export(model, ["next"])
+    common.write_case(
+        "keras_gru_forecaster", m, [xte],
+        description="one-step forecaster: 24-step two-sine series -> Keras 3 GRU(16) -> Dense(1); "
+                    "tf2onnx emits a Loop (no GRU op)",
+        architecture="keras GRU(16, reset_after=True) -> Dense(1)",
+        exporter=EXPORTER, versions=VERSIONS, framework_outputs=[pte],
+        extra={"accuracy": mse, "training": "Adam 3e-3, batch 64, 6 epochs, 3000 windows, seed 16"},
+        extra_files={"targets.npy": yte})
+
+
 CASES = {"reber_lstm": reber_lstm, "bilstm_classifier": bilstm_classifier,
          "simplernn_forecaster": simplernn_forecaster, "masked_lstm": masked_lstm,
-         "basicmotions_lstm_keras": basicmotions_lstm_keras}
+         "basicmotions_lstm_keras": basicmotions_lstm_keras,
+         "masked_rnn_lstm_prepadded": masked_rnn_lstm_prepadded,
+         "keras_gru_forecaster": keras_gru_forecaster}
 
 if __name__ == "__main__":
     for name in (sys.argv[1:] or CASES):
