@@ -454,3 +454,35 @@ fn a_loop_that_is_not_a_recognised_recurrence_is_refused_naming_the_node() {
         "{text}"
     );
 }
+
+/// `recur bench --json` prints one object with the median and p90 of real runs.
+#[test]
+fn bench_reports_median_and_p90_as_json() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/real/basicmotions_lstm");
+    let out = recur(&[
+        "bench",
+        &s(&root.join("model.onnx")),
+        "--input",
+        &s(&root.join("in_0.npy")),
+        "--iters",
+        "5",
+        "--warmup",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let median = report["median_us"].as_f64().expect("median_us");
+    let p90 = report["p90_us"].as_f64().expect("p90_us");
+    assert!(median > 0.0 && p90 >= median, "{report}");
+    assert_eq!(report["iters"], 5);
+    assert_user_error(
+        &recur(&[
+            "bench",
+            &s(&root.join("model.onnx")),
+            "--input",
+            &s(&root.join("missing.npy")),
+        ]),
+        &["missing.npy"],
+    );
+}

@@ -1,6 +1,7 @@
 //! The command-line interface: one module per subcommand, each an argument struct plus an
 //! `exec` that turns arguments into library calls. Nothing below this module prints.
 
+mod bench;
 mod inspect;
 mod run;
 
@@ -24,6 +25,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Run a model once on inputs from .npy files.
     Run(run::RunArgs),
+    /// Time a model: warm-up, then N runs; median and p90.
+    Bench(bench::BenchArgs),
 }
 
 /// An error from a subcommand, with its exit status.
@@ -52,5 +55,6 @@ pub fn exec(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Inspect(args) => inspect::exec(args),
         Command::Run(args) => run::exec(args),
+        Command::Bench(args) => bench::exec(args),
     }
 }

@@ -65,7 +65,8 @@ pub fn exec(args: RunArgs) -> std::result::Result<(), CliError> {
     Ok(())
 }
 
-fn check_device(kind: BackendKind, device: &str) -> Result<()> {
+/// Refuses unknown devices, and devices the backend cannot drive.
+pub fn check_device(kind: BackendKind, device: &str) -> Result<()> {
     let valid = device == "cpu"
         || device == "cuda"
         || device

@@ -3,7 +3,7 @@
 use ndarray::Array2;
 
 use super::activation::Act;
-use super::linalg::matvec_acc;
+use super::linalg::matvec_packed;
 use super::{DirectionWeights, LayerSpec};
 use crate::ir::{Activation, Cell};
 
@@ -81,16 +81,16 @@ impl<'a> Step<'a> {
         gates.copy_from_slice(pre);
         let mut h_row = state.h.row_mut(b);
         let h_prev = h_row.as_slice_mut().expect("row-major");
-        let r_t = self.weights.r_t.as_slice().expect("row-major");
+        let r_packed = &self.weights.r_packed;
         match self.cell {
             Cell::Rnn => {
-                matvec_acc(gates, h_prev, r_t, h);
+                matvec_packed(gates, h_prev, &r_packed[0]);
                 clip(gates, self.clip);
                 self.acts[0].apply(gates);
                 h_prev.copy_from_slice(gates);
             }
             Cell::Lstm { input_forget, .. } => {
-                matvec_acc(gates, h_prev, r_t, 4 * h);
+                matvec_packed(gates, h_prev, &r_packed[0]);
                 let mut c_row = state.c.row_mut(b);
                 let c = c_row.as_slice_mut().expect("row-major");
                 // Gate order in ONNX: i, o, f, c. Peepholes P: i, o, f.
@@ -142,8 +142,8 @@ impl<'a> Step<'a> {
                     // h~ = g(X·Whᵀ + Wbh + r ⊙ (H·Rhᵀ + Rbh))
                     let rh = &mut scratch.extra;
                     rh.copy_from_slice(&self.weights.rb_h);
-                    matvec_acc_cols(zr, h_prev, r_t, 3 * h, 0);
-                    matvec_acc_cols(rh, h_prev, r_t, 3 * h, 2 * h);
+                    matvec_packed(zr, h_prev, &r_packed[0]);
+                    matvec_packed(rh, h_prev, &r_packed[1]);
                     clip(zr, self.clip);
                     self.acts[0].apply(zr);
                     let (z, r) = zr.split_at(h);
@@ -157,7 +157,7 @@ impl<'a> Step<'a> {
                     }
                 } else {
                     // h~ = g(X·Whᵀ + Wbh + Rbh + (r ⊙ H)·Rhᵀ)
-                    matvec_acc_cols(zr, h_prev, r_t, 3 * h, 0);
+                    matvec_packed(zr, h_prev, &r_packed[0]);
                     clip(zr, self.clip);
                     self.acts[0].apply(zr);
                     let (z, r) = zr.split_at(h);
@@ -165,7 +165,7 @@ impl<'a> Step<'a> {
                     for k in 0..h {
                         rh[k] = r[k] * h_prev[k];
                     }
-                    matvec_acc_cols(h_g, rh, r_t, 3 * h, 2 * h);
+                    matvec_packed(h_g, rh, &r_packed[1]);
                     clip(h_g, self.clip);
                     self.acts[1].apply(h_g);
                     for k in 0..h {
@@ -175,11 +175,6 @@ impl<'a> Step<'a> {
             }
         }
     }
-}
-
-/// `out += v · M[:, offset..offset+out.len()]` for a row-major `M` of `width` columns.
-fn matvec_acc_cols(out: &mut [f32], v: &[f32], m: &[f32], width: usize, offset: usize) {
-    super::linalg::matvec_acc_strided(out, v, m, width, offset);
 }
 
 #[inline(always)]

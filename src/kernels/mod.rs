@@ -10,7 +10,7 @@
 
 mod activation;
 mod cell;
-mod linalg;
+pub mod linalg;
 mod tract_loop;
 pub mod tract_op;
 
@@ -41,8 +41,11 @@ pub struct LayerSpec {
 pub struct DirectionWeights {
     /// Wᵀ: `[input, gates*hidden]`.
     w_t: Array2<f32>,
-    /// Rᵀ: `[hidden, gates*hidden]`.
-    r_t: Array2<f32>,
+    /// Wᵀ packed for one-row projections.
+    w_packed: linalg::Packed,
+    /// Rᵀ packed: all gates, or for a GRU the z and r gates then the h gate (the reset gate
+    /// is applied between them).
+    r_packed: Vec<linalg::Packed>,
     /// Bias added to the input projection: Wb + Rb, except GRU's Rbh when
     /// linear_before_reset=1 (that one goes inside the reset gate's product).
     bias: Vec<f32>,
@@ -124,17 +127,28 @@ impl LayerWeights {
                         }
                     }
                 }
+                let w_t = w
+                    .index_axis(Axis(0), d)
+                    .t()
+                    .as_standard_layout()
+                    .into_owned();
+                let r_t = r
+                    .index_axis(Axis(0), d)
+                    .t()
+                    .as_standard_layout()
+                    .into_owned();
+                let r_packed = if matches!(spec.cell, Cell::Gru { .. }) {
+                    vec![
+                        linalg::Packed::new(r_t.slice(s![.., ..2 * h])),
+                        linalg::Packed::new(r_t.slice(s![.., 2 * h..])),
+                    ]
+                } else {
+                    vec![linalg::Packed::new(r_t.view())]
+                };
                 DirectionWeights {
-                    w_t: w
-                        .index_axis(Axis(0), d)
-                        .t()
-                        .as_standard_layout()
-                        .into_owned(),
-                    r_t: r
-                        .index_axis(Axis(0), d)
-                        .t()
-                        .as_standard_layout()
-                        .into_owned(),
+                    w_packed: linalg::Packed::new(w_t.view()),
+                    w_t,
+                    r_packed,
                     bias,
                     rb_h,
                     peepholes: p.as_ref().map(|p| p.row(d).to_vec()),
@@ -363,7 +377,6 @@ fn input_projection(out: &mut [f32], x: &[f32], input: usize, dw: &DirectionWeig
     /// rows) beats one vector product per row.
     const GEMM_ROWS: usize = 16;
     let gh = dw.bias.len();
-    let w_t = dw.w_t.as_slice().expect("standard layout");
     if input == 0 {
         out.chunks_exact_mut(gh)
             .for_each(|row| row.copy_from_slice(&dw.bias));
@@ -382,6 +395,6 @@ fn input_projection(out: &mut [f32], x: &[f32], input: usize, dw: &DirectionWeig
     }
     for (row_out, row_x) in out.chunks_exact_mut(gh).zip(x.chunks_exact(input)) {
         row_out.copy_from_slice(&dw.bias);
-        linalg::matvec_acc(row_out, row_x, w_t, gh);
+        linalg::matvec_packed(row_out, row_x, &dw.w_packed);
     }
 }

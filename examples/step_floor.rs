@@ -1,0 +1,114 @@
+//! Min-of-N timings of one streamed step (robust to a busy machine): raw kernels vs the
+//! tract backend. `cargo run --release --example step_floor`.
+use std::path::Path;
+use std::time::Instant;
+
+use ndarray::{Array3, ArrayD, IxDyn};
+use recur::backend::tract::TractBackend;
+use recur::backend::Backend;
+use recur::ir::LayerKind;
+use recur::kernels::{run_layer, LayerSpec, LayerWeights};
+use recur::model::Model;
+use recur::tensor::{check_inputs, HostTensor};
+
+fn stats(mut v: Vec<f64>) -> String {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    format!(
+        "min {:.2} us  p10 {:.2} us  median {:.2} us",
+        v[0],
+        v[v.len() / 10],
+        v[v.len() / 2]
+    )
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model = Model::load(&root.join("models/bench/lstm2x64_step.onnx")).unwrap();
+    // Raw kernels: the two LSTM layers of the model, one step each.
+    let mut layers = vec![];
+    for l in &model.ir.layers {
+        if let LayerKind::Recurrent(r) = &l.kind {
+            let spec = LayerSpec {
+                cell: r.cell.clone(),
+                direction: r.direction,
+                hidden: r.hidden_size,
+                activations: r.activations.clone(),
+                clip: r.clip,
+            };
+            let w = r.weights.as_ref().unwrap();
+            let lw = LayerWeights::prepare(
+                &spec,
+                w.w.view().into_dimensionality().unwrap(),
+                w.r.view().into_dimensionality().unwrap(),
+                w.b.as_ref()
+                    .map(|b| b.view().into_dimensionality().unwrap()),
+                None,
+            )
+            .unwrap();
+            layers.push((spec, lw));
+        }
+    }
+    for (rows, cols) in [(64usize, 256usize), (8, 256)] {
+        let m = ndarray::Array2::<f32>::from_elem((rows, cols), 0.01);
+        let packed = recur::kernels::linalg::Packed::new(m.view());
+        let v = vec![0.5f32; rows];
+        let mut out = vec![0f32; cols];
+        let mut times = vec![];
+        for _ in 0..2000 {
+            let t = Instant::now();
+            for _ in 0..100 {
+                recur::kernels::linalg::matvec_packed(&mut out, &v, &packed);
+            }
+            times.push(t.elapsed().as_secs_f64() * 1e4);
+        }
+        println!("matvec {rows}x{cols}: {} (per call)", stats(times));
+    }
+    let mut x = Array3::<f32>::from_elem((1, 1, 8), 0.1);
+    let mut h = vec![Array3::<f32>::zeros((1, 1, 64)); 2];
+    let mut c = vec![Array3::<f32>::zeros((1, 1, 64)); 2];
+    let mut times = vec![];
+    for i in 0..20000 {
+        x[[0, 0, 0]] = (i % 7) as f32 * 0.1;
+        let t = Instant::now();
+        let mut input = x.clone();
+        for (k, (spec, lw)) in layers.iter().enumerate() {
+            let out = run_layer(
+                spec,
+                lw,
+                input.view(),
+                None,
+                Some(h[k].view()),
+                Some(c[k].view()),
+            );
+            h[k] = out.y_h;
+            c[k] = out.y_c;
+            input = out.y.into_shape_with_order((1, 1, 64)).unwrap();
+        }
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    println!("raw kernels, 2 LSTM layers, one step: {}", stats(times));
+
+    let mut backend = TractBackend::new(&model, &model.path).unwrap();
+    let zeros = || HostTensor::F32(ArrayD::zeros(IxDyn(&[1, 1, 64])));
+    let mut state = [zeros(), zeros(), zeros(), zeros()];
+    let mut times = vec![];
+    let mut times_run = vec![];
+    for i in 0..20000 {
+        let t = Instant::now();
+        let sample = ArrayD::from_elem(IxDyn(&[1, 1, 8]), (i % 7) as f32 * 0.1);
+        let mut given = vec![("X".to_string(), HostTensor::F32(sample))];
+        for (name, s) in ["h1", "c1", "h2", "c2"].iter().zip(&state) {
+            given.push((name.to_string(), s.clone()));
+        }
+        let inputs = check_inputs(&model.ir.inputs, given).unwrap();
+        let t_run = Instant::now();
+        let out = backend.run(&inputs).unwrap();
+        times_run.push(t_run.elapsed().as_secs_f64() * 1e6);
+        for (slot, (_, value)) in state.iter_mut().zip(out.into_iter().skip(1)) {
+            *slot = value;
+        }
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    println!("tract backend run only:               {}", stats(times_run));
+    println!("tract backend step incl. checks:      {}", stats(times));
+}
