@@ -89,6 +89,7 @@ fn main() {
     println!("raw kernels, 2 LSTM layers, one step: {}", stats(times));
 
     let mut backend = TractBackend::new(&model, &model.path).unwrap();
+    println!("native: {}", backend.runs_natively());
     let zeros = || HostTensor::F32(ArrayD::zeros(IxDyn(&[1, 1, 64])));
     let mut state = [zeros(), zeros(), zeros(), zeros()];
     let mut times = vec![];

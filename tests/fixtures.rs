@@ -19,16 +19,37 @@ enum Outcome {
     Failed(String),
 }
 
-fn run(case: &Case, stock: bool) -> Outcome {
+#[derive(Clone, Copy, PartialEq)]
+enum Engine {
+    /// The CPU path as users get it: recur's executor when it takes the graph, else tract.
+    Recur,
+    /// The CPU path through tract only (recur's kernels inside tract).
+    TractOnly,
+    /// Stock tract 0.23.9.
+    Stock,
+}
+
+fn run(case: &Case, engine: Engine) -> Outcome {
+    run_counting(case, engine).0
+}
+
+/// The outcome, and whether recur's own executor produced it.
+fn run_counting(case: &Case, engine: Engine) -> (Outcome, bool) {
     let model = Model::load(&case.model_path()).unwrap_or_else(|e| panic!("{}: {e}", case.id()));
     let inputs = check_inputs(&model.ir.inputs, case.read_inputs())
         .unwrap_or_else(|e| panic!("{}: fixture inputs rejected: {e}", case.id()));
-    let backend = if stock {
-        TractBackend::plain_tract(&model)
-    } else {
-        TractBackend::new(&model, &case.model_path())
+    let backend = match engine {
+        Engine::Stock => TractBackend::plain_tract(&model),
+        Engine::TractOnly => TractBackend::tract_only(&model),
+        Engine::Recur => TractBackend::new(&model, &case.model_path()),
     };
-    match backend.and_then(|mut b| b.run(&inputs)) {
+    let mut native = false;
+    let result = backend.and_then(|mut b| {
+        let out = b.run(&inputs);
+        native = b.runs_natively();
+        out
+    });
+    let outcome = match result {
         Ok(outputs) => match case.check(&outputs) {
             Ok(err) => Outcome::Matched(err),
             Err(e) => Outcome::Failed(format!("WRONG ANSWER: {e}")),
@@ -47,7 +68,8 @@ fn run(case: &Case, stock: bool) -> Outcome {
             Outcome::Refused(format!("{node}: {reason}"))
         }
         Err(e) => Outcome::Failed(format!("error: {e}")),
-    }
+    };
+    (outcome, native)
 }
 
 #[test]
@@ -59,8 +81,15 @@ fn every_fixture_matches_on_the_cpu_path_or_is_refused_by_the_guard() {
         cases.len()
     );
     let (mut matched, mut refused, mut failed) = (vec![], vec![], vec![]);
+    let mut native = 0;
     for case in &cases {
-        match run(case, false) {
+        // Both executors of the CPU path must match the reference on their own.
+        if let Outcome::Failed(why) = run(case, Engine::TractOnly) {
+            failed.push(format!("{:<48} (tract only) {why}", case.id()));
+        }
+        let (outcome, ran_natively) = run_counting(case, Engine::Recur);
+        native += ran_natively as usize;
+        match outcome {
             Outcome::Matched(err) => {
                 matched.push(format!("{:<48} max abs err {err:.2e}", case.id()))
             }
@@ -79,11 +108,15 @@ fn every_fixture_matches_on_the_cpu_path_or_is_refused_by_the_guard() {
         refused.join("\n  ")
     );
     println!(
-        "summary: {} fixtures, {} matched, {} refused, {} failed",
+        "summary: {} fixtures, {} matched, {} refused, {} failed; {native} ran on recur's own executor, the rest on tract",
         cases.len(),
         matched.len(),
         refused.len(),
         failed.len()
+    );
+    assert!(
+        native >= 100,
+        "recur's executor took only {native} fixtures"
     );
     assert!(
         failed.is_empty(),
@@ -160,7 +193,7 @@ fn stock_tract_goes_wrong_only_where_a_known_defect_explains_it() {
             .recurrent_layers()
             .filter_map(|(_, r)| known_stock_tract_defect(r))
             .collect();
-        match run(&case, true) {
+        match run(&case, Engine::Stock) {
             Outcome::Matched(_) => right += 1,
             Outcome::Refused(why) | Outcome::Failed(why) => {
                 if defects.is_empty() {

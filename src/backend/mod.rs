@@ -3,6 +3,7 @@
 //! A backend is built from a model file, refuses at build time what it cannot compute exactly
 //! (naming the node), and then runs checked inputs as many times as asked.
 
+pub mod native;
 pub mod tract;
 pub mod tract_guard;
 

@@ -27,13 +27,36 @@ pub struct TractBackend {
     ir: RecurrentModel,
     model: InferenceModel,
     plans: HashMap<Vec<Vec<usize>>, Plan>,
+    /// recur's own executor, when the whole graph is within its reach (see `native`).
+    native: Option<super::native::NativePlan>,
 }
 
 impl TractBackend {
     /// The CPU path: tract with recur's recurrent kernels, after the guard has accepted the
     /// model.
     pub fn new(model: &Model, _path: &std::path::Path) -> Result<Self> {
+        let mut backend = Self::build(model, true)?;
+        let graph = model
+            .proto
+            .graph
+            .as_ref()
+            .expect("decode_proto checked the graph");
+        match super::native::NativePlan::compile(graph, &model.ir, model.ir.opset) {
+            Ok(plan) => backend.native = Some(plan),
+            Err(why) => tracing::debug!("tract runs the graph: {why}"),
+        }
+        Ok(backend)
+    }
+
+    /// The CPU path through tract only (recur's kernels inside tract, never recur's own
+    /// executor): for the tests that hold the two executors to each other.
+    pub fn tract_only(model: &Model) -> Result<Self> {
         Self::build(model, true)
+    }
+
+    /// Whether recur's own executor runs this model (rather than tract's plan).
+    pub fn runs_natively(&self) -> bool {
+        self.native.is_some()
     }
 
     /// Stock tract 0.23.9, with its own recurrent ops and no guard: tract's answers, right or
@@ -52,6 +75,7 @@ impl TractBackend {
             ir: model.ir.clone(),
             model: parsed,
             plans: HashMap::new(),
+            native: None,
         })
     }
 
@@ -128,6 +152,20 @@ impl Backend for TractBackend {
     }
 
     fn run(&mut self, inputs: &CheckedInputs) -> Result<Vec<(String, HostTensor)>> {
+        if let Some(native) = &self.native {
+            let attempt =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| native.run(inputs)))
+                    .unwrap_or_else(|_| Err("recur's executor panicked".into()));
+            match attempt {
+                Ok(outputs) => return Ok(outputs),
+                Err(why) => {
+                    // An input the executor cannot take (an integer shape computation, say):
+                    // tract runs this model from now on.
+                    tracing::debug!("recur's executor gives way to tract: {why}");
+                    self.native = None;
+                }
+            }
+        }
         let plan = self.plan_for(inputs)?;
         let outlets = plan
             .model()

@@ -1,0 +1,894 @@
+//! recur's own executor for the graphs recurrent models usually are: recurrent layers with
+//! constant weights, the shape glue around them and a dense head. It runs such a graph
+//! directly on recur's kernels, without tract's per-run machinery, which dominates when a
+//! run is one streamed step (a few microseconds of arithmetic).
+//!
+//! A graph with any op or attribute outside the small set below is not compiled (the tract
+//! backend then runs it); the fixtures test checks both executors against ONNX Runtime.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ndarray::{concatenate, Array2, ArrayD, ArrayView2, Axis, Ix2, Ix3, IxDyn, Slice};
+use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
+
+use crate::ir::{ActivationKind, LayerKind, Layout, RecurrentLayer, RecurrentModel};
+use crate::kernels::{run_layer, LayerSpec, LayerWeights};
+use crate::onnx::{constant_f32, constant_i64, NodeAttrs};
+use crate::tensor::{CheckedInputs, HostTensor};
+
+/// A value flowing through the graph.
+#[derive(Debug, Clone)]
+enum Value {
+    F32(ArrayD<f32>),
+    I64(ArrayD<i64>),
+}
+
+/// One step of the compiled graph.
+#[derive(Debug)]
+enum Op {
+    Recurrent {
+        spec: LayerSpec,
+        weights: Arc<LayerWeights>,
+        batch_first: bool,
+        /// Value slots of X, sequence_lens, initial_h, initial_c.
+        x: usize,
+        lens: Option<usize>,
+        h0: Option<usize>,
+        c0: Option<usize>,
+        /// Output slots of Y, Y_h, Y_c.
+        outs: [Option<usize>; 3],
+    },
+    Dense {
+        x: usize,
+        /// `[in, out]`.
+        w: Array2<f32>,
+        /// The same, packed for one-row products (a streamed step).
+        packed: crate::kernels::linalg::Packed,
+        bias: Option<ArrayD<f32>>,
+        out: usize,
+    },
+    Binary {
+        kind: char,
+        a: usize,
+        b: usize,
+        out: usize,
+    },
+    Unary {
+        kind: ActivationKind,
+        x: usize,
+        out: usize,
+    },
+    Softmax {
+        axis: i64,
+        x: usize,
+        out: usize,
+    },
+    Reshape {
+        x: usize,
+        /// ONNX Reshape target (0 copies, -1 infers), or None for Squeeze/Unsqueeze/Flatten
+        /// computed from `rule`.
+        rule: ShapeRule,
+        out: usize,
+    },
+    Transpose {
+        x: usize,
+        perm: Vec<usize>,
+        out: usize,
+    },
+    Slice {
+        x: usize,
+        /// (axis, start, end, step) with ONNX's negative and clamped values.
+        ranges: Vec<(i64, i64, i64, i64)>,
+        out: usize,
+    },
+    Gather {
+        data: usize,
+        indices: usize,
+        axis: i64,
+        out: usize,
+    },
+    Concat {
+        inputs: Vec<usize>,
+        axis: i64,
+        out: usize,
+    },
+}
+
+#[derive(Debug)]
+enum ShapeRule {
+    Reshape(Vec<i64>),
+    Squeeze(Option<Vec<i64>>),
+    Unsqueeze(Vec<i64>),
+    Flatten(i64),
+}
+
+/// A graph compiled for recur's executor.
+#[derive(Debug)]
+pub struct NativePlan {
+    /// Initial contents of the value slots (constants), cloned per run.
+    constants: Vec<(usize, Value)>,
+    slots: usize,
+    inputs: Vec<(String, usize)>,
+    outputs: Vec<(String, usize)>,
+    ops: Vec<Op>,
+}
+
+/// Why a graph is left to tract (for logs).
+type Why = String;
+
+struct Compiler<'a> {
+    slots: HashMap<&'a str, usize>,
+    constants: Vec<(usize, Value)>,
+    const_values: HashMap<&'a str, &'a TensorProto>,
+}
+
+impl<'a> Compiler<'a> {
+    fn slot(&mut self, name: &'a str) -> usize {
+        let n = self.slots.len();
+        *self.slots.entry(name).or_insert(n)
+    }
+
+    fn existing(&self, name: &str) -> Result<usize, Why> {
+        self.slots
+            .get(name)
+            .copied()
+            .ok_or_else(|| format!("value '{name}' is not computed before use"))
+    }
+
+    fn const_f32(&self, name: &str) -> Option<ArrayD<f32>> {
+        self.const_values.get(name).and_then(|t| constant_f32(t))
+    }
+
+    fn const_ints(&self, name: &str) -> Option<Vec<i64>> {
+        self.const_values
+            .get(name)
+            .and_then(|t| constant_i64(t))
+            .map(|a| a.iter().copied().collect())
+    }
+}
+
+impl NativePlan {
+    /// Compiles the model's graph, or says why recur's executor does not take it.
+    pub fn compile(graph: &GraphProto, ir: &RecurrentModel, opset: i64) -> Result<Self, Why> {
+        let mut c = Compiler {
+            slots: HashMap::new(),
+            constants: vec![],
+            const_values: HashMap::new(),
+        };
+        for t in &graph.initializer {
+            c.const_values.insert(t.name.as_str(), t);
+        }
+        for n in &graph.node {
+            if n.op_type == "Constant" {
+                let t = n
+                    .attribute
+                    .iter()
+                    .find(|a| a.name == "value")
+                    .and_then(|a| a.t.as_ref())
+                    .ok_or("Constant without a tensor value")?;
+                c.const_values.insert(n.output[0].as_str(), t);
+            }
+        }
+        let mut inputs = vec![];
+        for i in &ir.inputs {
+            let s = c.slot(i.name.as_str());
+            inputs.push((i.name.clone(), s));
+        }
+        if ir.layers.len() != graph.node.len() {
+            return Err("the IR does not list every node".into());
+        }
+        let recurrent: Vec<Option<&RecurrentLayer>> = ir
+            .layers
+            .iter()
+            .map(|l| match &l.kind {
+                LayerKind::Recurrent(r) if r.keras_loop.is_none() => Some(r.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let mut ops = vec![];
+        for (index, n) in graph.node.iter().enumerate() {
+            if n.op_type == "Constant" {
+                continue;
+            }
+            let display = crate::onnx::node_display_name(n, index);
+            let op = compile_node(&mut c, n, &display, opset, recurrent[index])
+                .map_err(|why| format!("node '{display}' ({}): {why}", n.op_type))?;
+            ops.push(op);
+        }
+        let mut outputs = vec![];
+        for o in &graph.output {
+            outputs.push((o.name.clone(), c.existing(&o.name)?));
+        }
+        Ok(NativePlan {
+            slots: c.slots.len(),
+            constants: c.constants,
+            inputs,
+            outputs,
+            ops,
+        })
+    }
+
+    /// Runs the graph on checked inputs.
+    pub fn run(&self, given: &CheckedInputs) -> Result<Vec<(String, HostTensor)>, String> {
+        let mut values: Vec<Option<Value>> = vec![None; self.slots];
+        for (slot, v) in &self.constants {
+            values[*slot] = Some(v.clone());
+        }
+        for ((name, slot), (given_name, tensor)) in self.inputs.iter().zip(&given.tensors) {
+            debug_assert_eq!(name, given_name);
+            values[*slot] = Some(match tensor {
+                HostTensor::F32(a) => Value::F32(a.clone()),
+                HostTensor::I64(a) => Value::I64(a.clone()),
+                HostTensor::I32(a) => Value::I64(a.mapv(i64::from)),
+            });
+        }
+        for op in &self.ops {
+            eval(op, &mut values)?;
+        }
+        self.outputs
+            .iter()
+            .map(|(name, slot)| {
+                let v = values[*slot].clone().ok_or("output not computed")?;
+                Ok((
+                    name.clone(),
+                    match v {
+                        Value::F32(a) => HostTensor::F32(a),
+                        Value::I64(a) => HostTensor::I64(a),
+                    },
+                ))
+            })
+            .collect()
+    }
+}
+
+fn compile_node<'a>(
+    c: &mut Compiler<'a>,
+    n: &'a NodeProto,
+    display: &str,
+    opset: i64,
+    recurrent: Option<&RecurrentLayer>,
+) -> Result<Op, Why> {
+    let attrs = NodeAttrs::new(n, display);
+    let present = |i: usize| n.input.get(i).filter(|s| !s.is_empty()).map(String::as_str);
+    // An operand: a computed value, or a constant placed in a slot.
+    let operand = |c: &mut Compiler<'a>, name: &'a str| -> Result<usize, Why> {
+        if let Some(s) = c.slots.get(name) {
+            return Ok(*s);
+        }
+        let t = c
+            .const_values
+            .get(name)
+            .copied()
+            .ok_or_else(|| format!("input '{name}' is neither computed nor constant"))?;
+        let v = match constant_f32(t) {
+            Some(a) => Value::F32(a),
+            None => Value::I64(constant_i64(t).ok_or("a constant of an unsupported type")?),
+        };
+        let s = c.slot(name);
+        c.constants.push((s, v));
+        Ok(s)
+    };
+    let one_out = |c: &mut Compiler<'a>| -> Result<usize, Why> {
+        if n.output.len() != 1 {
+            return Err("expected one output".into());
+        }
+        Ok(c.slot(n.output[0].as_str()))
+    };
+    Ok(match n.op_type.as_str() {
+        "LSTM" | "GRU" | "RNN" => {
+            let r = recurrent.ok_or("not lifted")?;
+            let w = r.weights.as_ref().ok_or("weights are not constant")?;
+            let spec = LayerSpec {
+                cell: r.cell.clone(),
+                direction: r.direction,
+                hidden: r.hidden_size,
+                activations: r.activations.clone(),
+                clip: r.clip,
+            };
+            let weights = LayerWeights::prepare(
+                &spec,
+                w.w.view()
+                    .into_dimensionality::<Ix3>()
+                    .map_err(|e| e.to_string())?,
+                w.r.view()
+                    .into_dimensionality::<Ix3>()
+                    .map_err(|e| e.to_string())?,
+                w.b.as_ref()
+                    .map(|b| b.view().into_dimensionality::<Ix2>())
+                    .transpose()
+                    .map_err(|e| e.to_string())?,
+                w.p.as_ref()
+                    .map(|p| p.view().into_dimensionality::<Ix2>())
+                    .transpose()
+                    .map_err(|e| e.to_string())?,
+            )?;
+            let x = operand(c, present(0).ok_or("no X")?)?;
+            let lens = present(4).map(|s| operand(c, s)).transpose()?;
+            let h0 = present(5).map(|s| operand(c, s)).transpose()?;
+            let c0 = present(6).map(|s| operand(c, s)).transpose()?;
+            let mut outs = [None; 3];
+            for (k, o) in n.output.iter().enumerate().take(3) {
+                if !o.is_empty() {
+                    outs[k] = Some(c.slot(o.as_str()));
+                }
+            }
+            Op::Recurrent {
+                spec,
+                weights: Arc::new(weights),
+                batch_first: r.layout == Layout::BatchFirst,
+                x,
+                lens,
+                h0,
+                c0,
+                outs,
+            }
+        }
+        "Gemm" => {
+            let (alpha, beta) = (
+                attrs.float("alpha").unwrap_or(1.0),
+                attrs.float("beta").unwrap_or(1.0),
+            );
+            if attrs.int("transA").unwrap_or(0) != 0 || alpha != 1.0 || beta != 1.0 {
+                return Err("transA, alpha or beta other than the defaults".into());
+            }
+            let w = c
+                .const_f32(present(1).ok_or("no B")?)
+                .ok_or("B is not constant")?;
+            let w = w.into_dimensionality::<Ix2>().map_err(|e| e.to_string())?;
+            let w = if attrs.int("transB").unwrap_or(0) == 1 {
+                w.t().to_owned()
+            } else {
+                w
+            };
+            let bias = present(2)
+                .map(|b| c.const_f32(b).ok_or("C is not constant"))
+                .transpose()?;
+            let x = operand(c, present(0).ok_or("no A")?)?;
+            Op::Dense {
+                x,
+                packed: crate::kernels::linalg::Packed::new(w.view()),
+                w,
+                bias,
+                out: one_out(c)?,
+            }
+        }
+        "MatMul" => {
+            let w = c
+                .const_f32(present(1).ok_or("no B")?)
+                .ok_or("B is not constant")?;
+            let w = w
+                .into_dimensionality::<Ix2>()
+                .map_err(|_| "B is not a matrix")?;
+            let x = operand(c, present(0).ok_or("no A")?)?;
+            Op::Dense {
+                x,
+                packed: crate::kernels::linalg::Packed::new(w.view()),
+                w,
+                bias: None,
+                out: one_out(c)?,
+            }
+        }
+        "Add" | "Sub" | "Mul" | "Div" => {
+            let a = operand(c, present(0).ok_or("no A")?)?;
+            let b = operand(c, present(1).ok_or("no B")?)?;
+            let kind = match n.op_type.as_str() {
+                "Add" => '+',
+                "Sub" => '-',
+                "Mul" => '*',
+                _ => '/',
+            };
+            Op::Binary {
+                kind,
+                a,
+                b,
+                out: one_out(c)?,
+            }
+        }
+        "Relu" | "Sigmoid" | "Tanh" => {
+            let kind = ActivationKind::parse(&n.op_type).expect("known names");
+            let x = operand(c, present(0).ok_or("no input")?)?;
+            Op::Unary {
+                kind,
+                x,
+                out: one_out(c)?,
+            }
+        }
+        "Softmax" => {
+            let axis = attrs
+                .int("axis")
+                .unwrap_or(if opset >= 13 { -1 } else { 1 });
+            if opset < 13 {
+                return Err("Softmax before opset 13 flattens its input".into());
+            }
+            let x = operand(c, present(0).ok_or("no input")?)?;
+            Op::Softmax {
+                axis,
+                x,
+                out: one_out(c)?,
+            }
+        }
+        "Identity" | "Dropout" => {
+            let x = operand(c, present(0).ok_or("no input")?)?;
+            Op::Reshape {
+                x,
+                rule: ShapeRule::Squeeze(Some(vec![])),
+                out: one_out(c)?,
+            }
+        }
+        "Reshape" => {
+            let shape = c
+                .const_ints(present(1).ok_or("no shape")?)
+                .ok_or("shape is not constant")?;
+            if attrs.int("allowzero").unwrap_or(0) != 0 {
+                return Err("allowzero".into());
+            }
+            let x = operand(c, present(0).ok_or("no input")?)?;
+            Op::Reshape {
+                x,
+                rule: ShapeRule::Reshape(shape),
+                out: one_out(c)?,
+            }
+        }
+        "Squeeze" | "Unsqueeze" => {
+            let axes = match present(1) {
+                Some(a) => Some(c.const_ints(a).ok_or("axes are not constant")?),
+                None => attrs.ints("axes").map(<[i64]>::to_vec),
+            };
+            let x = operand(c, present(0).ok_or("no input")?)?;
+            let rule = if n.op_type == "Squeeze" {
+                ShapeRule::Squeeze(axes)
+            } else {
+                ShapeRule::Unsqueeze(axes.ok_or("Unsqueeze without axes")?)
+            };
+            Op::Reshape {
+                x,
+                rule,
+                out: one_out(c)?,
+            }
+        }
+        "Flatten" => {
+            let x = operand(c, present(0).ok_or("no input")?)?;
+            Op::Reshape {
+                x,
+                rule: ShapeRule::Flatten(attrs.int("axis").unwrap_or(1)),
+                out: one_out(c)?,
+            }
+        }
+        "Transpose" => {
+            let perm = attrs.ints("perm").ok_or("Transpose without perm")?;
+            let perm = perm
+                .iter()
+                .map(|&p| usize::try_from(p).map_err(|_| "negative perm".to_string()))
+                .collect::<Result<_, _>>()?;
+            let x = operand(c, present(0).ok_or("no input")?)?;
+            Op::Transpose {
+                x,
+                perm,
+                out: one_out(c)?,
+            }
+        }
+        "Slice" => {
+            let starts = c
+                .const_ints(present(1).ok_or("no starts")?)
+                .ok_or("starts not constant")?;
+            let ends = c
+                .const_ints(present(2).ok_or("no ends")?)
+                .ok_or("ends not constant")?;
+            let axes = match present(3) {
+                Some(a) => c.const_ints(a).ok_or("axes not constant")?,
+                None => (0..starts.len() as i64).collect(),
+            };
+            let steps = match present(4) {
+                Some(a) => c.const_ints(a).ok_or("steps not constant")?,
+                None => vec![1; starts.len()],
+            };
+            if steps.iter().any(|&s| s != 1) {
+                return Err("steps other than 1".into());
+            }
+            let ranges = (0..starts.len())
+                .map(|i| (axes[i], starts[i], ends[i], steps[i]))
+                .collect();
+            let x = operand(c, present(0).ok_or("no input")?)?;
+            Op::Slice {
+                x,
+                ranges,
+                out: one_out(c)?,
+            }
+        }
+        "Gather" => {
+            let data = operand(c, present(0).ok_or("no data")?)?;
+            let indices = operand(c, present(1).ok_or("no indices")?)?;
+            Op::Gather {
+                data,
+                indices,
+                axis: attrs.int("axis").unwrap_or(0),
+                out: one_out(c)?,
+            }
+        }
+        "Concat" => {
+            let mut inputs = vec![];
+            for i in n.input.iter().filter(|s| !s.is_empty()) {
+                inputs.push(operand(c, i.as_str())?);
+            }
+            Op::Concat {
+                inputs,
+                axis: attrs.int("axis").unwrap_or(0),
+                out: one_out(c)?,
+            }
+        }
+        other => return Err(format!("op {other} is not in recur's executor")),
+    })
+}
+
+fn axis(a: i64, rank: usize) -> Result<usize, String> {
+    let r = rank as i64;
+    let a = if a < 0 { a + r } else { a };
+    if (0..r).contains(&a) {
+        Ok(a as usize)
+    } else {
+        Err(format!("axis {a} out of range for rank {rank}"))
+    }
+}
+
+fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
+    let get = |v: &[Option<Value>], s: usize| -> Result<Value, String> {
+        v[s].clone().ok_or_else(|| "value not computed".to_string())
+    };
+    let getf = |v: &[Option<Value>], s: usize| -> Result<ArrayD<f32>, String> {
+        match &v[s] {
+            Some(Value::F32(a)) => Ok(a.clone()),
+            Some(Value::I64(_)) => Err("expected a float tensor".into()),
+            None => Err("value not computed".into()),
+        }
+    };
+    match op {
+        Op::Recurrent {
+            spec,
+            weights,
+            batch_first,
+            x,
+            lens,
+            h0,
+            c0,
+            outs,
+        } => {
+            let perm3 = |a: ArrayD<f32>| -> Result<ndarray::Array3<f32>, String> {
+                let a = a.into_dimensionality::<Ix3>().map_err(|e| e.to_string())?;
+                Ok(if *batch_first {
+                    a.permuted_axes([1, 0, 2]).as_standard_layout().into_owned()
+                } else {
+                    a
+                })
+            };
+            let xv = perm3(getf(v, *x)?)?;
+            let lengths: Option<Vec<usize>> = match lens {
+                None => None,
+                Some(s) => Some(match &v[*s] {
+                    Some(Value::I64(a)) => a
+                        .iter()
+                        .map(|&l| usize::try_from(l).map_err(|_| "negative length".to_string()))
+                        .collect::<Result<_, _>>()?,
+                    _ => return Err("sequence_lens is not an integer tensor".into()),
+                }),
+            };
+            let (t_len, batch, _) = xv.dim();
+            if let Some(l) = &lengths {
+                if l.len() != batch || l.iter().any(|&x| x > t_len) {
+                    return Err(format!(
+                        "sequence_lens {l:?} does not fit batch {batch} and {t_len} steps"
+                    ));
+                }
+            }
+            if xv.dim().2 != weights.input_size() {
+                return Err(format!(
+                    "X has {} features, W expects {}",
+                    xv.dim().2,
+                    weights.input_size()
+                ));
+            }
+            let h0v = h0.map(|s| getf(v, s).and_then(perm3)).transpose()?;
+            let c0v = c0.map(|s| getf(v, s).and_then(perm3)).transpose()?;
+            let out = run_layer(
+                spec,
+                weights,
+                xv.view(),
+                lengths.as_deref(),
+                h0v.as_ref().map(|a| a.view()),
+                c0v.as_ref().map(|a| a.view()),
+            );
+            let d = spec.direction.count();
+            let h = spec.hidden;
+            if let Some(s) = outs[0] {
+                let y = out
+                    .y
+                    .into_shape_with_order((t_len, d, batch, h))
+                    .map_err(|e| e.to_string())?;
+                let y = if *batch_first {
+                    y.permuted_axes([2, 0, 1, 3])
+                        .as_standard_layout()
+                        .into_owned()
+                } else {
+                    y
+                };
+                v[s] = Some(Value::F32(y.into_dyn()));
+            }
+            for (k, a) in [(1, out.y_h), (2, out.y_c)] {
+                if let Some(s) = outs[k] {
+                    let a = if *batch_first {
+                        a.permuted_axes([1, 0, 2]).as_standard_layout().into_owned()
+                    } else {
+                        a
+                    };
+                    v[s] = Some(Value::F32(a.into_dyn()));
+                }
+            }
+        }
+        Op::Dense {
+            x,
+            w,
+            packed,
+            bias,
+            out,
+        } => {
+            let a = getf(v, *x)?;
+            let k = w.nrows();
+            if a.ndim() == 0 || a.shape()[a.ndim() - 1] != k {
+                return Err(format!(
+                    "input of shape {:?} does not fit a {}x{} matrix",
+                    a.shape(),
+                    k,
+                    w.ncols()
+                ));
+            }
+            let lead: Vec<usize> = a.shape()[..a.ndim() - 1].to_vec();
+            let rows = lead.iter().product::<usize>();
+            let a2 = a.as_standard_layout();
+            let a2 = ArrayView2::from_shape((rows, k), a2.as_slice().expect("standard"))
+                .map_err(|e| e.to_string())?;
+            let mut y = if rows < 8 {
+                let mut y = Array2::<f32>::zeros((rows, w.ncols()));
+                for (mut y_row, a_row) in y.rows_mut().into_iter().zip(a2.rows()) {
+                    let a_row = a_row.to_vec();
+                    crate::kernels::linalg::matvec_packed(
+                        y_row.as_slice_mut().expect("standard"),
+                        &a_row,
+                        packed,
+                    );
+                }
+                y.into_dyn()
+            } else {
+                a2.dot(w).into_dyn()
+            };
+            if let Some(b) = bias {
+                broadcastable(y.shape(), b.shape())?;
+                y = &y + b;
+            }
+            let mut shape = lead;
+            shape.push(w.ncols());
+            if y.ndim() == 2 && shape.len() != 2 {
+                y = y
+                    .into_shape_with_order(IxDyn(&shape))
+                    .map_err(|e| e.to_string())?;
+            }
+            v[*out] = Some(Value::F32(y));
+        }
+        Op::Binary { kind, a, b, out } => {
+            let (a, b) = (getf(v, *a)?, getf(v, *b)?);
+            broadcastable(a.shape(), b.shape())?;
+            let r = match kind {
+                '+' => &a + &b,
+                '-' => &a - &b,
+                '*' => &a * &b,
+                _ => &a / &b,
+            };
+            v[*out] = Some(Value::F32(r));
+        }
+        Op::Unary { kind, x, out } => {
+            let mut a = getf(v, *x)?;
+            match kind {
+                ActivationKind::Relu => a.mapv_inplace(|x| x.max(0.0)),
+                ActivationKind::Sigmoid => a.mapv_inplace(|x| 1.0 / (1.0 + (-x).exp())),
+                _ => a.mapv_inplace(f32::tanh),
+            }
+            v[*out] = Some(Value::F32(a));
+        }
+        Op::Softmax { axis: ax, x, out } => {
+            let mut a = getf(v, *x)?;
+            let ax = axis(*ax, a.ndim())?;
+            for mut lane in a.lanes_mut(Axis(ax)) {
+                let m = lane.fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                lane.mapv_inplace(|x| (x - m).exp());
+                let s = lane.sum();
+                lane.mapv_inplace(|x| x / s);
+            }
+            v[*out] = Some(Value::F32(a));
+        }
+        Op::Reshape { x, rule, out } => {
+            let value = get(v, *x)?;
+            let shape: Vec<usize> = match &value {
+                Value::F32(a) => a.shape().to_vec(),
+                Value::I64(a) => a.shape().to_vec(),
+            };
+            let target = reshape_target(&shape, rule)?;
+            let r = match value {
+                Value::F32(a) => Value::F32(
+                    a.as_standard_layout()
+                        .into_owned()
+                        .into_shape_with_order(IxDyn(&target))
+                        .map_err(|e| e.to_string())?,
+                ),
+                Value::I64(a) => Value::I64(
+                    a.as_standard_layout()
+                        .into_owned()
+                        .into_shape_with_order(IxDyn(&target))
+                        .map_err(|e| e.to_string())?,
+                ),
+            };
+            v[*out] = Some(r);
+        }
+        Op::Transpose { x, perm, out } => {
+            let a = getf(v, *x)?;
+            if perm.len() != a.ndim() {
+                return Err("perm does not fit the rank".into());
+            }
+            v[*out] = Some(Value::F32(
+                a.permuted_axes(IxDyn(perm))
+                    .as_standard_layout()
+                    .into_owned(),
+            ));
+        }
+        Op::Slice { x, ranges, out } => {
+            let mut a = getf(v, *x)?;
+            for &(ax, st, en, _) in ranges {
+                let ax = axis(ax, a.ndim())?;
+                let len = a.shape()[ax] as i64;
+                let clampi = |x: i64| if x < 0 { (x + len).max(0) } else { x.min(len) };
+                let (st, en) = (clampi(st) as usize, clampi(en) as usize);
+                a = a
+                    .slice_axis(Axis(ax), Slice::from(st..en.max(st)))
+                    .to_owned();
+            }
+            v[*out] = Some(Value::F32(a));
+        }
+        Op::Gather {
+            data,
+            indices,
+            axis: ax,
+            out,
+        } => {
+            let idx = match get(v, *indices)? {
+                Value::I64(i) => i,
+                Value::F32(_) => return Err("float indices".into()),
+            };
+            let d = getf(v, *data)?;
+            let ax = axis(*ax, d.ndim())?;
+            let n = d.shape()[ax] as i64;
+            let mut parts = Vec::with_capacity(idx.len());
+            for &i in idx.iter() {
+                let i = if i < 0 { i + n } else { i };
+                if !(0..n).contains(&i) {
+                    return Err(format!("index {i} out of range 0..{n}"));
+                }
+                parts.push(d.index_axis(Axis(ax), i as usize));
+            }
+            let mut shape: Vec<usize> = d.shape()[..ax].to_vec();
+            shape.extend(idx.shape());
+            shape.extend(&d.shape()[ax + 1..]);
+            let stacked = if parts.is_empty() {
+                ArrayD::zeros(IxDyn(&shape))
+            } else {
+                let views: Vec<_> = parts
+                    .iter()
+                    .map(|p| p.view().insert_axis(Axis(ax)))
+                    .collect();
+                concatenate(Axis(ax), &views)
+                    .map_err(|e| e.to_string())?
+                    .into_shape_with_order(IxDyn(&shape))
+                    .map_err(|e| e.to_string())?
+            };
+            v[*out] = Some(Value::F32(stacked));
+        }
+        Op::Concat {
+            inputs,
+            axis: ax,
+            out,
+        } => {
+            let arrays: Vec<ArrayD<f32>> = inputs
+                .iter()
+                .map(|&s| getf(v, s))
+                .collect::<Result<_, _>>()?;
+            let rank = arrays.first().ok_or("Concat of nothing")?.ndim();
+            let ax = axis(*ax, rank)?;
+            let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
+            v[*out] = Some(Value::F32(
+                concatenate(Axis(ax), &views).map_err(|e| e.to_string())?,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// ndarray panics on shapes that do not broadcast; recur says so instead.
+fn broadcastable(a: &[usize], b: &[usize]) -> Result<(), String> {
+    let ok = a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .all(|(&x, &y)| x == y || x == 1 || y == 1);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("shapes {a:?} and {b:?} do not broadcast"))
+    }
+}
+
+fn reshape_target(shape: &[usize], rule: &ShapeRule) -> Result<Vec<usize>, String> {
+    let rank = shape.len();
+    Ok(match rule {
+        ShapeRule::Squeeze(None) => shape.iter().copied().filter(|&d| d != 1).collect(),
+        ShapeRule::Squeeze(Some(axes)) => {
+            let axes: Vec<usize> = axes
+                .iter()
+                .map(|&a| axis(a, rank))
+                .collect::<Result<_, _>>()?;
+            if axes.iter().any(|&a| shape[a] != 1) {
+                return Err(format!("cannot squeeze axes {axes:?} of shape {shape:?}"));
+            }
+            shape
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !axes.contains(i))
+                .map(|(_, &d)| d)
+                .collect()
+        }
+        ShapeRule::Unsqueeze(axes) => {
+            let out_rank = rank + axes.len();
+            let mut axes: Vec<usize> = axes
+                .iter()
+                .map(|&a| axis(a, out_rank))
+                .collect::<Result<_, _>>()?;
+            axes.sort_unstable();
+            let mut out = shape.to_vec();
+            for a in axes {
+                out.insert(a, 1);
+            }
+            out
+        }
+        ShapeRule::Flatten(ax) => {
+            let ax = if *ax < 0 {
+                (*ax + rank as i64) as usize
+            } else {
+                *ax as usize
+            };
+            if ax > rank {
+                return Err("Flatten axis out of range".into());
+            }
+            vec![shape[..ax].iter().product(), shape[ax..].iter().product()]
+        }
+        ShapeRule::Reshape(target) => {
+            let total: usize = shape.iter().product();
+            let mut out: Vec<usize> = Vec::with_capacity(target.len());
+            let mut infer = None;
+            for (i, &t) in target.iter().enumerate() {
+                match t {
+                    0 => out.push(*shape.get(i).ok_or("0 beyond the input rank")?),
+                    -1 => {
+                        infer = Some(i);
+                        out.push(1);
+                    }
+                    t if t > 0 => out.push(t as usize),
+                    _ => return Err("negative dimension".into()),
+                }
+            }
+            let known: usize = out.iter().product();
+            if let Some(i) = infer {
+                if known == 0 || !total.is_multiple_of(known) {
+                    return Err(format!("cannot reshape {shape:?} to {target:?}"));
+                }
+                out[i] = total / known;
+            }
+            out
+        }
+    })
+}
