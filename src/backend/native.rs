@@ -93,6 +93,15 @@ enum Op {
         axis: i64,
         out: usize,
     },
+    Shape {
+        x: usize,
+        out: usize,
+    },
+    ConstantOfShape {
+        shape: usize,
+        value: Value,
+        out: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -186,9 +195,20 @@ impl NativePlan {
                 _ => None,
             })
             .collect();
+        // Only the nodes the outputs depend on (a streamable rewrite, say, leaves the nodes
+        // that built the zero initial states without consumers).
+        let mut needed: std::collections::HashSet<&str> =
+            graph.output.iter().map(|o| o.name.as_str()).collect();
+        let mut live = vec![false; graph.node.len()];
+        for (index, n) in graph.node.iter().enumerate().rev() {
+            if n.output.iter().any(|o| needed.contains(o.as_str())) {
+                live[index] = true;
+                needed.extend(n.input.iter().map(String::as_str));
+            }
+        }
         let mut ops = vec![];
         for (index, n) in graph.node.iter().enumerate() {
-            if n.op_type == "Constant" {
+            if n.op_type == "Constant" || !live[index] {
                 continue;
             }
             let display = crate::onnx::node_display_name(n, index);
@@ -517,6 +537,37 @@ fn compile_node<'a>(
                 out: one_out(c)?,
             }
         }
+        "Shape" => {
+            if attrs.int("start").is_some() || attrs.int("end").is_some() {
+                return Err("Shape with start/end".into());
+            }
+            let x = operand(c, present(0).ok_or("no input")?)?;
+            Op::Shape {
+                x,
+                out: one_out(c)?,
+            }
+        }
+        "ConstantOfShape" => {
+            let value = match n
+                .attribute
+                .iter()
+                .find(|a| a.name == "value")
+                .and_then(|a| a.t.as_ref())
+            {
+                None => Value::F32(ArrayD::zeros(IxDyn(&[1]))),
+                Some(t) => match (constant_f32(t), constant_i64(t)) {
+                    (Some(f), _) => Value::F32(f),
+                    (_, Some(i)) => Value::I64(i),
+                    _ => return Err("value of an unsupported type".into()),
+                },
+            };
+            let shape = operand(c, present(0).ok_or("no shape")?)?;
+            Op::ConstantOfShape {
+                shape,
+                value,
+                out: one_out(c)?,
+            }
+        }
         other => return Err(format!("op {other} is not in recur's executor")),
     })
 }
@@ -761,52 +812,109 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
                 Value::I64(i) => i,
                 Value::F32(_) => return Err("float indices".into()),
             };
-            let d = getf(v, *data)?;
-            let ax = axis(*ax, d.ndim())?;
-            let n = d.shape()[ax] as i64;
-            let mut parts = Vec::with_capacity(idx.len());
-            for &i in idx.iter() {
-                let i = if i < 0 { i + n } else { i };
-                if !(0..n).contains(&i) {
-                    return Err(format!("index {i} out of range 0..{n}"));
-                }
-                parts.push(d.index_axis(Axis(ax), i as usize));
-            }
-            let mut shape: Vec<usize> = d.shape()[..ax].to_vec();
-            shape.extend(idx.shape());
-            shape.extend(&d.shape()[ax + 1..]);
-            let stacked = if parts.is_empty() {
-                ArrayD::zeros(IxDyn(&shape))
-            } else {
-                let views: Vec<_> = parts
-                    .iter()
-                    .map(|p| p.view().insert_axis(Axis(ax)))
-                    .collect();
-                concatenate(Axis(ax), &views)
-                    .map_err(|e| e.to_string())?
-                    .into_shape_with_order(IxDyn(&shape))
-                    .map_err(|e| e.to_string())?
-            };
-            v[*out] = Some(Value::F32(stacked));
+            v[*out] = Some(match get(v, *data)? {
+                Value::F32(d) => Value::F32(gather(&d, &idx, *ax)?),
+                Value::I64(d) => Value::I64(gather(&d, &idx, *ax)?),
+            });
         }
         Op::Concat {
             inputs,
             axis: ax,
             out,
         } => {
-            let arrays: Vec<ArrayD<f32>> = inputs
+            let values: Vec<Value> = inputs
                 .iter()
-                .map(|&s| getf(v, s))
+                .map(|&s| get(v, s))
                 .collect::<Result<_, _>>()?;
-            let rank = arrays.first().ok_or("Concat of nothing")?.ndim();
-            let ax = axis(*ax, rank)?;
-            let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
-            v[*out] = Some(Value::F32(
-                concatenate(Axis(ax), &views).map_err(|e| e.to_string())?,
+            let floats: Option<Vec<&ArrayD<f32>>> = values
+                .iter()
+                .map(|x| match x {
+                    Value::F32(a) => Some(a),
+                    Value::I64(_) => None,
+                })
+                .collect();
+            let ints: Option<Vec<&ArrayD<i64>>> = values
+                .iter()
+                .map(|x| match x {
+                    Value::I64(a) => Some(a),
+                    Value::F32(_) => None,
+                })
+                .collect();
+            v[*out] = Some(match (floats, ints) {
+                (Some(f), _) => Value::F32(concat(&f, *ax)?),
+                (_, Some(i)) => Value::I64(concat(&i, *ax)?),
+                _ => return Err("Concat of mixed element types".into()),
+            });
+        }
+        Op::Shape { x, out } => {
+            let shape: Vec<i64> = match get(v, *x)? {
+                Value::F32(a) => a.shape().iter().map(|&d| d as i64).collect(),
+                Value::I64(a) => a.shape().iter().map(|&d| d as i64).collect(),
+            };
+            v[*out] = Some(Value::I64(
+                ArrayD::from_shape_vec(IxDyn(&[shape.len()]), shape).expect("1-D"),
             ));
+        }
+        Op::ConstantOfShape { shape, value, out } => {
+            let dims = match get(v, *shape)? {
+                Value::I64(a) => a
+                    .iter()
+                    .map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}")))
+                    .collect::<Result<Vec<_>, _>>()?,
+                Value::F32(_) => return Err("float shape".into()),
+            };
+            if dims.iter().product::<usize>() > 1 << 28 {
+                return Err(format!("shape {dims:?} is too large"));
+            }
+            v[*out] = Some(match value {
+                Value::F32(x) => Value::F32(ArrayD::from_elem(
+                    IxDyn(&dims),
+                    x.iter().next().copied().unwrap_or(0.0),
+                )),
+                Value::I64(x) => Value::I64(ArrayD::from_elem(
+                    IxDyn(&dims),
+                    x.iter().next().copied().unwrap_or(0),
+                )),
+            });
         }
     }
     Ok(())
+}
+
+fn gather<T: Clone + Default>(
+    d: &ArrayD<T>,
+    idx: &ArrayD<i64>,
+    ax: i64,
+) -> Result<ArrayD<T>, String> {
+    let ax = axis(ax, d.ndim())?;
+    let n = d.shape()[ax] as i64;
+    let mut parts = Vec::with_capacity(idx.len());
+    for &i in idx.iter() {
+        let i = if i < 0 { i + n } else { i };
+        if !(0..n).contains(&i) {
+            return Err(format!("index {i} out of range 0..{n}"));
+        }
+        parts.push(d.index_axis(Axis(ax), i as usize).insert_axis(Axis(ax)));
+    }
+    let mut shape: Vec<usize> = d.shape()[..ax].to_vec();
+    shape.extend(idx.shape());
+    shape.extend(&d.shape()[ax + 1..]);
+    if parts.is_empty() {
+        return Ok(ArrayD::from_elem(IxDyn(&shape), T::default()));
+    }
+    concatenate(Axis(ax), &parts)
+        .map_err(|e| e.to_string())?
+        .as_standard_layout()
+        .into_owned()
+        .into_shape_with_order(IxDyn(&shape))
+        .map_err(|e| e.to_string())
+}
+
+fn concat<T: Clone>(arrays: &[&ArrayD<T>], ax: i64) -> Result<ArrayD<T>, String> {
+    let rank = arrays.first().ok_or("Concat of nothing")?.ndim();
+    let ax = axis(ax, rank)?;
+    let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
+    concatenate(Axis(ax), &views).map_err(|e| e.to_string())
 }
 
 /// ndarray panics on shapes that do not broadcast; recur says so instead.
