@@ -202,7 +202,10 @@ pub fn recognise(
         outer: outer_constant,
         loop_inputs: &node.input,
     };
-    body.recognise()
+    // The matcher indexes node inputs as well-formed ONNX has them; a malformed body (a
+    // node short of inputs) is refused rather than allowed to panic.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body.recognise()))
+        .unwrap_or_else(|_| Err("malformed loop body (a node lacks its inputs)".into()))
 }
 
 impl<'a> Body<'a> {
@@ -657,6 +660,9 @@ impl<'a> Body<'a> {
                     let Value::BodyInput(c_in) = self.value(c_prev) else {
                         continue;
                     };
+                    if c_in < 2 || c_in > self.outputs.len() {
+                        continue;
+                    }
                     let Some((act_f2, split_f, f_idx)) = gate(f_name) else {
                         continue;
                     };
