@@ -61,19 +61,15 @@ pub fn inspect(model: &Model) -> InspectReport {
             reasons: tract,
         },
     );
-    for (path, what) in [
-        ("ort", "the ONNX Runtime backend"),
-        ("mcu", "the microcontroller converter"),
-    ] {
-        paths.insert(
-            path.to_string(),
-            PathSupport {
-                runs: false,
-                reasons: vec![],
-                note: Some(format!("{what} is not part of this build yet")),
-            },
-        );
-    }
+    paths.insert("ort".to_string(), ort_support(model));
+    paths.insert(
+        "mcu".to_string(),
+        PathSupport {
+            runs: false,
+            reasons: vec![],
+            note: Some("the microcontroller converter is not part of this build yet".into()),
+        },
+    );
     InspectReport {
         model: model.path.display().to_string(),
         producer: ir.producer.clone(),
@@ -85,6 +81,35 @@ pub fn inspect(model: &Model) -> InspectReport {
         op_histogram: ir.op_histogram.clone(),
         layers: ir.layers.clone(),
         paths,
+    }
+}
+
+/// Whether the ONNX Runtime path runs the model. ONNX Runtime 1.31 runs every attribute case
+/// of the recurrent ops recur has fixtures for, and `Loop`; `layout=1` recurrent nodes (which it
+/// refuses) are rewritten to layout 0 before the session is built, which the note says.
+fn ort_support(model: &Model) -> PathSupport {
+    if !cfg!(feature = "ort") {
+        return PathSupport {
+            runs: false,
+            reasons: vec![],
+            note: Some("this recur was built without the 'ort' feature".into()),
+        };
+    }
+    let batch_first: Vec<&str> = model
+        .ir
+        .recurrent_layers()
+        .filter(|(_, r)| r.layout == crate::ir::Layout::BatchFirst)
+        .map(|(l, _)| l.node.as_str())
+        .collect();
+    PathSupport {
+        runs: true,
+        reasons: vec![],
+        note: (!batch_first.is_empty()).then(|| {
+            format!(
+                "layout=1 node(s) {} rewritten to layout 0 with Transposes for ONNX Runtime",
+                batch_first.join(", ")
+            )
+        }),
     }
 }
 
@@ -139,7 +164,14 @@ impl InspectReport {
         let _ = writeln!(s, "paths");
         for (name, support) in &self.paths {
             if support.runs {
-                let _ = writeln!(s, "  {name:<6} yes");
+                match &support.note {
+                    Some(note) => {
+                        let _ = writeln!(s, "  {name:<6} yes ({note})");
+                    }
+                    None => {
+                        let _ = writeln!(s, "  {name:<6} yes");
+                    }
+                }
             } else if support.reasons.is_empty() {
                 let _ = writeln!(
                     s,

@@ -1,6 +1,8 @@
 //! The command-line interface: one module per subcommand, each an argument struct plus an
 //! `exec` that turns arguments into library calls. Nothing below this module prints.
 
+mod convert;
+mod engine;
 mod inspect;
 mod run;
 
@@ -24,6 +26,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Run a model once on inputs from .npy files.
     Run(run::RunArgs),
+    /// Convert a model (--streamable: expose the recurrent state for chunked feeding).
+    Convert(convert::ConvertArgs),
 }
 
 /// An error from a subcommand, with its exit status.
@@ -52,5 +56,6 @@ pub fn exec(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Inspect(args) => inspect::exec(args),
         Command::Run(args) => run::exec(args),
+        Command::Convert(args) => convert::exec(args),
     }
 }

@@ -5,6 +5,8 @@
 mod attrs;
 mod constants;
 mod lift;
+pub mod relayout;
+pub mod streamable;
 
 pub use attrs::NodeAttrs;
 pub use constants::{constant_f32, constant_i64};
