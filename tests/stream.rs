@@ -4,6 +4,8 @@
 //! `recur run --stream` through the binary.
 
 mod common;
+#[path = "common/onnx_builder.rs"]
+mod onnx_builder;
 
 use std::path::Path;
 
@@ -281,4 +283,89 @@ fn bidirectional_models_are_refused_for_streaming_naming_the_node() {
         err.contains("bidirectional") && err.contains("node '"),
         "{err}"
     );
+}
+
+#[test]
+fn a_graph_that_looks_ahead_is_refused_for_streaming() {
+    // LSTM, then the mean of Y over time: every output depends on the last step.
+    let mut model = onnx_builder::lstm_model(vec![]);
+    let graph = model.graph.as_mut().unwrap();
+    graph.node.push(tract_onnx::pb::NodeProto {
+        name: "mean_over_time".into(),
+        op_type: "ReduceMean".into(),
+        input: vec!["Y".into()],
+        output: vec!["M".into()],
+        attribute: vec![
+            tract_onnx::pb::AttributeProto {
+                name: "axes".into(),
+                r#type: 7,
+                ints: vec![0],
+                ..Default::default()
+            },
+            onnx_builder::attr_int("keepdims", 0),
+        ],
+        ..Default::default()
+    });
+    graph.output = vec![graph.output[1].clone()];
+    graph.output[0].name = "M".into();
+    if let Some(tract_onnx::pb::type_proto::Value::TensorType(t)) = graph.output[0]
+        .r#type
+        .as_mut()
+        .and_then(|t| t.value.as_mut())
+    {
+        t.shape = None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let path = onnx_builder::write_model(tmp.path(), "lookahead.onnx", &model);
+    let model = Model::load(&path).unwrap();
+    let x = recur::tensor::HostTensor::F32(ndarray::ArrayD::from_shape_fn(
+        ndarray::IxDyn(&[6, 1, 3]),
+        |i| (i[0] as f32 * 0.7 + i[2] as f32 * 0.3).sin(),
+    ));
+    for kind in backends() {
+        let mut session = Session::new(&model, kind, &options()).unwrap();
+        match session.run_chunked(&[("X".to_string(), x.clone())], 2) {
+            Err(RecurError::Usage(why)) => assert!(why.contains("not causal"), "{why}"),
+            other => panic!(
+                "{kind:?}: expected a refusal, got {:?}",
+                other.map(|o| o.len())
+            ),
+        }
+    }
+}
+
+#[test]
+fn bench_stream_json_reports_per_step_latency_on_both_backends() {
+    let dir = common::repo_root().join("models/real/gru_forecaster");
+    let model = s(&dir.join("model.onnx"));
+    let x = s(&dir.join("in_0.npy"));
+    for backend in backends() {
+        let backend = format!("{backend:?}").to_lowercase();
+        let out = recur(&[
+            "bench",
+            &model,
+            "--input",
+            &x,
+            "--backend",
+            &backend,
+            "--ort-threads",
+            "1",
+            "--stream",
+            "--chunk",
+            "4",
+            "--iters",
+            "10",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for key in ["median_us", "p90_us", "per_step_us"] {
+            assert!(v[key].as_f64().is_some_and(|t| t > 0.0), "{key} in {v}");
+        }
+        assert_eq!(v["chunk"], 4);
+    }
 }

@@ -1,6 +1,7 @@
 //! The command-line interface: one module per subcommand, each an argument struct plus an
 //! `exec` that turns arguments into library calls. Nothing below this module prints.
 
+mod bench;
 mod convert;
 mod engine;
 mod inspect;
@@ -26,6 +27,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Run a model once on inputs from .npy files.
     Run(run::RunArgs),
+    /// Time a model (or a streaming session) in one process: median and p90.
+    Bench(bench::BenchArgs),
     /// Convert a model (--streamable: expose the recurrent state for chunked feeding).
     Convert(convert::ConvertArgs),
 }
@@ -57,5 +60,6 @@ pub fn exec(cli: Cli) -> Result<(), CliError> {
         Command::Inspect(args) => inspect::exec(args),
         Command::Run(args) => run::exec(args),
         Command::Convert(args) => convert::exec(args),
+        Command::Bench(args) => bench::exec(args),
     }
 }
