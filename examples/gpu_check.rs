@@ -89,7 +89,11 @@ fn main() {
     };
     println!(
         "{:<48} {:>10} {:>6} {:>10} {:>10}",
-        "fixture", "max|d|", "ok", "cpu_us", "cuda_us"
+        "fixture",
+        "max|d|",
+        "ok",
+        "cpu_us",
+        format!("{device}_us")
     );
     let (mut passed, mut failed) = (0, 0);
     for dir in cases(&root) {

@@ -84,7 +84,4 @@ pub struct BackendOptions {
     pub ort_threads: Option<usize>,
     /// ONNX Runtime graph optimisation level.
     pub ort_opt_level: OptLevel,
-    /// Capture the run in a CUDA graph (CUDA only; ONNX Runtime refuses models it cannot
-    /// capture, e.g. with control flow, and needs fixed input shapes between runs).
-    pub ort_cuda_graph: bool,
 }

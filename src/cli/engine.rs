@@ -1,5 +1,5 @@
 //! The engine options shared by `run` and `bench`: backend, device, and ONNX Runtime's
-//! library, threads, optimisation level and CUDA graphs.
+//! library, threads and optimisation level.
 
 use std::path::PathBuf;
 
@@ -27,9 +27,6 @@ pub struct EngineArgs {
     /// ONNX Runtime graph optimisation level: disable, basic, extended or all.
     #[arg(long, value_name = "LEVEL", default_value = "all")]
     pub ort_opt_level: String,
-    /// Capture runs in a CUDA graph (--device cuda only; fixed input shapes).
-    #[arg(long)]
-    pub ort_cuda_graph: bool,
 }
 
 impl EngineArgs {
@@ -41,7 +38,6 @@ impl EngineArgs {
             ort_lib: self.ort_lib.clone(),
             ort_threads: self.ort_threads,
             ort_opt_level: self.ort_opt_level.parse()?,
-            ort_cuda_graph: self.ort_cuda_graph,
         };
         if kind == BackendKind::Tract && options.device != crate::backend::Device::Cpu {
             return Err(crate::error::RecurError::Usage(format!(
