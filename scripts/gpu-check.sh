@@ -12,9 +12,16 @@
 #      from .gpu/env.sh or ../shared/gpu/env.sh);
 #   3. the onnxruntime-gpu 1.31.1 wheel from PyPI, unpacked into .gpu/ortgpu (needs network,
 #      and CUDA 13 / cuDNN 9 libraries on the loader path).
-# The checker binary is $GPU_CHECK_BIN, else .gpu/gpu_check (copy it there from
-# $CARGO_TARGET_DIR/<profile>/examples/gpu_check to carry it to a machine without cargo), else
-# it is built here with `cargo build --release --example gpu_check`.
+# The checker binary is $GPU_CHECK_BIN, else .gpu/gpu_check, else it is built here with
+# `cargo build --release --example gpu_check`.
+#
+# For a GPU machine without cargo or network (the project's lent H100/H200), from the
+# development machine:
+#   ../shared/gpu/stage-ort-cuda.sh                  # stages the CUDA build in .gpu/, prints the transfers
+#   cargo build --example gpu_check && strip -o .gpu/gpu_check "$CARGO_TARGET_DIR"/debug/examples/gpu_check
+#                                                    # ~28 MB stripped; ORT does the work, so the
+#                                                    # dev profile (deps at opt-level 2) is fine
+# then send .gpu/gpu_check with the last transfer and run there: . .gpu/env.sh; bash scripts/gpu-check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VER=1.31.1

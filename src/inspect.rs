@@ -62,6 +62,7 @@ pub fn inspect(model: &Model) -> InspectReport {
         },
     );
     paths.insert("ort".to_string(), ort_support(model));
+    paths.insert("stream".to_string(), stream_support(model));
     paths.insert(
         "mcu".to_string(),
         PathSupport {
@@ -110,6 +111,35 @@ fn ort_support(model: &Model) -> PathSupport {
                 batch_first.join(", ")
             )
         }),
+    }
+}
+
+/// Whether a streaming session can take the model (the static checks of
+/// [`crate::onnx::streamable`]; `recur run --stream` also checks causality on the input).
+fn stream_support(model: &Model) -> PathSupport {
+    match crate::onnx::streamable::make_streamable(&model.proto, &model.ir) {
+        Ok(plan) => PathSupport {
+            runs: true,
+            reasons: vec![],
+            note: Some(format!(
+                "sequence input '{}' (time axis {}), {} state tensor(s) carried",
+                plan.sequence_input,
+                plan.time_axis,
+                plan.states.len()
+            )),
+        },
+        Err(crate::error::RecurError::Unsupported {
+            node, op, reason, ..
+        }) => PathSupport {
+            runs: false,
+            reasons: vec![Refusal { node, op, reason }],
+            note: None,
+        },
+        Err(e) => PathSupport {
+            runs: false,
+            reasons: vec![],
+            note: Some(crate::error::one_line(&e.to_string())),
+        },
     }
 }
 

@@ -369,3 +369,21 @@ fn bench_stream_json_reports_per_step_latency_on_both_backends() {
         assert_eq!(v["chunk"], 4);
     }
 }
+
+#[test]
+fn inspect_says_whether_a_model_streams() {
+    for (case, streams) in [("gru_forecaster", true), ("bilstm_classifier", false)] {
+        let model = common::repo_root()
+            .join("models/real")
+            .join(case)
+            .join("model.onnx");
+        let out = recur(&["inspect", &s(&model), "--json"]);
+        assert!(out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            v["paths"]["stream"]["runs"], streams,
+            "{case}: {}",
+            v["paths"]
+        );
+    }
+}
