@@ -96,6 +96,19 @@ fn ort_support(model: &Model) -> PathSupport {
             note: Some("this recur was built without the 'ort' feature".into()),
         };
     }
+    #[cfg(feature = "ort")]
+    if model.proto.ir_version > crate::backend::ort::MAX_IR_VERSION {
+        return PathSupport {
+            runs: false,
+            reasons: vec![],
+            note: Some(format!(
+                "ONNX IR version {} is newer than ONNX Runtime {} reads (at most {})",
+                model.proto.ir_version,
+                crate::backend::ort::ORT_VERSION,
+                crate::backend::ort::MAX_IR_VERSION
+            )),
+        };
+    }
     let batch_first: Vec<&str> = model
         .ir
         .recurrent_layers()

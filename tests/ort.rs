@@ -272,3 +272,19 @@ fn bad_ort_options_are_exit_2() {
     );
     one_error_line(&out, &["unknown device 'gpu'"]);
 }
+
+#[test]
+fn a_model_newer_than_ort_reads_is_refused_in_one_line() {
+    let dir = common::repo_root().join("models/real/gru_forecaster");
+    let mut proto = recur::onnx::load_proto(&dir.join("model.onnx")).unwrap();
+    proto.ir_version = 14;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("ir14.onnx");
+    std::fs::write(&path, prost::Message::encode_to_vec(&proto)).unwrap();
+    let x = s(&dir.join("in_0.npy"));
+    let out = recur(&["run", &s(&path), "--input", &x, "--backend", "ort"], &[]);
+    one_error_line(&out, &["IR version 14", "at most 13"]);
+    let out = recur(&["inspect", &s(&path), "--json"], &[]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["paths"]["ort"]["runs"], false);
+}

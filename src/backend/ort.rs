@@ -33,6 +33,9 @@ use crate::tensor::{CheckedInputs, HostTensor};
 /// The ONNX Runtime version recur is built and tested against.
 pub const ORT_VERSION: &str = "1.31.1";
 
+/// The newest ONNX IR version ONNX Runtime 1.31 reads (onnx >= 1.23 writes 14 by default).
+pub const MAX_IR_VERSION: i64 = 13;
+
 /// The library file name the fetch script unpacks.
 pub const ORT_LIB_NAME: &str = "libonnxruntime.so.1.31.1";
 
@@ -162,6 +165,13 @@ impl OrtBackend {
     /// Loads the library (first use only), rewrites `layout=1` recurrent nodes, and builds a
     /// session on the requested device with the requested options.
     pub fn new(model: &Model, options: &BackendOptions) -> Result<Self> {
+        if model.proto.ir_version > MAX_IR_VERSION {
+            return Err(RecurError::Usage(format!(
+                "{}: ONNX IR version {} is newer than ONNX Runtime {ORT_VERSION} reads (at most {MAX_IR_VERSION}); re-export it with an older IR version (onnx: model.ir_version = 10)",
+                model.path.display(),
+                model.proto.ir_version
+            )));
+        }
         let rt = runtime(options.ort_lib.as_deref())?;
         let mut proto = model.proto.clone();
         crate::onnx::relayout::relayout_to_sequence_first(&mut proto);
