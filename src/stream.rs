@@ -25,15 +25,40 @@ use crate::tensor::{check_inputs, HostTensor};
 const CAUSAL_ATOL: f32 = 1e-4;
 const CAUSAL_RTOL: f32 = 1e-3;
 
+/// One of the session's two models on its engine. ONNX Runtime runs with IO binding, so the
+/// carried state stays where the session computes it (GPU memory under `--device cuda`).
+enum Engine {
+    Generic(Box<dyn Backend>),
+    #[cfg(feature = "ort")]
+    Ort(Box<crate::backend::ort::OrtBackend>),
+}
+
+/// A piece of carried state: on the host, or an ONNX Runtime value left on its device.
+enum StateValue {
+    Host(HostTensor),
+    #[cfg(feature = "ort")]
+    Ort(ort::value::DynValue),
+}
+
 /// A streaming session over one model on one backend.
 pub struct Session {
     plan: Streamable,
     first_ir: RecurrentModel,
     carry_ir: RecurrentModel,
-    first: Box<dyn Backend>,
-    carry: Box<dyn Backend>,
-    state: Option<Vec<HostTensor>>,
+    first: Engine,
+    carry: Engine,
+    state: Option<Vec<StateValue>>,
     steps: usize,
+}
+
+fn engine(kind: BackendKind, model: &Model, options: &BackendOptions) -> Result<Engine> {
+    #[cfg(feature = "ort")]
+    if kind == BackendKind::Ort {
+        return Ok(Engine::Ort(Box::new(crate::backend::ort::OrtBackend::new(
+            model, options,
+        )?)));
+    }
+    Ok(Engine::Generic(build_with(kind, model, options)?))
 }
 
 impl Session {
@@ -51,8 +76,8 @@ impl Session {
             ir: crate::onnx::lift(&plan.carry)?,
             proto: plan.carry.clone(),
         };
-        let first = build_with(kind, &first_model, options)?;
-        let carry = build_with(kind, &carry_model, options)?;
+        let first = engine(kind, &first_model, options)?;
+        let carry = engine(kind, &carry_model, options)?;
         Ok(Session {
             first_ir: first_model.ir,
             carry_ir: carry_model.ir,
@@ -101,8 +126,7 @@ impl Session {
             .ok_or_else(|| {
                 RecurError::input(&seq, format!("not given, or has no axis {axis} (time)"))
             })?;
-        let outputs = self.run_once(inputs, self.state.is_none())?;
-        let (user, state) = self.split(outputs)?;
+        let (user, state) = self.run_once(inputs, self.state.is_none())?;
         self.state = Some(state);
         self.steps += steps;
         Ok(user)
@@ -140,62 +164,142 @@ impl Session {
     }
 
     /// Runs one chunk on the first-chunk model (`fresh`) or the carry model (with the carried
-    /// state), returning every output, state ones included.
+    /// state); returns the user's outputs (graph order) and the new state.
+    #[allow(clippy::type_complexity)]
     fn run_once(
         &mut self,
         inputs: &[(String, HostTensor)],
         fresh: bool,
-    ) -> Result<Vec<(String, HostTensor)>> {
+    ) -> Result<(Vec<(String, HostTensor)>, Vec<StateValue>)> {
         let ir = if fresh {
             &self.first_ir
         } else {
             &self.carry_ir
         };
-        let mut given: Vec<(String, HostTensor)> = inputs
+        let state_inputs: Vec<&str> = self.plan.states.iter().map(|w| w.input.as_str()).collect();
+        let declared: Vec<crate::ir::ValueInfo> = ir
+            .inputs
             .iter()
-            .filter(|(n, _)| ir.input(n).is_some())
+            .filter(|i| !state_inputs.contains(&i.name.as_str()))
             .cloned()
             .collect();
-        if !fresh {
-            let state = self.state.as_ref().expect("state after the first chunk");
-            for (wire, value) in self.plan.states.iter().zip(state) {
-                given.push((wire.input.clone(), value.clone()));
+        let given: Vec<(String, HostTensor)> = inputs
+            .iter()
+            .filter(|(n, _)| declared.iter().any(|d| d.name == *n))
+            .cloned()
+            .collect();
+        let mut checked = check_inputs(&declared, given)?;
+        let previous = if fresh { None } else { self.state.as_ref() };
+        let engine = if fresh {
+            &mut self.first
+        } else {
+            &mut self.carry
+        };
+        match engine {
+            Engine::Generic(backend) => {
+                if let Some(state) = previous {
+                    for (wire, value) in self.plan.states.iter().zip(state) {
+                        let StateValue::Host(t) = value else {
+                            unreachable!("host state on a host engine")
+                        };
+                        checked.tensors.push((wire.input.clone(), t.clone()));
+                    }
+                }
+                let outputs = backend.run(&checked)?;
+                let find = |name: &str| {
+                    outputs
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, t)| t.clone())
+                        .ok_or_else(|| {
+                            RecurError::Usage(format!("streaming: output '{name}' missing"))
+                        })
+                };
+                let user = self
+                    .plan
+                    .user_outputs
+                    .iter()
+                    .map(|n| Ok((n.clone(), find(n)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                let state = self
+                    .plan
+                    .states
+                    .iter()
+                    .map(|w| Ok(StateValue::Host(find(&w.output)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((user, state))
+            }
+            #[cfg(feature = "ort")]
+            Engine::Ort(backend) => {
+                // Host-side state (states that are also user outputs) goes back as a value.
+                let mut converted: Vec<Option<ort::value::DynValue>> = Vec::new();
+                if let Some(state) = previous {
+                    for (wire, value) in self.plan.states.iter().zip(state) {
+                        converted.push(match value {
+                            StateValue::Ort(_) => None,
+                            StateValue::Host(t) => {
+                                Some(crate::backend::ort::to_value(t).map_err(|e| {
+                                    RecurError::Usage(format!(
+                                        "streaming: state '{}': {e}",
+                                        wire.input
+                                    ))
+                                })?)
+                            }
+                        });
+                    }
+                }
+                let mut kept_in: Vec<(&str, &ort::value::DynValue)> = Vec::new();
+                if let Some(state) = previous {
+                    for ((wire, value), host) in self.plan.states.iter().zip(state).zip(&converted)
+                    {
+                        match (value, host) {
+                            (StateValue::Ort(v), _) => kept_in.push((&wire.input, v)),
+                            (_, Some(v)) => kept_in.push((&wire.input, v)),
+                            _ => unreachable!("every state converted"),
+                        }
+                    }
+                }
+                // States that are also user outputs come back to the host with them.
+                let kept_out: Vec<String> = self
+                    .plan
+                    .states
+                    .iter()
+                    .map(|w| w.output.clone())
+                    .filter(|o| !self.plan.user_outputs.contains(o))
+                    .collect();
+                let (host, kept) = backend.run_bound(&checked, &kept_in, &kept_out)?;
+                let find = |name: &str| {
+                    host.iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, t)| t.clone())
+                        .ok_or_else(|| {
+                            RecurError::Usage(format!("streaming: output '{name}' missing"))
+                        })
+                };
+                let user = self
+                    .plan
+                    .user_outputs
+                    .iter()
+                    .map(|n| Ok((n.clone(), find(n)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                let mut kept = kept.into_iter();
+                let state = self
+                    .plan
+                    .states
+                    .iter()
+                    .map(|w| {
+                        if kept_out.contains(&w.output) {
+                            Ok(StateValue::Ort(
+                                kept.next().expect("one kept value per state"),
+                            ))
+                        } else {
+                            Ok(StateValue::Host(find(&w.output)?))
+                        }
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((user, state))
             }
         }
-        let checked = check_inputs(&ir.inputs, given)?;
-        if fresh {
-            self.first.run(&checked)
-        } else {
-            self.carry.run(&checked)
-        }
-    }
-
-    /// Splits a run's outputs into the user's outputs (graph order) and the state.
-    #[allow(clippy::type_complexity)]
-    fn split(
-        &self,
-        outputs: Vec<(String, HostTensor)>,
-    ) -> Result<(Vec<(String, HostTensor)>, Vec<HostTensor>)> {
-        let find = |name: &str| {
-            outputs
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t.clone())
-                .ok_or_else(|| RecurError::Usage(format!("streaming: output '{name}' missing")))
-        };
-        let user = self
-            .plan
-            .user_outputs
-            .iter()
-            .map(|n| Ok((n.clone(), find(n)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let state = self
-            .plan
-            .states
-            .iter()
-            .map(|w| find(&w.output))
-            .collect::<Result<Vec<_>>>()?;
-        Ok((user, state))
     }
 
     /// Finds each output's time axis (`None` for last-step outputs) from runs on the first one

@@ -156,6 +156,7 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 /// ONNX Runtime running one model on the CPU or a CUDA device.
 pub struct OrtBackend {
     path: PathBuf,
+    device: Device,
     session: Session,
     input_names: Vec<String>,
     output_names: Vec<String>,
@@ -230,6 +231,7 @@ impl OrtBackend {
             .collect();
         Ok(OrtBackend {
             path: model.path.clone(),
+            device: options.device,
             session,
             input_names,
             output_names,
@@ -241,6 +243,99 @@ impl OrtBackend {
         RUNTIME.get().map(|r| r.library.clone()).unwrap_or_default()
     }
 
+    /// Runs with IO binding: `inputs` come from the host, `kept_in` are values a previous run
+    /// left on the session's device (bound as they are, no copy through the host). Outputs in
+    /// `kept_out` stay on the device (CUDA memory with `--device cuda`) and come back as
+    /// values to bind to a later run; every other output comes back to the host, in graph
+    /// order. Streaming sessions carry the recurrent state this way.
+    #[allow(clippy::type_complexity)]
+    pub fn run_bound(
+        &mut self,
+        inputs: &CheckedInputs,
+        kept_in: &[(&str, &DynValue)],
+        kept_out: &[String],
+    ) -> Result<(Vec<(String, HostTensor)>, Vec<DynValue>)> {
+        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+        let path = self.path.clone();
+        let engine = |m: String| RecurError::Engine {
+            backend: "ort".into(),
+            path: path.clone(),
+            message: one_line(&m),
+        };
+        let host = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(|e| engine(e.to_string()))?;
+        let device = match self.device {
+            Device::Cpu => None,
+            Device::Cuda(id) => Some(
+                MemoryInfo::new(
+                    AllocationDevice::CUDA,
+                    id as i32,
+                    AllocatorType::Device,
+                    MemoryType::Default,
+                )
+                .map_err(|e| engine(e.to_string()))?,
+            ),
+        };
+        let mut binding = self
+            .session
+            .create_binding()
+            .map_err(|e| engine(e.to_string()))?;
+        for name in &self.input_names {
+            if let Some((_, value)) = kept_in.iter().find(|(n, _)| *n == name) {
+                binding
+                    .bind_input(name.clone(), *value)
+                    .map_err(|e| engine(e.to_string()))?;
+                continue;
+            }
+            let (_, tensor) = inputs
+                .tensors
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or_else(|| RecurError::input(name, "not given"))?;
+            let value = to_value(tensor).map_err(|e| engine(e.to_string()))?;
+            binding
+                .bind_input(name.clone(), &value)
+                .map_err(|e| engine(e.to_string()))?;
+        }
+        for name in &self.output_names {
+            let place = match &device {
+                Some(d) if kept_out.contains(name) => d,
+                _ => &host,
+            };
+            binding
+                .bind_output_to_device(name.clone(), place)
+                .map_err(|e| engine(e.to_string()))?;
+        }
+        let mut outputs = self
+            .session
+            .run_binding(&binding)
+            .map_err(|e| engine(e.to_string()))?;
+        let mut host_out = Vec::new();
+        for name in &self.output_names {
+            if kept_out.contains(name) {
+                continue;
+            }
+            let value = outputs
+                .get(name)
+                .ok_or_else(|| engine(format!("no output '{name}'")))?;
+            host_out.push((name.clone(), to_host(value).map_err(&engine)?));
+        }
+        let kept = kept_out
+            .iter()
+            .map(|name| {
+                outputs
+                    .remove(name)
+                    .ok_or_else(|| engine(format!("no output '{name}'")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((host_out, kept))
+    }
+
     fn engine_error(&self, e: impl std::fmt::Display) -> RecurError {
         RecurError::Engine {
             backend: "ort".into(),
@@ -250,7 +345,8 @@ impl OrtBackend {
     }
 }
 
-fn to_value(tensor: &HostTensor) -> ort::Result<DynValue> {
+/// A host tensor as an ONNX Runtime value (copied into memory ORT owns).
+pub fn to_value(tensor: &HostTensor) -> ort::Result<DynValue> {
     Ok(match tensor {
         HostTensor::F32(a) => Tensor::from_array(a.as_standard_layout().into_owned())?.into_dyn(),
         HostTensor::I64(a) => Tensor::from_array(a.as_standard_layout().into_owned())?.into_dyn(),
