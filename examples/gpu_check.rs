@@ -65,6 +65,89 @@ fn median_us(
     t[t.len() / 2]
 }
 
+/// Streaming sessions on the device against the CPU provider: chunks of one step give the
+/// same outputs (within the tolerance), and the median latency of one step with the state
+/// carried. Returns the number of failures.
+fn streaming(root: &Path, cpu: &BackendOptions, gpu: &BackendOptions, iters: usize) -> usize {
+    use recur::stream::{slice, Session};
+    println!(
+        "\n{:<28} {:>10} {:>6} {:>14} {:>14}",
+        "streaming, 1 step per call",
+        "max|d|",
+        "ok",
+        "cpu_us/step",
+        format!("{}_us/step", gpu.device)
+    );
+    let mut failed = 0;
+    for name in [
+        "basicmotions_lstm",
+        "gru_forecaster",
+        "lstm_state_io",
+        "digits_rnn",
+    ] {
+        let dir = root.join("models/real").join(name);
+        let result = (|| -> recur::Result<(f32, f64, f64)> {
+            let model = Model::load(&dir.join("model.onnx"))?;
+            let x = inputs(&dir, &model)?;
+            let mut worst = 0f32;
+            let mut per_step = Vec::new();
+            let mut outs = Vec::new();
+            for options in [cpu, gpu] {
+                let mut session = Session::new(&model, BackendKind::Ort, options)?;
+                outs.push(session.run_chunked(&x.tensors, 1)?);
+                let (seq, axis) = session.sequence_input();
+                let (seq, axis) = (seq.to_string(), axis);
+                let t = x.tensors.iter().find(|(n, _)| *n == seq).unwrap().1.clone();
+                let step: Vec<_> = x
+                    .tensors
+                    .iter()
+                    .map(|(n, v)| {
+                        if *n == seq {
+                            (n.clone(), slice(&t, axis, 0, 1))
+                        } else {
+                            (n.clone(), v.clone())
+                        }
+                    })
+                    .collect();
+                session.reset();
+                session.feed(&step)?;
+                let mut times: Vec<f64> = (0..iters)
+                    .map(|_| {
+                        let start = Instant::now();
+                        let _ = session.feed(&step);
+                        start.elapsed().as_secs_f64() * 1e6
+                    })
+                    .collect();
+                times.sort_by(f64::total_cmp);
+                per_step.push(times[times.len() / 2]);
+            }
+            for ((_, a), (_, b)) in outs[0].iter().zip(&outs[1]) {
+                for (p, q) in a.to_f32().iter().zip(b.to_f32().iter()) {
+                    worst = worst.max((p - q).abs());
+                }
+            }
+            Ok((worst, per_step[0], per_step[1]))
+        })();
+        match result {
+            Ok((worst, c, g)) => {
+                let ok = worst <= TOLERANCE;
+                if !ok {
+                    failed += 1;
+                }
+                println!(
+                    "{name:<28} {worst:>10.2e} {:>6} {c:>14.1} {g:>14.1}",
+                    if ok { "yes" } else { "NO" }
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                println!("{name:<28} error: {e}");
+            }
+        }
+    }
+    failed
+}
+
 fn main() {
     let mut device = Device::Cuda(0);
     let mut iters = 20;
@@ -149,6 +232,7 @@ fn main() {
         }
     }
     println!("summary: {passed} agree within {TOLERANCE:e}, {failed} do not (device {device})");
+    failed += streaming(&root, &cpu, &gpu, iters.max(50));
     if failed > 0 {
         std::process::exit(1);
     }
