@@ -263,6 +263,28 @@ fn convert_streamable_writes_a_model_with_state_inputs_and_outputs() {
         "one state output per state input: {:?}",
         converted.ir.outputs
     );
+    // Fed zero states (the original starts from zeros), the converted model gives the
+    // original's outputs, on both backends.
+    let x = read_npy(&dir.join("in_0.npy")).unwrap();
+    let want = read_npy(&dir.join("out_0.npy")).unwrap().to_f32();
+    let batch = x.shape()[0];
+    for kind in backends() {
+        let mut given = vec![(original.ir.inputs[0].name.clone(), x.clone())];
+        for name in &states {
+            given.push((
+                name.to_string(),
+                recur::tensor::HostTensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[
+                    1, batch, 32,
+                ]))),
+            ));
+        }
+        let inputs = check_inputs(&converted.ir.inputs, given).unwrap();
+        let out = build_with(kind, &converted, &options())
+            .unwrap()
+            .run(&inputs)
+            .unwrap();
+        compare(&out[0].1.to_f32(), &want, 1e-5, 0.0).unwrap();
+    }
 }
 
 #[test]
