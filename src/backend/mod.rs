@@ -51,9 +51,9 @@ impl FromStr for BackendKind {
 }
 
 /// Builds the chosen backend for a loaded model with default options (ort: CPU, library
-/// found as [`BackendOptions`] describes).
-pub fn build(kind: BackendKind, model: &Model, path: &Path) -> Result<Box<dyn Backend>> {
-    let _ = path;
+/// found as [`BackendOptions`] describes). `_path` is kept for existing callers; the model
+/// knows its file.
+pub fn build(kind: BackendKind, model: &Model, _path: &Path) -> Result<Box<dyn Backend>> {
     build_with(kind, model, &BackendOptions::default())
 }
 

@@ -97,7 +97,7 @@ pub fn make_streamable(proto: &ModelProto, ir: &RecurrentModel) -> Result<Stream
                 "sequence_lens masks steps relative to the whole sequence's length: cannot stream",
             ));
         }
-        recurrent.push((layer.node.clone(), layer.op.clone(), r.layout));
+        recurrent.push((layer.node.clone(), layer.op.clone()));
     }
     if recurrent.is_empty() {
         return Err(RecurError::Usage(
@@ -118,7 +118,7 @@ pub fn make_streamable(proto: &ModelProto, ir: &RecurrentModel) -> Result<Stream
         let g1 = first.graph.as_mut().expect("graph");
         let g2 = carry.graph.as_mut().expect("graph");
         let names = node_names(graph);
-        for (node_name, op, layout) in &recurrent {
+        for (node_name, op) in &recurrent {
             let index = names
                 .iter()
                 .position(|n| n == node_name)
@@ -158,7 +158,6 @@ pub fn make_streamable(proto: &ModelProto, ir: &RecurrentModel) -> Result<Stream
                     node.input.push(String::new());
                 }
                 node.input[in_slot] = input.clone();
-                let _ = layout;
                 g2.input.push(float_value(&input, Some(3)));
                 states.push(StateWire {
                     node: node_name.clone(),
