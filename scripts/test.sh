@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 echo "== toolchain components"
 rustup component add rustfmt clippy
 
+echo "== ONNX Runtime 1.31.1 CPU library (PyPI wheel, sha256-pinned) into .ort/"
+bash scripts/fetch-ort.sh
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

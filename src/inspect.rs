@@ -61,19 +61,16 @@ pub fn inspect(model: &Model) -> InspectReport {
             reasons: tract,
         },
     );
-    for (path, what) in [
-        ("ort", "the ONNX Runtime backend"),
-        ("mcu", "the microcontroller converter"),
-    ] {
-        paths.insert(
-            path.to_string(),
-            PathSupport {
-                runs: false,
-                reasons: vec![],
-                note: Some(format!("{what} is not part of this build yet")),
-            },
-        );
-    }
+    paths.insert("ort".to_string(), ort_support(model));
+    paths.insert("stream".to_string(), stream_support(model));
+    paths.insert(
+        "mcu".to_string(),
+        PathSupport {
+            runs: false,
+            reasons: vec![],
+            note: Some("the microcontroller converter is not part of this build yet".into()),
+        },
+    );
     InspectReport {
         model: model.path.display().to_string(),
         producer: ir.producer.clone(),
@@ -85,6 +82,77 @@ pub fn inspect(model: &Model) -> InspectReport {
         op_histogram: ir.op_histogram.clone(),
         layers: ir.layers.clone(),
         paths,
+    }
+}
+
+/// Whether the ONNX Runtime path runs the model. ONNX Runtime 1.31 runs every attribute case
+/// of the recurrent ops recur has fixtures for, and `Loop`; `layout=1` recurrent nodes (which it
+/// refuses) are rewritten to layout 0 before the session is built, which the note says.
+fn ort_support(model: &Model) -> PathSupport {
+    if !cfg!(feature = "ort") {
+        return PathSupport {
+            runs: false,
+            reasons: vec![],
+            note: Some("this recur was built without the 'ort' feature".into()),
+        };
+    }
+    #[cfg(feature = "ort")]
+    if model.proto.ir_version > crate::backend::ort::MAX_IR_VERSION {
+        return PathSupport {
+            runs: false,
+            reasons: vec![],
+            note: Some(format!(
+                "ONNX IR version {} is newer than ONNX Runtime {} reads (at most {})",
+                model.proto.ir_version,
+                crate::backend::ort::ORT_VERSION,
+                crate::backend::ort::MAX_IR_VERSION
+            )),
+        };
+    }
+    let batch_first: Vec<&str> = model
+        .ir
+        .recurrent_layers()
+        .filter(|(_, r)| r.layout == crate::ir::Layout::BatchFirst)
+        .map(|(l, _)| l.node.as_str())
+        .collect();
+    PathSupport {
+        runs: true,
+        reasons: vec![],
+        note: (!batch_first.is_empty()).then(|| {
+            format!(
+                "layout=1 node(s) {} rewritten to layout 0 with Transposes for ONNX Runtime",
+                batch_first.join(", ")
+            )
+        }),
+    }
+}
+
+/// Whether a streaming session can take the model (the static checks of
+/// [`crate::onnx::streamable`]; `recur run --stream` also checks causality on the input).
+fn stream_support(model: &Model) -> PathSupport {
+    match crate::onnx::streamable::make_streamable(&model.proto, &model.ir) {
+        Ok(plan) => PathSupport {
+            runs: true,
+            reasons: vec![],
+            note: Some(format!(
+                "sequence input '{}' (time axis {}), {} state tensor(s) carried",
+                plan.sequence_input,
+                plan.time_axis,
+                plan.states.len()
+            )),
+        },
+        Err(crate::error::RecurError::Unsupported {
+            node, op, reason, ..
+        }) => PathSupport {
+            runs: false,
+            reasons: vec![Refusal { node, op, reason }],
+            note: None,
+        },
+        Err(e) => PathSupport {
+            runs: false,
+            reasons: vec![],
+            note: Some(crate::error::one_line(&e.to_string())),
+        },
     }
 }
 
@@ -139,7 +207,14 @@ impl InspectReport {
         let _ = writeln!(s, "paths");
         for (name, support) in &self.paths {
             if support.runs {
-                let _ = writeln!(s, "  {name:<6} yes");
+                match &support.note {
+                    Some(note) => {
+                        let _ = writeln!(s, "  {name:<6} yes ({note})");
+                    }
+                    None => {
+                        let _ = writeln!(s, "  {name:<6} yes");
+                    }
+                }
             } else if support.reasons.is_empty() {
                 let _ = writeln!(
                     s,

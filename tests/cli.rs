@@ -466,8 +466,6 @@ fn bench_reports_median_and_p90_as_json() {
         &s(&root.join("in_0.npy")),
         "--iters",
         "5",
-        "--warmup",
-        "1",
         "--json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));

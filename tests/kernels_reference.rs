@@ -325,22 +325,35 @@ fn the_scalar_reference_matches_onnx_runtime_on_the_attribute_matrix() {
     assert!(checked >= 90, "only {checked} matrix cases checked");
 }
 
-fn activation_strategy() -> impl Strategy<Value = Activation> {
-    (0usize..11, -1.5f32..1.5, -1.0f32..1.0).prop_map(|(k, a, b)| {
-        let kind = [
-            ActivationKind::Sigmoid,
-            ActivationKind::Tanh,
-            ActivationKind::Relu,
-            ActivationKind::Affine,
-            ActivationKind::LeakyRelu,
-            ActivationKind::ThresholdedRelu,
-            ActivationKind::ScaledTanh,
-            ActivationKind::HardSigmoid,
-            ActivationKind::Elu,
-            ActivationKind::Softsign,
-            ActivationKind::Softplus,
-        ][k];
-        let mut act = Activation::plain(kind);
+/// Every ONNX activation but ThresholdedRelu, whose jump at alpha turns a last-bit rounding
+/// difference into an error of alpha (the attribute-matrix fixtures cover it against ONNX
+/// Runtime).
+const ANY: &[ActivationKind] = &[
+    ActivationKind::Sigmoid,
+    ActivationKind::Tanh,
+    ActivationKind::Relu,
+    ActivationKind::Affine,
+    ActivationKind::LeakyRelu,
+    ActivationKind::ScaledTanh,
+    ActivationKind::HardSigmoid,
+    ActivationKind::Elu,
+    ActivationKind::Softsign,
+    ActivationKind::Softplus,
+];
+
+/// Bounded functions for the gates of LSTM and GRU: an unbounded gate (affine, say) makes the
+/// cell state grow geometrically, and f32 rounding with it, so nothing could be compared.
+const GATES: &[ActivationKind] = &[
+    ActivationKind::Sigmoid,
+    ActivationKind::Tanh,
+    ActivationKind::ScaledTanh,
+    ActivationKind::HardSigmoid,
+    ActivationKind::Softsign,
+];
+
+fn activation_strategy(kinds: &'static [ActivationKind]) -> impl Strategy<Value = Activation> {
+    (0..kinds.len(), -1.5f32..1.5, -1.0f32..1.0).prop_map(move |(k, a, b)| {
+        let mut act = Activation::plain(kinds[k]);
         if act.alpha.is_some() {
             act.alpha = Some(a);
         }
@@ -381,13 +394,15 @@ fn draw() -> impl Strategy<Value = Draw> {
     (
         sizes,
         flags,
-        proptest::collection::vec(activation_strategy(), 6),
+        proptest::collection::vec(activation_strategy(ANY), 6),
+        proptest::collection::vec(activation_strategy(GATES), 2),
     )
         .prop_map(
             |(
                 (t, batch, input, h, dir, cell),
                 (clip, extra, lens, states, peep, bias, seed),
                 acts,
+                gates,
             )| {
                 let mut rng = seed;
                 let mut next = move || {
@@ -418,7 +433,13 @@ fn draw() -> impl Strategy<Value = Draw> {
                 let g = cell.gates();
                 let per = cell.activations_per_direction();
                 let activations: Vec<Vec<Activation>> = (0..d)
-                    .map(|k| acts[k * per % 6..][..per].to_vec())
+                    .map(|k| {
+                        let mut list = acts[k * per % 6..][..per].to_vec();
+                        if !matches!(cell, Cell::Rnn) {
+                            list[0] = gates[k];
+                        }
+                        list
+                    })
                     .collect();
                 let w = Array3::from_shape_fn((d, g * h, input), |_| next() * 0.6);
                 let r = Array3::from_shape_fn((d, g * h, h), |_| next() * 0.6);

@@ -4,8 +4,13 @@
 //! (naming the node), and then runs checked inputs as many times as asked.
 
 pub mod native;
+pub mod options;
+#[cfg(feature = "ort")]
+pub mod ort;
 pub mod tract;
 pub mod tract_guard;
+
+pub use options::{BackendOptions, Device, OptLevel};
 
 use std::path::Path;
 use std::str::FromStr;
@@ -46,12 +51,36 @@ impl FromStr for BackendKind {
     }
 }
 
-/// Builds the chosen backend for a loaded model.
-pub fn build(kind: BackendKind, model: &Model, path: &Path) -> Result<Box<dyn Backend>> {
+/// Builds the chosen backend for a loaded model with default options (ort: CPU, library
+/// found as [`BackendOptions`] describes). `_path` is kept for existing callers; the model
+/// knows its file.
+pub fn build(kind: BackendKind, model: &Model, _path: &Path) -> Result<Box<dyn Backend>> {
+    build_with(kind, model, &BackendOptions::default())
+}
+
+/// Builds the chosen backend for a loaded model with the given options; the tract backend
+/// refuses any device other than the CPU.
+pub fn build_with(
+    kind: BackendKind,
+    model: &Model,
+    options: &BackendOptions,
+) -> Result<Box<dyn Backend>> {
     match kind {
-        BackendKind::Tract => Ok(Box::new(tract::TractBackend::new(model, path)?)),
+        BackendKind::Tract => {
+            if options.device != Device::Cpu {
+                return Err(RecurError::Usage(format!(
+                    "the tract backend runs on the CPU only, not on '{}'; use --backend ort --device {}",
+                    options.device, options.device
+                )));
+            }
+            Ok(Box::new(tract::TractBackend::new(model, &model.path)?))
+        }
+        #[cfg(feature = "ort")]
+        BackendKind::Ort => Ok(Box::new(ort::OrtBackend::new(model, options)?)),
+        #[cfg(not(feature = "ort"))]
         BackendKind::Ort => Err(RecurError::Usage(
-            "the ort backend is not part of this build yet; use --backend tract".into(),
+            "this recur was built without the 'ort' feature; rebuild with it or use --backend tract"
+                .into(),
         )),
     }
 }

@@ -1,17 +1,18 @@
-//! `recur bench MODEL --input NAME=FILE.npy ... [--backend] [--device] [--iters N] [--json]`:
-//! warm-up runs, then N timed runs in one process; the median and p90 of one run.
+//! `recur bench MODEL --input ... [--backend] [--device] [--stream [--chunk N]] [--iters N]
+//! [--json]`: warm-up, then N timed runs in one process; median and p90 per run, and per step
+//! when streaming.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use serde::Serialize;
 
-use super::run::{check_device, parse_inputs};
+use super::run::parse_inputs;
 use super::CliError;
-use crate::backend::{self, BackendKind};
+use crate::backend;
 use crate::error::RecurError;
 use crate::model::Model;
+use crate::stream::{slice, Session};
 use crate::tensor::check_inputs;
 
 /// Arguments of `recur bench`.
@@ -27,89 +28,114 @@ pub struct BenchArgs {
         required = true
     )]
     pub inputs: Vec<String>,
-    /// Engine: tract (CPU) or ort (ONNX Runtime).
-    #[arg(long, default_value = "tract")]
-    pub backend: String,
-    /// Device: cpu or cuda[:N].
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Timed runs.
-    #[arg(long, default_value_t = 100)]
+    /// Backend, device and ONNX Runtime options.
+    #[command(flatten)]
+    pub engine: super::engine::EngineArgs,
+    /// Time a streaming session fed --chunk steps per call (state carried) instead of whole runs.
+    #[arg(long)]
+    pub stream: bool,
+    /// Steps per chunk when streaming.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "stream")]
+    pub chunk: usize,
+    /// Timed runs (chunks, when streaming) after the warm-up.
+    #[arg(long, value_name = "N", default_value_t = 100)]
     pub iters: usize,
-    /// Untimed runs first (plans built, caches warm).
-    #[arg(long, default_value_t = 10)]
-    pub warmup: usize,
-    /// Print one JSON object instead of text.
+    /// Print one JSON object: median_us, p90_us and, when streaming, per_step_us.
     #[arg(long)]
     pub json: bool,
 }
 
-/// What `recur bench --json` prints.
-#[derive(Debug, Serialize)]
-pub struct BenchReport {
-    /// The model file.
-    pub model: String,
-    /// Backend name.
-    pub backend: String,
-    /// Device.
-    pub device: String,
-    /// Timed runs.
-    pub iters: usize,
-    /// Median time of one run, microseconds.
-    pub median_us: f64,
-    /// 90th percentile, microseconds.
-    pub p90_us: f64,
-    /// Fastest run, microseconds.
-    pub min_us: f64,
-}
-
-/// Times the model and prints the report.
-pub fn exec(args: BenchArgs) -> std::result::Result<(), CliError> {
-    if args.iters == 0 {
-        return Err(RecurError::Usage("--iters must be at least 1".into()).into());
+/// Times the model and prints the summary.
+pub fn exec(args: BenchArgs) -> Result<(), CliError> {
+    if args.iters == 0 || args.chunk == 0 {
+        return Err(RecurError::Usage("--iters and --chunk must be at least 1".into()).into());
     }
-    let kind: BackendKind = args.backend.parse()?;
-    check_device(kind, &args.device)?;
+    let (kind, options) = args.engine.resolve()?;
     let model = Model::load(&args.model)?;
     let given = parse_inputs(&model.ir, &args.inputs)?;
     let inputs = check_inputs(&model.ir.inputs, given)?;
-    let mut engine = backend::build(kind, &model, &args.model)?;
-    for _ in 0..args.warmup.max(1) {
-        engine.run(&inputs)?;
-    }
-    let mut times: Vec<f64> = Vec::with_capacity(args.iters);
-    for _ in 0..args.iters {
-        let start = Instant::now();
-        engine.run(&inputs)?;
-        times.push(start.elapsed().as_secs_f64() * 1e6);
+    let mut times = Vec::with_capacity(args.iters);
+    let steps_per_call;
+    if args.stream {
+        let mut session = Session::new(&model, kind, &options)?;
+        let (seq, axis) = session.sequence_input();
+        let (seq, axis) = (seq.to_string(), axis);
+        let x = inputs
+            .tensors
+            .iter()
+            .find(|(n, _)| *n == seq)
+            .map(|(_, t)| t.clone())
+            .ok_or_else(|| RecurError::input(&seq, "not given"))?;
+        let total = x.shape()[axis];
+        let chunk = args.chunk.min(total);
+        steps_per_call = chunk;
+        let chunks: Vec<Vec<_>> = (0..total / chunk)
+            .map(|k| {
+                inputs
+                    .tensors
+                    .iter()
+                    .map(|(n, t)| {
+                        if *n == seq {
+                            (n.clone(), slice(t, axis, k * chunk, (k + 1) * chunk))
+                        } else {
+                            (n.clone(), t.clone())
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        for c in chunks.iter().take(3) {
+            session.feed(c)?;
+        }
+        for i in 0..args.iters {
+            let c = &chunks[i % chunks.len()];
+            let start = Instant::now();
+            session.feed(c)?;
+            times.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    } else {
+        let mut engine = backend::build_with(kind, &model, &options)?;
+        steps_per_call = 0;
+        for _ in 0..3 {
+            engine.run(&inputs)?;
+        }
+        for _ in 0..args.iters {
+            let start = Instant::now();
+            engine.run(&inputs)?;
+            times.push(start.elapsed().as_secs_f64() * 1e6);
+        }
     }
     times.sort_by(f64::total_cmp);
-    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
-    let report = BenchReport {
-        model: args.model.display().to_string(),
-        backend: engine.name().to_string(),
-        device: args.device.clone(),
-        iters: args.iters,
-        median_us: at(0.5),
-        p90_us: at(0.9),
-        min_us: times[0],
-    };
+    let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    let (median, p90) = (pick(0.5), pick(0.9));
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(anyhow::Error::from)?
-        );
+        let mut v = serde_json::json!({
+            "model": args.model.display().to_string(),
+            "backend": args.engine.backend,
+            "device": options.device.to_string(),
+            "iters": args.iters,
+            "median_us": median,
+            "p90_us": p90,
+        });
+        if args.stream {
+            v["chunk"] = steps_per_call.into();
+            v["per_step_us"] = (median / steps_per_call as f64).into();
+        }
+        println!("{v}");
     } else {
         println!(
-            "{} on {} ({}): median {:.1} us, p90 {:.1} us, min {:.1} us over {} runs",
-            report.model,
-            report.backend,
-            report.device,
-            report.median_us,
-            report.p90_us,
-            report.min_us,
-            report.iters
+            "{} on {} ({}), {} runs: median {median:.1} us, p90 {p90:.1} us",
+            args.model.display(),
+            args.engine.backend,
+            options.device,
+            args.iters
         );
+        if args.stream {
+            println!(
+                "streaming {steps_per_call} step(s) per call: {:.1} us per step (median)",
+                median / steps_per_call as f64
+            );
+        }
     }
     Ok(())
 }

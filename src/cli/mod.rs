@@ -2,6 +2,8 @@
 //! `exec` that turns arguments into library calls. Nothing below this module prints.
 
 mod bench;
+mod convert;
+mod engine;
 mod inspect;
 mod run;
 
@@ -25,8 +27,10 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Run a model once on inputs from .npy files.
     Run(run::RunArgs),
-    /// Time a model: warm-up, then N runs; median and p90.
+    /// Time a model (or a streaming session) in one process: median and p90.
     Bench(bench::BenchArgs),
+    /// Convert a model (--streamable: expose the recurrent state for chunked feeding).
+    Convert(convert::ConvertArgs),
 }
 
 /// An error from a subcommand, with its exit status.
@@ -55,6 +59,7 @@ pub fn exec(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Inspect(args) => inspect::exec(args),
         Command::Run(args) => run::exec(args),
+        Command::Convert(args) => convert::exec(args),
         Command::Bench(args) => bench::exec(args),
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::CliError;
-use crate::backend::{self, BackendKind};
+use crate::backend;
 use crate::error::{RecurError, Result};
 use crate::ir::RecurrentModel;
 use crate::model::Model;
@@ -24,12 +24,15 @@ pub struct RunArgs {
         required = true
     )]
     pub inputs: Vec<String>,
-    /// Engine: tract (CPU) or ort (ONNX Runtime).
-    #[arg(long, default_value = "tract")]
-    pub backend: String,
-    /// Device: cpu or cuda[:N].
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// Backend, device and ONNX Runtime options.
+    #[command(flatten)]
+    pub engine: super::engine::EngineArgs,
+    /// Run through a streaming session, feeding the sequence --chunk steps at a time.
+    #[arg(long)]
+    pub stream: bool,
+    /// Steps per chunk when streaming.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "stream")]
+    pub chunk: usize,
     /// Write one .npy per output into this directory.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -43,13 +46,16 @@ pub struct RunArgs {
 
 /// Runs the model once and reports or writes its outputs.
 pub fn exec(args: RunArgs) -> std::result::Result<(), CliError> {
-    let kind: BackendKind = args.backend.parse()?;
-    check_device(kind, &args.device)?;
+    let (kind, options) = args.engine.resolve()?;
     let model = Model::load(&args.model)?;
     let given = parse_inputs(&model.ir, &args.inputs)?;
     let inputs = check_inputs(&model.ir.inputs, given)?;
-    let mut engine = backend::build(kind, &model, &args.model)?;
-    let outputs = engine.run(&inputs)?;
+    let outputs = if args.stream {
+        let mut session = crate::stream::Session::new(&model, kind, &options)?;
+        session.run_chunked(&inputs.tensors, args.chunk)?
+    } else {
+        backend::build_with(kind, &model, &options)?.run(&inputs)?
+    };
 
     for (name, tensor) in &outputs {
         println!("{}", summarize(name, tensor));
@@ -61,26 +67,6 @@ pub fn exec(args: RunArgs) -> std::result::Result<(), CliError> {
     }
     if let Some(classes) = &args.classes {
         report_classes(classes, args.labels.as_deref(), &outputs)?;
-    }
-    Ok(())
-}
-
-/// Refuses unknown devices, and devices the backend cannot drive.
-pub fn check_device(kind: BackendKind, device: &str) -> Result<()> {
-    let valid = device == "cpu"
-        || device == "cuda"
-        || device
-            .strip_prefix("cuda:")
-            .is_some_and(|n| n.parse::<u32>().is_ok());
-    if !valid {
-        return Err(RecurError::Usage(format!(
-            "unknown device '{device}' (choose cpu, cuda or cuda:N)"
-        )));
-    }
-    if kind == BackendKind::Tract && device != "cpu" {
-        return Err(RecurError::Usage(format!(
-            "the tract backend runs on the CPU only, not on '{device}'; use --backend ort --device {device}"
-        )));
     }
     Ok(())
 }

@@ -6,6 +6,8 @@ mod attrs;
 mod constants;
 pub mod keras_loop;
 mod lift;
+pub mod relayout;
+pub mod streamable;
 
 pub use attrs::NodeAttrs;
 pub use constants::{constant_f32, constant_i64};

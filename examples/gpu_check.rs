@@ -1,0 +1,239 @@
+//! GPU check: every fixture under models/ on ONNX Runtime's CUDA provider against its CPU
+//! provider (same library, same process), with the largest absolute difference per fixture
+//! (tolerance 1e-4) and the median latency of each. `scripts/gpu-check.sh` builds and runs it
+//! on a GPU machine; the library comes from ORT_DYLIB_PATH (ONNX Runtime's CUDA build).
+//!
+//!   gpu_check [--device cuda:N] [--iters N] [--filter SUBSTRING]
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use recur::backend::{build_with, BackendKind, BackendOptions, Device};
+use recur::model::Model;
+use recur::tensor::{check_inputs, read_npy, CheckedInputs};
+
+const TOLERANCE: f32 = 1e-4;
+
+fn cases(root: &Path) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for group in ["node", "matrix", "real"] {
+        if let Ok(entries) = std::fs::read_dir(root.join("models").join(group)) {
+            dirs.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.join("case.json").is_file()),
+            );
+        }
+    }
+    dirs.sort();
+    dirs
+}
+
+fn inputs(dir: &Path, model: &Model) -> recur::Result<CheckedInputs> {
+    let text = std::fs::read_to_string(dir.join("case.json")).expect("case.json");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("case.json parses");
+    let given = json["inputs"]
+        .as_array()
+        .expect("inputs")
+        .iter()
+        .map(|e| {
+            let name = e["name"].as_str().expect("name").to_string();
+            Ok((
+                name,
+                read_npy(&dir.join(e["file"].as_str().expect("file")))?,
+            ))
+        })
+        .collect::<recur::Result<Vec<_>>>()?;
+    check_inputs(&model.ir.inputs, given)
+}
+
+fn median_us(
+    backend: &mut Box<dyn recur::backend::Backend>,
+    x: &CheckedInputs,
+    iters: usize,
+) -> f64 {
+    let _ = backend.run(x);
+    let mut t: Vec<f64> = (0..iters)
+        .map(|_| {
+            let start = Instant::now();
+            let _ = backend.run(x);
+            start.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+/// Streaming sessions on the device against the CPU provider: chunks of one step give the
+/// same outputs (within the tolerance), and the median latency of one step with the state
+/// carried. Returns the number of failures.
+fn streaming(root: &Path, cpu: &BackendOptions, gpu: &BackendOptions, iters: usize) -> usize {
+    use recur::stream::{slice, Session};
+    println!(
+        "\n{:<28} {:>10} {:>6} {:>14} {:>14}",
+        "streaming, 1 step per call",
+        "max|d|",
+        "ok",
+        "cpu_us/step",
+        format!("{}_us/step", gpu.device)
+    );
+    let mut failed = 0;
+    for name in [
+        "basicmotions_lstm",
+        "gru_forecaster",
+        "lstm_state_io",
+        "digits_rnn",
+    ] {
+        let dir = root.join("models/real").join(name);
+        let result = (|| -> recur::Result<(f32, f64, f64)> {
+            let model = Model::load(&dir.join("model.onnx"))?;
+            let x = inputs(&dir, &model)?;
+            let mut worst = 0f32;
+            let mut per_step = Vec::new();
+            let mut outs = Vec::new();
+            for options in [cpu, gpu] {
+                let mut session = Session::new(&model, BackendKind::Ort, options)?;
+                outs.push(session.run_chunked(&x.tensors, 1)?);
+                let (seq, axis) = session.sequence_input();
+                let (seq, axis) = (seq.to_string(), axis);
+                let t = x.tensors.iter().find(|(n, _)| *n == seq).unwrap().1.clone();
+                let step: Vec<_> = x
+                    .tensors
+                    .iter()
+                    .map(|(n, v)| {
+                        if *n == seq {
+                            (n.clone(), slice(&t, axis, 0, 1))
+                        } else {
+                            (n.clone(), v.clone())
+                        }
+                    })
+                    .collect();
+                session.reset();
+                session.feed(&step)?;
+                let mut times: Vec<f64> = (0..iters)
+                    .map(|_| {
+                        let start = Instant::now();
+                        let _ = session.feed(&step);
+                        start.elapsed().as_secs_f64() * 1e6
+                    })
+                    .collect();
+                times.sort_by(f64::total_cmp);
+                per_step.push(times[times.len() / 2]);
+            }
+            for ((_, a), (_, b)) in outs[0].iter().zip(&outs[1]) {
+                for (p, q) in a.to_f32().iter().zip(b.to_f32().iter()) {
+                    worst = worst.max((p - q).abs());
+                }
+            }
+            Ok((worst, per_step[0], per_step[1]))
+        })();
+        match result {
+            Ok((worst, c, g)) => {
+                let ok = worst <= TOLERANCE;
+                if !ok {
+                    failed += 1;
+                }
+                println!(
+                    "{name:<28} {worst:>10.2e} {:>6} {c:>14.1} {g:>14.1}",
+                    if ok { "yes" } else { "NO" }
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                println!("{name:<28} error: {e}");
+            }
+        }
+    }
+    failed
+}
+
+fn main() {
+    let mut device = Device::Cuda(0);
+    let mut iters = 20;
+    let mut filter = String::new();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--device" => device = args[i + 1].parse().expect("device"),
+            "--iters" => iters = args[i + 1].parse().expect("iters"),
+            "--filter" => filter = args[i + 1].clone(),
+            other => panic!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    // Run from the repository root (scripts/gpu-check.sh does).
+    let root = std::env::current_dir().expect("working directory");
+    let cpu = BackendOptions::default();
+    let gpu = BackendOptions {
+        device,
+        ..Default::default()
+    };
+    println!(
+        "{:<48} {:>10} {:>6} {:>10} {:>10}",
+        "fixture",
+        "max|d|",
+        "ok",
+        "cpu_us",
+        format!("{device}_us")
+    );
+    let (mut passed, mut failed) = (0, 0);
+    for dir in cases(&root) {
+        let id = dir
+            .strip_prefix(root.join("models"))
+            .unwrap()
+            .display()
+            .to_string();
+        if !id.contains(&filter) {
+            continue;
+        }
+        let result = (|| -> recur::Result<(f32, f64, f64)> {
+            let model = Model::load(&dir.join("model.onnx"))?;
+            let x = inputs(&dir, &model)?;
+            let mut on_cpu = build_with(BackendKind::Ort, &model, &cpu)?;
+            let mut on_gpu = build_with(BackendKind::Ort, &model, &gpu)?;
+            let a = on_cpu.run(&x)?;
+            let b = on_gpu.run(&x)?;
+            let mut worst = 0f32;
+            for ((_, a), (_, b)) in a.iter().zip(&b) {
+                let (a, b) = (a.to_f32(), b.to_f32());
+                if a.shape() != b.shape() {
+                    worst = f32::INFINITY;
+                    continue;
+                }
+                for (p, q) in a.iter().zip(b.iter()) {
+                    worst = worst.max((p - q).abs());
+                }
+            }
+            Ok((
+                worst,
+                median_us(&mut on_cpu, &x, iters),
+                median_us(&mut on_gpu, &x, iters),
+            ))
+        })();
+        match result {
+            Ok((worst, c, g)) => {
+                let ok = worst <= TOLERANCE;
+                if ok {
+                    passed += 1
+                } else {
+                    failed += 1
+                }
+                println!(
+                    "{id:<48} {worst:>10.2e} {:>6} {c:>10.1} {g:>10.1}",
+                    if ok { "yes" } else { "NO" }
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                println!("{id:<48} error: {e}");
+            }
+        }
+    }
+    println!("summary: {passed} agree within {TOLERANCE:e}, {failed} do not (device {device})");
+    failed += streaming(&root, &cpu, &gpu, iters.max(50));
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}

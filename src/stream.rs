@@ -1,0 +1,447 @@
+//! Streaming sessions: feed a sequence chunk by chunk (any size, down to one step) on either
+//! backend, with every recurrent node's state carried between chunks.
+//!
+//! A [`Session`] is built from the two models of [`crate::onnx::streamable`]: the first chunk
+//! runs the original graph (plus state outputs), so it starts from exactly the state the model
+//! itself starts from; every later chunk runs the carry model, fed the previous chunk's state.
+//! [`Session::feed`] gives each chunk's outputs; [`Session::run_chunked`] runs a whole sequence
+//! in chunks and puts the outputs back together: per-step outputs concatenated along their time
+//! axis, other outputs (last-step ones such as a classifier's scores or `Y_h`) taken from the
+//! last chunk. Before it does, it checks on the first steps of the input that streaming gives
+//! what the whole-sequence run gives, and refuses the model otherwise (a graph that looks
+//! ahead, e.g. a mean over time, is not causal).
+
+use ndarray::{Axis, Slice};
+
+use crate::backend::{build_with, Backend, BackendKind, BackendOptions};
+use crate::error::{RecurError, Result};
+use crate::ir::RecurrentModel;
+use crate::model::Model;
+use crate::onnx::streamable::{make_streamable, StateWire, Streamable};
+use crate::tensor::{check_inputs, HostTensor};
+
+/// Tolerance of the causality check: streamed and whole-sequence runs of a causal model differ
+/// only by float rounding.
+const CAUSAL_ATOL: f32 = 1e-4;
+const CAUSAL_RTOL: f32 = 1e-3;
+
+/// One of the session's two models on its engine. ONNX Runtime runs with IO binding, so the
+/// carried state stays where the session computes it (GPU memory under `--device cuda`).
+enum Engine {
+    Generic(Box<dyn Backend>),
+    #[cfg(feature = "ort")]
+    Ort(Box<crate::backend::ort::OrtBackend>),
+}
+
+/// A piece of carried state: on the host, or an ONNX Runtime value left on its device.
+enum StateValue {
+    Host(HostTensor),
+    #[cfg(feature = "ort")]
+    Ort(ort::value::DynValue),
+}
+
+impl StateValue {
+    fn host(&self) -> Option<&HostTensor> {
+        match self {
+            StateValue::Host(t) => Some(t),
+            #[cfg(feature = "ort")]
+            StateValue::Ort(_) => None,
+        }
+    }
+}
+
+/// A streaming session over one model on one backend.
+pub struct Session {
+    plan: Streamable,
+    first_ir: RecurrentModel,
+    carry_ir: RecurrentModel,
+    first: Engine,
+    carry: Engine,
+    state: Option<Vec<StateValue>>,
+    steps: usize,
+}
+
+fn engine(kind: BackendKind, model: &Model, options: &BackendOptions) -> Result<Engine> {
+    #[cfg(feature = "ort")]
+    if kind == BackendKind::Ort {
+        return Ok(Engine::Ort(Box::new(crate::backend::ort::OrtBackend::new(
+            model, options,
+        )?)));
+    }
+    Ok(Engine::Generic(build_with(kind, model, options)?))
+}
+
+impl Session {
+    /// Prepares the model for streaming (or refuses it, naming the node and the reason) and
+    /// builds both of its models on the chosen backend.
+    pub fn new(model: &Model, kind: BackendKind, options: &BackendOptions) -> Result<Self> {
+        let plan = make_streamable(&model.proto, &model.ir)?;
+        let first_model = Model {
+            path: model.path.clone(),
+            ir: crate::onnx::lift(&plan.first)?,
+            proto: plan.first.clone(),
+        };
+        let carry_model = Model {
+            path: model.path.clone(),
+            ir: crate::onnx::lift(&plan.carry)?,
+            proto: plan.carry.clone(),
+        };
+        let first = engine(kind, &first_model, options)?;
+        let carry = engine(kind, &carry_model, options)?;
+        Ok(Session {
+            first_ir: first_model.ir,
+            carry_ir: carry_model.ir,
+            plan,
+            first,
+            carry,
+            state: None,
+            steps: 0,
+        })
+    }
+
+    /// The graph input that holds the sequence, and its time axis.
+    pub fn sequence_input(&self) -> (&str, usize) {
+        (&self.plan.sequence_input, self.plan.time_axis)
+    }
+
+    /// The state carried between chunks.
+    pub fn states(&self) -> &[StateWire] {
+        &self.plan.states
+    }
+
+    /// The streaming models (first-chunk and carry).
+    pub fn models(&self) -> &Streamable {
+        &self.plan
+    }
+
+    /// Steps fed since the session started or was reset.
+    pub fn steps_seen(&self) -> usize {
+        self.steps
+    }
+
+    /// Forgets the carried state: the next chunk starts a new sequence.
+    pub fn reset(&mut self) {
+        self.state = None;
+        self.steps = 0;
+    }
+
+    /// Feeds one chunk: the model's inputs, with the sequence input holding the chunk's steps
+    /// (any number, at least one). Returns the model's outputs for this chunk, in graph order.
+    pub fn feed(&mut self, inputs: &[(String, HostTensor)]) -> Result<Vec<(String, HostTensor)>> {
+        let (seq, axis) = (self.plan.sequence_input.clone(), self.plan.time_axis);
+        let steps = inputs
+            .iter()
+            .find(|(n, _)| *n == seq)
+            .and_then(|(_, t)| t.shape().get(axis).copied())
+            .ok_or_else(|| {
+                RecurError::input(&seq, format!("not given, or has no axis {axis} (time)"))
+            })?;
+        let (user, state) = self.run_once(inputs, self.state.is_none())?;
+        self.state = Some(state);
+        self.steps += steps;
+        Ok(user)
+    }
+
+    /// Runs a whole sequence `chunk` steps at a time from a fresh state and returns the
+    /// outputs as the whole-sequence run would: per-step outputs concatenated, the others
+    /// from the last chunk. Refuses the model when streaming would change its outputs.
+    pub fn run_chunked(
+        &mut self,
+        inputs: &[(String, HostTensor)],
+        chunk: usize,
+    ) -> Result<Vec<(String, HostTensor)>> {
+        if chunk == 0 {
+            return Err(RecurError::Usage("--chunk must be at least 1".into()));
+        }
+        let (seq, axis) = (self.plan.sequence_input.clone(), self.plan.time_axis);
+        let x = inputs
+            .iter()
+            .find(|(n, _)| *n == seq)
+            .map(|(_, t)| t.clone())
+            .ok_or_else(|| RecurError::input(&seq, "not given"))?;
+        let total = x.shape()[axis];
+        let time_axes = self.check_causal(inputs, &x)?;
+        self.reset();
+        let mut pieces: Vec<Vec<(String, HostTensor)>> = Vec::new();
+        let mut start = 0;
+        while start < total {
+            let end = (start + chunk).min(total);
+            let fed = with_input(inputs, &seq, slice(&x, axis, start, end));
+            pieces.push(self.feed(&fed)?);
+            start = end;
+        }
+        assemble(&pieces, &time_axes)
+    }
+
+    /// Runs one chunk on the first-chunk model (`fresh`) or the carry model (with the carried
+    /// state); returns the user's outputs (graph order) and the new state.
+    #[allow(clippy::type_complexity)]
+    fn run_once(
+        &mut self,
+        inputs: &[(String, HostTensor)],
+        fresh: bool,
+    ) -> Result<(Vec<(String, HostTensor)>, Vec<StateValue>)> {
+        let ir = if fresh {
+            &self.first_ir
+        } else {
+            &self.carry_ir
+        };
+        let state_inputs: Vec<&str> = self.plan.states.iter().map(|w| w.input.as_str()).collect();
+        let declared: Vec<crate::ir::ValueInfo> = ir
+            .inputs
+            .iter()
+            .filter(|i| !state_inputs.contains(&i.name.as_str()))
+            .cloned()
+            .collect();
+        let given: Vec<(String, HostTensor)> = inputs
+            .iter()
+            .filter(|(n, _)| declared.iter().any(|d| d.name == *n))
+            .cloned()
+            .collect();
+        let mut checked = check_inputs(&declared, given)?;
+        let previous = if fresh { None } else { self.state.as_ref() };
+        let engine = if fresh {
+            &mut self.first
+        } else {
+            &mut self.carry
+        };
+        match engine {
+            Engine::Generic(backend) => {
+                if let Some(state) = previous {
+                    for (wire, value) in self.plan.states.iter().zip(state) {
+                        let t = value.host().expect("host state on a host engine");
+                        checked.tensors.push((wire.input.clone(), t.clone()));
+                    }
+                }
+                let outputs = backend.run(&checked)?;
+                let find = |name: &str| {
+                    outputs
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, t)| t.clone())
+                        .ok_or_else(|| {
+                            RecurError::Usage(format!("streaming: output '{name}' missing"))
+                        })
+                };
+                let user = self
+                    .plan
+                    .user_outputs
+                    .iter()
+                    .map(|n| Ok((n.clone(), find(n)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                let state = self
+                    .plan
+                    .states
+                    .iter()
+                    .map(|w| Ok(StateValue::Host(find(&w.output)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((user, state))
+            }
+            #[cfg(feature = "ort")]
+            Engine::Ort(backend) => {
+                // Host-side state (states that are also user outputs) goes back as a value.
+                let mut converted: Vec<Option<ort::value::DynValue>> = Vec::new();
+                if let Some(state) = previous {
+                    for (wire, value) in self.plan.states.iter().zip(state) {
+                        converted.push(match value {
+                            StateValue::Ort(_) => None,
+                            StateValue::Host(t) => {
+                                Some(crate::backend::ort::to_value(t).map_err(|e| {
+                                    RecurError::Usage(format!(
+                                        "streaming: state '{}': {e}",
+                                        wire.input
+                                    ))
+                                })?)
+                            }
+                        });
+                    }
+                }
+                let mut kept_in: Vec<(&str, &ort::value::DynValue)> = Vec::new();
+                if let Some(state) = previous {
+                    for ((wire, value), host) in self.plan.states.iter().zip(state).zip(&converted)
+                    {
+                        match (value, host) {
+                            (StateValue::Ort(v), _) => kept_in.push((&wire.input, v)),
+                            (_, Some(v)) => kept_in.push((&wire.input, v)),
+                            _ => unreachable!("every state converted"),
+                        }
+                    }
+                }
+                // States that are also user outputs come back to the host with them.
+                let kept_out: Vec<String> = self
+                    .plan
+                    .states
+                    .iter()
+                    .map(|w| w.output.clone())
+                    .filter(|o| !self.plan.user_outputs.contains(o))
+                    .collect();
+                let (host, kept) = backend.run_bound(&checked, &kept_in, &kept_out)?;
+                let find = |name: &str| {
+                    host.iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, t)| t.clone())
+                        .ok_or_else(|| {
+                            RecurError::Usage(format!("streaming: output '{name}' missing"))
+                        })
+                };
+                let user = self
+                    .plan
+                    .user_outputs
+                    .iter()
+                    .map(|n| Ok((n.clone(), find(n)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                let mut kept = kept.into_iter();
+                let state = self
+                    .plan
+                    .states
+                    .iter()
+                    .map(|w| {
+                        if kept_out.contains(&w.output) {
+                            Ok(StateValue::Ort(
+                                kept.next().expect("one kept value per state"),
+                            ))
+                        } else {
+                            Ok(StateValue::Host(find(&w.output)?))
+                        }
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((user, state))
+            }
+        }
+    }
+
+    /// Finds each output's time axis (`None` for last-step outputs) from runs on the first one
+    /// and two steps, then checks on the first (up to) four steps that one step followed by the
+    /// rest gives what the whole run gives. Leaves the session reset.
+    fn check_causal(
+        &mut self,
+        inputs: &[(String, HostTensor)],
+        x: &HostTensor,
+    ) -> Result<Vec<Option<usize>>> {
+        let (seq, axis) = (self.plan.sequence_input.clone(), self.plan.time_axis);
+        let total = x.shape()[axis];
+        let n_out = self.plan.user_outputs.len();
+        if total < 2 {
+            return Ok(vec![None; n_out]);
+        }
+        self.reset();
+        let one = self.feed(&with_input(inputs, &seq, slice(x, axis, 0, 1)))?;
+        self.reset();
+        let two = self.feed(&with_input(inputs, &seq, slice(x, axis, 0, 2)))?;
+        let mut axes = Vec::with_capacity(n_out);
+        for ((name, a), (_, b)) in one.iter().zip(&two) {
+            let differ: Vec<usize> = (0..a.shape().len().min(b.shape().len()))
+                .filter(|&i| a.shape()[i] != b.shape()[i])
+                .collect();
+            axes.push(match differ.as_slice() {
+                [] if a.shape() == b.shape() => None,
+                [i] if a.shape()[*i] == 1 && b.shape()[*i] == 2 => Some(*i),
+                _ => {
+                    return Err(RecurError::Usage(format!(
+                        "cannot stream: output '{name}' has shape {:?} after one step and {:?} after two, not one step per step",
+                        a.shape(),
+                        b.shape()
+                    )))
+                }
+            });
+        }
+        let n = total.min(4);
+        self.reset();
+        let whole = self.feed(&with_input(inputs, &seq, slice(x, axis, 0, n)))?;
+        self.reset();
+        let head = self.feed(&with_input(inputs, &seq, slice(x, axis, 0, 1)))?;
+        let tail = self.feed(&with_input(inputs, &seq, slice(x, axis, 1, n)))?;
+        self.reset();
+        let streamed = assemble(&[head, tail], &axes)?;
+        for ((name, w), (_, s)) in whole.iter().zip(&streamed) {
+            let (w, s) = (w.to_f32(), s.to_f32());
+            let off = w.shape() != s.shape()
+                || w.iter()
+                    .zip(s.iter())
+                    .any(|(a, b)| (a - b).abs() > CAUSAL_ATOL + CAUSAL_RTOL * a.abs());
+            if off {
+                return Err(RecurError::Usage(format!(
+                    "cannot stream this model: output '{name}' over the first {n} steps differs when the steps come one chunk at a time, so the graph after its recurrent layers looks at later steps (not causal)"
+                )));
+            }
+        }
+        Ok(axes)
+    }
+}
+
+/// The inputs with `name` replaced by `value`.
+fn with_input(
+    inputs: &[(String, HostTensor)],
+    name: &str,
+    value: HostTensor,
+) -> Vec<(String, HostTensor)> {
+    inputs
+        .iter()
+        .map(|(n, t)| {
+            if n == name {
+                (n.clone(), value.clone())
+            } else {
+                (n.clone(), t.clone())
+            }
+        })
+        .collect()
+}
+
+/// Steps `start..end` of `t` along `axis`.
+pub fn slice(t: &HostTensor, axis: usize, start: usize, end: usize) -> HostTensor {
+    let s = Slice::from(start..end);
+    match t {
+        HostTensor::F32(a) => HostTensor::F32(a.slice_axis(Axis(axis), s).to_owned()),
+        HostTensor::I64(a) => HostTensor::I64(a.slice_axis(Axis(axis), s).to_owned()),
+        HostTensor::I32(a) => HostTensor::I32(a.slice_axis(Axis(axis), s).to_owned()),
+    }
+}
+
+/// Puts chunk outputs together: concatenated along the time axis, or the last chunk's.
+fn assemble(
+    pieces: &[Vec<(String, HostTensor)>],
+    time_axes: &[Option<usize>],
+) -> Result<Vec<(String, HostTensor)>> {
+    let last = pieces
+        .last()
+        .ok_or_else(|| RecurError::Usage("empty sequence".into()))?;
+    let mut out = Vec::with_capacity(last.len());
+    for (i, (name, last_value)) in last.iter().enumerate() {
+        let value = match time_axes.get(i).copied().flatten() {
+            None => last_value.clone(),
+            Some(axis) => {
+                let parts: Vec<&HostTensor> = pieces.iter().map(|p| &p[i].1).collect();
+                concat(name, axis, &parts)?
+            }
+        };
+        out.push((name.clone(), value));
+    }
+    Ok(out)
+}
+
+fn concat(name: &str, axis: usize, parts: &[&HostTensor]) -> Result<HostTensor> {
+    let err = |e: ndarray::ShapeError| {
+        RecurError::Usage(format!(
+            "streaming: cannot join chunks of output '{name}': {e}"
+        ))
+    };
+    macro_rules! join {
+        ($variant:ident) => {{
+            let views: Vec<_> = parts
+                .iter()
+                .map(|p| match p {
+                    HostTensor::$variant(a) => Ok(a.view()),
+                    _ => Err(RecurError::Usage(format!(
+                        "streaming: output '{name}' changes type between chunks"
+                    ))),
+                })
+                .collect::<Result<_>>()?;
+            HostTensor::$variant(ndarray::concatenate(Axis(axis), &views).map_err(err)?)
+        }};
+    }
+    Ok(match parts[0] {
+        HostTensor::F32(_) => join!(F32),
+        HostTensor::I64(_) => join!(I64),
+        HostTensor::I32(_) => join!(I32),
+    })
+}
