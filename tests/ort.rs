@@ -93,7 +93,11 @@ fn every_fixture_matches_on_ort_cpu_and_agrees_with_the_cpu_path() {
         ort_only.join("\n  ")
     );
     assert!(failed.is_empty(), "{}", failed.join("\n"));
-    for keras_loop in ["masked_lstm", "simplernn_forecaster", "keras_gru_forecaster"] {
+    for keras_loop in [
+        "masked_lstm",
+        "simplernn_forecaster",
+        "keras_gru_forecaster",
+    ] {
         assert!(
             agreed.iter().any(|l| l.contains(keras_loop)),
             "the Keras Loop fixture {keras_loop} should run on both paths and agree"
