@@ -1,12 +1,13 @@
-//! CPU path against stock tract, single thread, in one run: a 2-layer LSTM(64) over 100
-//! steps and one step at a time with the state fed back, a bidirectional GRU(64), and the
-//! BasicMotions classifier. `cargo bench --bench cpu`; docs/PERFORMANCE.md has the numbers.
+//! CPU path against stock tract and ONNX Runtime's CPU provider, single thread, in one run: a
+//! 2-layer LSTM(64) over 100 steps and one step at a time with the state fed back, a
+//! bidirectional GRU(64), and the BasicMotions classifier. `cargo bench --bench cpu` (ONNX
+//! Runtime from `.ort/`, see scripts/fetch-ort.sh); docs/PERFORMANCE.md has the numbers.
 
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use recur::backend::tract::TractBackend;
-use recur::backend::Backend;
+use recur::backend::{build_with, Backend, BackendKind, BackendOptions};
 use recur::model::Model;
 use recur::tensor::{check_inputs, read_npy, CheckedInputs, HostTensor};
 
@@ -15,17 +16,26 @@ fn load(path: &str) -> Model {
         .expect("bench model loads")
 }
 
-fn engines(model: &Model) -> Vec<(&'static str, TractBackend)> {
-    vec![
+fn engines(model: &Model) -> Vec<(&'static str, Box<dyn Backend>)> {
+    let mut engines: Vec<(&'static str, Box<dyn Backend>)> = vec![
         (
             "recur",
-            TractBackend::new(model, &model.path).expect("recur runs it"),
+            Box::new(TractBackend::new(model, &model.path).expect("recur runs it")),
         ),
         (
             "stock-tract",
-            TractBackend::plain_tract(model).expect("tract parses it"),
+            Box::new(TractBackend::plain_tract(model).expect("tract parses it")),
         ),
-    ]
+    ];
+    let ort_options = BackendOptions {
+        ort_threads: Some(1),
+        ..Default::default()
+    };
+    match build_with(BackendKind::Ort, model, &ort_options) {
+        Ok(ort) => engines.push(("onnxruntime-cpu", ort)),
+        Err(e) => eprintln!("ONNX Runtime left out: {e}"),
+    }
+    engines
 }
 
 fn whole_sequence(c: &mut Criterion, name: &str, model_path: &str, input: &str, input_name: &str) {
@@ -50,7 +60,7 @@ fn streamed_step(c: &mut Criterion) {
     for (engine, mut backend) in engines(&model) {
         let mut state = [zeros(), zeros(), zeros(), zeros()];
         let mut t = 0;
-        let mut step = |backend: &mut TractBackend| {
+        let mut step = |backend: &mut Box<dyn Backend>| {
             let sample = x
                 .slice(ndarray::s![t % 100..t % 100 + 1, .., ..])
                 .to_owned()
