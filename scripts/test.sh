@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 echo "== toolchain components"
 rustup component add rustfmt clippy
+rustup target add thumbv7em-none-eabihf
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -16,3 +17,6 @@ cargo clippy --all-targets -- -D warnings
 echo "== cargo test"
 # --show-output prints what passing tests report (fixture counts, refusals) after each binary.
 cargo test --all-targets -- --show-output
+
+echo "== recur-kernel for Cortex-M4F (no_std, thumbv7em-none-eabihf)"
+cargo build -p recur-kernel --target thumbv7em-none-eabihf

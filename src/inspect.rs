@@ -61,10 +61,8 @@ pub fn inspect(model: &Model) -> InspectReport {
             reasons: tract,
         },
     );
-    for (path, what) in [
-        ("ort", "the ONNX Runtime backend"),
-        ("mcu", "the microcontroller converter"),
-    ] {
+    paths.insert("mcu".to_string(), mcu_support(model));
+    for (path, what) in [("ort", "the ONNX Runtime backend")] {
         paths.insert(
             path.to_string(),
             PathSupport {
@@ -85,6 +83,30 @@ pub fn inspect(model: &Model) -> InspectReport {
         op_histogram: ir.op_histogram.clone(),
         layers: ir.layers.clone(),
         paths,
+    }
+}
+
+/// Whether `recur convert --target mcu` can trace the model into the fixed-point layer chain
+/// (the f32 cross-check and calibration still run at conversion time).
+fn mcu_support(model: &Model) -> PathSupport {
+    match crate::quant::chain::trace(model) {
+        Ok(_) => PathSupport {
+            runs: true,
+            reasons: vec![],
+            note: None,
+        },
+        Err(crate::error::RecurError::Unsupported {
+            node, op, reason, ..
+        }) => PathSupport {
+            runs: false,
+            reasons: vec![Refusal { node, op, reason }],
+            note: None,
+        },
+        Err(e) => PathSupport {
+            runs: false,
+            reasons: vec![],
+            note: Some(e.to_string()),
+        },
     }
 }
 

@@ -1,8 +1,10 @@
 //! The command-line interface: one module per subcommand, each an argument struct plus an
 //! `exec` that turns arguments into library calls. Nothing below this module prints.
 
+mod convert;
 mod inspect;
 mod run;
+mod sim;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +26,10 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Run a model once on inputs from .npy files.
     Run(run::RunArgs),
+    /// Quantise a model for a microcontroller (.rcm blob) and report accuracy and memory.
+    Convert(convert::ConvertArgs),
+    /// Run an .rcm blob through the fixed-point kernel on the host.
+    Sim(sim::SimArgs),
 }
 
 /// An error from a subcommand, with its exit status.
@@ -52,5 +58,7 @@ pub fn exec(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Inspect(args) => inspect::exec(args),
         Command::Run(args) => run::exec(args),
+        Command::Convert(args) => convert::exec(args),
+        Command::Sim(args) => sim::exec(args),
     }
 }
