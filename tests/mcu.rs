@@ -36,7 +36,7 @@ fn against_reference(name: &str, blob: &[u8]) -> (usize, usize, f32) {
         .iter()
         .zip(&want)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    let argmax = |r: ndarray::ArrayView1<f32>| {
+    let argmax = |r: ndarray::ArrayViewD<f32>| {
         r.iter()
             .enumerate()
             .fold(
