@@ -12,11 +12,11 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy (all targets, warnings are errors)"
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== cargo test"
 # --show-output prints what passing tests report (fixture counts, refusals) after each binary.
-cargo test --all-targets -- --show-output
+cargo test --workspace --all-targets -- --show-output
 
 echo "== recur-kernel for Cortex-M4F (no_std, thumbv7em-none-eabihf)"
 cargo build -p recur-kernel --target thumbv7em-none-eabihf

@@ -62,16 +62,14 @@ pub fn inspect(model: &Model) -> InspectReport {
         },
     );
     paths.insert("mcu".to_string(), mcu_support(model));
-    for (path, what) in [("ort", "the ONNX Runtime backend")] {
-        paths.insert(
-            path.to_string(),
-            PathSupport {
-                runs: false,
-                reasons: vec![],
-                note: Some(format!("{what} is not part of this build yet")),
-            },
-        );
-    }
+    paths.insert(
+        "ort".to_string(),
+        PathSupport {
+            runs: false,
+            reasons: vec![],
+            note: Some("the ONNX Runtime backend is not part of this build yet".into()),
+        },
+    );
     InspectReport {
         model: model.path.display().to_string(),
         producer: ir.producer.clone(),

@@ -68,7 +68,7 @@ struct Bytes(Vec<u8>);
 
 impl Bytes {
     fn pad(&mut self) {
-        while self.0.len() % 4 != 0 {
+        while !self.0.len().is_multiple_of(4) {
             self.0.push(0);
         }
     }
@@ -409,7 +409,7 @@ pub fn write(chain: &Chain, ranges: &Ranges, bits: WeightBits) -> (Vec<u8>, Vec<
     model[6..8].copy_from_slice(&(chain.output_dim() as u16).to_le_bytes());
     model[8..12].copy_from_slice(&act.0.to_le_bytes());
     model[12] = act.1;
-    model[16..20].copy_from_slice(&(output_scale as f32).to_le_bytes());
+    model[16..20].copy_from_slice(&output_scale.to_le_bytes());
     model[20..24].copy_from_slice(&(if chain.tokens { 0 } else { affine_at as u32 }).to_le_bytes());
     body.0.extend(model);
     // Parameter offsets go into the table once the affine block's size is known.
