@@ -723,6 +723,18 @@ pub fn trace(model: &Model) -> Result<Chain> {
         cur = next;
     }
     if cur != chain.output_name {
+        // tf2onnx's Loop bodies read the sequence from the outer scope, off the explicit path.
+        if let Some(l) = ir
+            .layers
+            .iter()
+            .find(|l| matches!(l.kind, LayerKind::Loop { .. }))
+        {
+            return Err(refuse(
+                &l.node,
+                &l.op,
+                "a recurrent layer exported as an ONNX Loop has no mcu equivalent",
+            ));
+        }
         return Err(refuse(
             &chain.output_name,
             "graph output",
