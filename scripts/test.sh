@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 echo "== toolchain components"
 rustup component add rustfmt clippy
+rustup target add thumbv7em-none-eabihf
 
 echo "== ONNX Runtime 1.31.1 CPU library (PyPI wheel, sha256-pinned) into .ort/"
 bash scripts/fetch-ort.sh
@@ -14,8 +15,11 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy (all targets, warnings are errors)"
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== cargo test"
 # --show-output prints what passing tests report (fixture counts, refusals) after each binary.
-cargo test --all-targets -- --show-output
+cargo test --workspace --all-targets -- --show-output
+
+echo "== recur-kernel for Cortex-M4F (no_std, thumbv7em-none-eabihf)"
+cargo build -p recur-kernel --target thumbv7em-none-eabihf

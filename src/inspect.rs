@@ -63,14 +63,7 @@ pub fn inspect(model: &Model) -> InspectReport {
     );
     paths.insert("ort".to_string(), ort_support(model));
     paths.insert("stream".to_string(), stream_support(model));
-    paths.insert(
-        "mcu".to_string(),
-        PathSupport {
-            runs: false,
-            reasons: vec![],
-            note: Some("the microcontroller converter is not part of this build yet".into()),
-        },
-    );
+    paths.insert("mcu".to_string(), mcu_support(model));
     InspectReport {
         model: model.path.display().to_string(),
         producer: ir.producer.clone(),
@@ -140,6 +133,30 @@ fn stream_support(model: &Model) -> PathSupport {
                 plan.time_axis,
                 plan.states.len()
             )),
+        },
+        Err(crate::error::RecurError::Unsupported {
+            node, op, reason, ..
+        }) => PathSupport {
+            runs: false,
+            reasons: vec![Refusal { node, op, reason }],
+            note: None,
+        },
+        Err(e) => PathSupport {
+            runs: false,
+            reasons: vec![],
+            note: Some(crate::error::one_line(&e.to_string())),
+        },
+    }
+}
+
+/// Whether `recur convert --target mcu` can trace the model into the fixed-point layer chain
+/// (the f32 cross-check and calibration still run at conversion time).
+fn mcu_support(model: &Model) -> PathSupport {
+    match crate::quant::chain::trace(model) {
+        Ok(_) => PathSupport {
+            runs: true,
+            reasons: vec![],
+            note: None,
         },
         Err(crate::error::RecurError::Unsupported {
             node, op, reason, ..

@@ -15,6 +15,7 @@ pub mod ir;
 pub mod kernels;
 pub mod model;
 pub mod onnx;
+pub mod quant;
 pub mod stream;
 pub mod tensor;
 

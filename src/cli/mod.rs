@@ -6,6 +6,7 @@ mod convert;
 mod engine;
 mod inspect;
 mod run;
+mod sim;
 
 use clap::{Parser, Subcommand};
 
@@ -29,8 +30,11 @@ pub enum Command {
     Run(run::RunArgs),
     /// Time a model (or a streaming session) in one process: median and p90.
     Bench(bench::BenchArgs),
-    /// Convert a model (--streamable: expose the recurrent state for chunked feeding).
+    /// Convert a model: --streamable (state exposed for chunked feeding) or --target mcu
+    /// (the fixed-point .rcm blob, with its accuracy and memory report).
     Convert(convert::ConvertArgs),
+    /// Run an .rcm blob through the fixed-point kernel on the host.
+    Sim(sim::SimArgs),
 }
 
 /// An error from a subcommand, with its exit status.
@@ -61,5 +65,6 @@ pub fn exec(cli: Cli) -> Result<(), CliError> {
         Command::Run(args) => run::exec(args),
         Command::Convert(args) => convert::exec(args),
         Command::Bench(args) => bench::exec(args),
+        Command::Sim(args) => sim::exec(args),
     }
 }

@@ -1,0 +1,71 @@
+//! Dense layer, embedding lookup and the output functions (softmax, sigmoid, argmax).
+//!
+//! Dense: `y[j] = sat16(round((rq(W[j]·x, m[j], s[j]) + bias[j]) / 256))`, the product
+//! requantised to 1/256 of an output unit so the bias keeps 8 more bits. Softmax: logits minus
+//! their maximum, taken to Q20 by one multiplier, exp from the table, then integer division:
+//! `p_i = round(e_i · 2^15 / Σe)` (Q15). The maximum's exp is 32767, so the sum is never 0.
+
+use crate::blob::{Layer, Params};
+use crate::fixed::{requant, sat16, sat32, shr_round};
+use crate::lut::{exp_q20, sigmoid_q20};
+
+/// Applies a dense layer to `x`, writing `layer.out_dim` values to `out`.
+pub fn dense(layer: &Layer, p: &Params, x: &[i16], out: &mut [i16]) {
+    let ws = layer.w_stride();
+    for (j, o) in out.iter_mut().enumerate().take(layer.out_dim) {
+        let v = requant(p.w.dot(j, ws, x), p.mx[j], p.sx[j]) + p.bias[j] as i64;
+        *o = sat16(shr_round(v, 8));
+    }
+}
+
+/// Copies embedding row `token` to `out`; `false` when the token is out of range.
+pub fn embed(layer: &Layer, p: &Params, token: usize, out: &mut [i16]) -> bool {
+    if token >= layer.in_dim {
+        return false;
+    }
+    let stride = layer.w_stride_embedding();
+    for (k, o) in out.iter_mut().enumerate().take(layer.out_dim) {
+        *o = p.w.get(token * stride + k);
+    }
+    true
+}
+
+/// Softmax of int16 logits; `m`/`s` take a logit difference to Q20. Writes Q15 to `out`,
+/// using `exps` (`[len]` int32) as scratch.
+pub fn softmax(x: &[i16], m: i32, s: u8, exps: &mut [i32], out: &mut [i16]) {
+    let max = x.iter().copied().max().unwrap_or(0) as i64;
+    let mut sum = 0i64;
+    for (e, &v) in exps.iter_mut().zip(x) {
+        *e = exp_q20(sat32(requant(v as i64 - max, m, s))) as i32;
+        sum += *e as i64;
+    }
+    let sum = sum.max(1);
+    for (o, &e) in out.iter_mut().zip(exps.iter()) {
+        *o = sat16(((e as i64) << 15).saturating_add(sum / 2) / sum);
+    }
+}
+
+/// Element-wise sigmoid of int16 values taken to Q20 by `m`/`s`; Q15 out.
+pub fn sigmoid(x: &[i16], m: i32, s: u8, out: &mut [i16]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = sigmoid_q20(sat32(requant(v as i64, m, s)));
+    }
+}
+
+/// Index of the largest value (the first one on ties); 0 for an empty slice.
+pub fn argmax(x: &[i16]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+impl Layer<'_> {
+    /// Row stride of an embedding table (width rounded up to even).
+    pub fn w_stride_embedding(&self) -> usize {
+        crate::blob::even(self.out_dim)
+    }
+}

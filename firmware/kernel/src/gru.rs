@@ -1,0 +1,61 @@
+//! One GRU time step, one direction, in fixed point (both `linear_before_reset` forms).
+//!
+//! Formats: x int16, h Q15, pre-activations Q20 in `acc` (gate order z, r, h as in ONNX).
+//! linear_before_reset=1: `n = tanh(Wn·x + Wbn + r ⊙ (Rn·h + Rbn))`;
+//! linear_before_reset=0: `n = tanh(Wn·x + Wbn + Rbn + Rn·(r ⊙ h))`, with `r ⊙ h` (Q15) in
+//! `tmp`. Then `h = n + z·(h - n)`. `acc` holds `4H` int32, `tmp` `H` int16.
+
+use crate::blob::{flags, Layer, Params};
+use crate::fixed::{mul_q15, requant, sat16, sat32, shr_round};
+use crate::lut::{sigmoid_q20, tanh_q20};
+
+/// Advances `h` (`[H]`) by one step on input `x`.
+pub fn step(layer: &Layer, p: &Params, x: &[i16], h: &mut [i16], acc: &mut [i32], tmp: &mut [i16]) {
+    let n = layer.out_dim;
+    let (ws, rs) = (layer.w_stride(), layer.r_stride());
+    let lbr = layer.has(flags::LINEAR_BEFORE_RESET);
+    let clip = |v: i32| -> i32 {
+        if layer.clip_q20 > 0 {
+            v.clamp(-layer.clip_q20, layer.clip_q20)
+        } else {
+            v
+        }
+    };
+    for j in 0..3 * n {
+        let ax = requant(p.w.dot(j, ws, x), p.mx[j], p.sx[j]);
+        if j < 2 * n {
+            let ah = requant(p.r.dot(j, rs, h), p.mh[j], p.sh[j]);
+            acc[j] = sat32(ax + ah + p.bias[j] as i64);
+        } else {
+            acc[j] = sat32(ax + p.bias[j] as i64);
+            if lbr {
+                let ah = requant(p.r.dot(j, rs, h), p.mh[j], p.sh[j]);
+                acc[j + n] = sat32(ah + p.rbn[j - 2 * n] as i64);
+            }
+        }
+    }
+    // z and r, activated in place (Q15 values held in int32).
+    for a in acc.iter_mut().take(2 * n) {
+        *a = sigmoid_q20(clip(*a)) as i32;
+    }
+    if lbr {
+        for k in 0..n {
+            let r = acc[n + k] as i64;
+            let v = acc[2 * n + k] as i64 + shr_round(r * acc[3 * n + k] as i64, 15);
+            acc[2 * n + k] = sat32(v);
+        }
+    } else {
+        for k in 0..n {
+            tmp[k] = mul_q15(acc[n + k] as i16, h[k]);
+        }
+        for j in 2 * n..3 * n {
+            let ah = requant(p.r.dot(j, rs, &tmp[..n]), p.mh[j], p.sh[j]);
+            acc[j] = sat32(acc[j] as i64 + ah);
+        }
+    }
+    for k in 0..n {
+        let z = acc[k] as i64;
+        let nn = tanh_q20(clip(acc[2 * n + k])) as i64;
+        h[k] = sat16(nn + shr_round(z * (h[k] as i64 - nn), 15));
+    }
+}
