@@ -36,9 +36,17 @@ ELF_DIR=$BOARD/target/thumbv7em-none-eabihf/release
 case "${1:-bench}" in
 build) exit 0 ;;
 test)
+  for c in sensors lstm-ref qemu-tests board; do
+    echo "== firmware/$c: fmt, clippy"
+    (cd "firmware/$c" && cargo fmt -- --check && cargo clippy --quiet --all-targets -- -D warnings)
+  done
+  for f in stm32f411 nrf52840; do
+    echo "== firmware/board links for $f"
+    (cd "$BOARD" && cargo build --release --quiet --features "$f" --target-dir target/"$f")
+  done
   echo "== firmware host tests (recur-sensors, recur-lstm-ref) and QEMU tests"
   (cd firmware/sensors && cargo test --quiet)
-  (cd firmware/lstm-ref && cargo test --quiet)
+  (cd firmware/lstm-ref && cargo test --quiet -- --show-output)
   (cd firmware/qemu-tests && cargo test --quiet -- --show-output)
   exit 0
   ;;

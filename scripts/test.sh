@@ -16,3 +16,9 @@ cargo clippy --all-targets -- -D warnings
 echo "== cargo test"
 # --show-output prints what passing tests report (fixture counts, refusals) after each binary.
 cargo test --all-targets -- --show-output
+
+echo "== firmware: Cortex-M4F in QEMU mps2-an386 (installs qemu-system-arm if missing)"
+# Host tests of the firmware crates, the firmware in QEMU against the host f32 LSTM, then
+# the instruction counts per time step from the QEMU plugin.
+bash scripts/firmware.sh test
+bash scripts/firmware.sh bench
