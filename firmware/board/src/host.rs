@@ -164,3 +164,13 @@ impl Drop for File {
         }
     }
 }
+
+/// What the binaries' HardFault handlers call: one line with the faulting PC on stderr,
+/// then exit with [`crate::EXIT_FAILURE`], so a fault ends the emulator instead of hanging.
+pub fn hard_fault(ef: &cortex_m_rt::ExceptionFrame) -> ! {
+    eprint(format_args!(
+        "recur-firmware: error: HardFault at pc {:#010x}\n",
+        ef.pc()
+    ));
+    exit(crate::EXIT_FAILURE)
+}

@@ -11,7 +11,7 @@
 #![no_main]
 
 use core::fmt;
-use cortex_m_rt::entry;
+use cortex_m_rt::{entry, exception, ExceptionFrame};
 use panic_semihosting as _;
 use recur_firmware::host::{self, eprint, print};
 use recur_firmware::io::{FileSensor, FileSink, IoError};
@@ -115,6 +115,11 @@ fn run<'a>(cmdline: &'a str) -> Result<(), Failure<'a>> {
         recur_firmware::BOARD
     ));
     Ok(())
+}
+
+#[exception]
+unsafe fn HardFault(ef: &ExceptionFrame) -> ! {
+    host::hard_fault(ef)
 }
 
 #[entry]

@@ -94,3 +94,118 @@ pub fn decode_rcs(bytes: &[u8]) -> Result<(Header, Vec<f32>), String> {
         .collect();
     Ok((header, values))
 }
+
+/// Builds the instruction-counting plugin (`make` in `firmware/qemu-plugin`) and returns
+/// the path of the shared object.
+pub fn build_plugin() -> Result<PathBuf, String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu-plugin");
+    let status = Command::new("make")
+        .args(["-s", "-C"])
+        .arg(&dir)
+        .status()
+        .map_err(|e| format!("cannot run make: {e}"))?;
+    if !status.success() {
+        return Err(format!("building the QEMU plugin failed: {status}"));
+    }
+    Ok(dir.join("libinsn_marker.so"))
+}
+
+/// The address of symbol `name` in `elf` (read with the host's `nm`).
+pub fn symbol_address(elf: &Path, name: &str) -> Result<u64, String> {
+    let out = Command::new("nm")
+        .arg(elf)
+        .output()
+        .map_err(|e| format!("cannot run nm: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            let (addr, _, sym) = (w.next()?, w.next()?, w.next()?);
+            (sym == name).then(|| u64::from_str_radix(addr, 16).ok())?
+        })
+        .ok_or(format!("symbol {name} not found in {}", elf.display()))
+}
+
+/// One benchmark section: its name (from the firmware's `section NAME` line) and the
+/// instructions between consecutive step markers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Section {
+    /// Name, e.g. `f32-libm I=6 H=32`.
+    pub name: String,
+    /// Instructions per step, one per pair of consecutive step markers.
+    pub steps: Vec<u64>,
+}
+
+/// Runs a bench ELF in QEMU under the counting plugin and returns its sections.
+pub fn count_instructions(
+    elf: &Path,
+    plugin: &Path,
+    timeout_s: u32,
+) -> Result<Vec<Section>, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let counts = dir.path().join("counts.txt");
+    let step = symbol_address(elf, "recur_mark_step")?;
+    let section = symbol_address(elf, "recur_mark_section")?;
+    let out = Command::new("sh")
+        .arg(board_dir().join("qemu-run.sh"))
+        .arg(elf)
+        .env("RECUR_QEMU_TIMEOUT", timeout_s.to_string())
+        .env(
+            "RECUR_QEMU_EXTRA",
+            format!(
+                "-plugin {},step={step:#x},section={section:#x},out={}",
+                plugin.display(),
+                counts.display()
+            ),
+        )
+        .output()
+        .map_err(|e| format!("cannot run qemu-run.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "bench exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("section ").map(str::to_owned))
+        .collect();
+    let text = std::fs::read_to_string(&counts).map_err(|e| format!("plugin output: {e}"))?;
+    let mut sections: Vec<Section> = Vec::new();
+    let mut prev = None;
+    for line in text.lines() {
+        let (tag, n) = line
+            .split_once(' ')
+            .ok_or(format!("bad plugin line {line}"))?;
+        let n: u64 = n.parse().map_err(|_| format!("bad plugin line {line}"))?;
+        match tag {
+            "S" => {
+                let name = names
+                    .get(sections.len())
+                    .ok_or("more sections counted than announced")?;
+                sections.push(Section {
+                    name: name.clone(),
+                    steps: Vec::new(),
+                });
+                prev = None;
+            }
+            "M" => {
+                if let (Some(p), Some(s)) = (prev, sections.last_mut()) {
+                    s.steps.push(n - p);
+                }
+                prev = Some(n);
+            }
+            "T" => {}
+            _ => return Err(format!("bad plugin line {line}")),
+        }
+    }
+    if sections.len() != names.len() {
+        return Err(format!(
+            "{} sections announced, {} counted",
+            names.len(),
+            sections.len()
+        ));
+    }
+    Ok(sections)
+}

@@ -4,11 +4,11 @@
 //! rational) it prints one `section NAME` line, calls `recur_mark_section`, then runs
 //! `STEPS` steps on deterministic inputs, calling `recur_mark_step` after each. The plugin's
 //! snapshots, matched to the section lines in order, give the instructions per step
-//! (`scripts/firmware.sh` does this).
+//! (`scripts/firmware.sh` does this). A first `calibration` section has a known count.
 #![no_std]
 #![no_main]
 
-use cortex_m_rt::entry;
+use cortex_m_rt::{entry, exception, ExceptionFrame};
 use panic_semihosting as _;
 use recur_firmware::host::{self, print};
 use recur_firmware::marker::{recur_mark_section, recur_mark_step};
@@ -36,8 +36,24 @@ fn section<A: Activations, const I: usize, const H: usize>(weights: &LstmWeights
     core::hint::black_box(&cell.state);
 }
 
+/// Markers back to back: each step is exactly `bl`, `nop`, `bx lr` = 3 instructions,
+/// which checks the plugin's count (the QEMU tests assert it).
+fn calibration() {
+    print(format_args!("section calibration - -\n"));
+    recur_mark_section();
+    for _ in 0..4 {
+        recur_mark_step();
+    }
+}
+
+#[exception]
+unsafe fn HardFault(ef: &ExceptionFrame) -> ! {
+    host::hard_fault(ef)
+}
+
 #[entry]
 fn main() -> ! {
+    calibration();
     section::<Libm, 6, 32>(&W_6_32);
     section::<Rational, 6, 32>(&W_6_32);
     section::<Libm, 8, 64>(&W_8_64);
