@@ -9,7 +9,7 @@ shift
 args="arg=$(basename "$elf")"
 for a in "$@"; do
   case "$a" in
-    *,*) echo "qemu-run.sh: argument '$a' contains a comma, which QEMU's option syntax cannot carry" >&2; exit 2 ;;
+    *,* | *" "*) echo "qemu-run.sh: argument '$a' contains a comma or a space, which the semihosting command line cannot carry" >&2; exit 2 ;;
   esac
   args="$args,arg=$a"
 done
