@@ -3,7 +3,8 @@
 
 use crate::host::{File, HostError, Mode};
 use core::fmt;
-use recur_sensors::stream::{self, Element, FormatError, Header, HEADER_LEN};
+use core::marker::PhantomData;
+use recur_sensors::stream::{self, FormatError, Header, Scalar, HEADER_LEN};
 use recur_sensors::Sensor;
 
 /// Bytes moved per semihosting call.
@@ -42,24 +43,27 @@ impl fmt::Display for IoError {
     }
 }
 
-/// An f32 `.rcs` file on the host, read sample by sample: a [`Sensor`] of `N` channels.
+/// An `.rcs` file on the host, read sample by sample: a [`Sensor`] of `N` channels of `T`
+/// (`f32`, or `i16` raw counts).
 ///
-/// Opening checks the header, the channel count and the file's length against the header,
-/// so a truncated or padded file is refused before the first sample; each sample is checked
-/// for NaN and infinities as it is read.
-pub struct FileSensor<const N: usize> {
+/// Opening checks the header, the element type, the channel count and the file's length
+/// against the header, so a truncated or padded file is refused before the first sample;
+/// each f32 sample is checked for NaN and infinities as it is read.
+pub struct FileSensor<T: Scalar, const N: usize> {
     file: File,
     header: Header,
     buf: [u8; CHUNK],
     at: usize,
     filled: usize,
     next: u32,
+    element: PhantomData<T>,
 }
 
-impl<const N: usize> FileSensor<N> {
-    /// Opens and checks `path` (`N` at most 128 channels, one chunk).
+impl<T: Scalar, const N: usize> FileSensor<T, N> {
+    /// Opens and checks `path` (one sample must fit in one chunk: at most 128 f32 or 256
+    /// i16 channels).
     pub fn open(path: &str) -> Result<Self, IoError> {
-        if 4 * N > CHUNK {
+        if T::ELEMENT.size() * N > CHUNK {
             return Err(FormatError::BadChannels(N as u16).into());
         }
         let mut file = File::open(path, Mode::Read).map_err(|_| IoError::Open)?;
@@ -70,9 +74,7 @@ impl<const N: usize> FileSensor<N> {
         }
         file.read_exact(&mut head)?;
         let header = Header::parse(&head)?;
-        if header.element != Element::F32 {
-            return Err(FormatError::BadElement(1).into());
-        }
+        header.check_element(T::ELEMENT)?;
         header.check_channels(N as u16)?;
         header.check_len(len)?;
         Ok(FileSensor {
@@ -82,6 +84,7 @@ impl<const N: usize> FileSensor<N> {
             at: 0,
             filled: 0,
             next: 0,
+            element: PhantomData,
         })
     }
 
@@ -91,14 +94,14 @@ impl<const N: usize> FileSensor<N> {
     }
 }
 
-impl<const N: usize> Sensor<f32, N> for FileSensor<N> {
+impl<T: Scalar, const N: usize> Sensor<T, N> for FileSensor<T, N> {
     type Error = IoError;
 
-    fn sample(&mut self) -> Result<Option<[f32; N]>, IoError> {
+    fn sample(&mut self) -> Result<Option<[T; N]>, IoError> {
         if self.next >= self.header.count {
             return Ok(None);
         }
-        let need = 4 * N;
+        let need = T::ELEMENT.size() * N;
         let mut bytes = [0u8; CHUNK];
         // A sample may straddle two chunks: copy what is left, refill, copy the rest.
         let mut got = 0;
@@ -116,26 +119,27 @@ impl<const N: usize> Sensor<f32, N> for FileSensor<N> {
             self.at += take;
             got += take;
         }
-        let v = stream::decode_f32::<N>(&bytes[..need], self.next)?;
+        let v = stream::decode::<T, N>(&bytes[..need], self.next)?;
         self.next += 1;
         Ok(Some(v))
     }
 }
 
-/// An f32 `.rcs` file written on the host, sample by sample, `N` channels each.
-pub struct FileSink<const N: usize> {
+/// An `.rcs` file written on the host, sample by sample, `N` channels of `T` each.
+pub struct FileSink<T: Scalar, const N: usize> {
     file: File,
     buf: [u8; CHUNK],
     at: usize,
+    element: PhantomData<T>,
 }
 
-impl<const N: usize> FileSink<N> {
+impl<T: Scalar, const N: usize> FileSink<T, N> {
     /// Creates (or truncates) `path` and writes a header announcing `count` samples.
     pub fn create(path: &str, count: u32) -> Result<Self, IoError> {
         let mut file = File::open(path, Mode::Write).map_err(|_| IoError::Open)?;
         let header = Header {
             channels: N as u16,
-            element: Element::F32,
+            element: T::ELEMENT,
             count,
         };
         file.write_all(&header.encode())?;
@@ -143,18 +147,20 @@ impl<const N: usize> FileSink<N> {
             file,
             buf: [0; CHUNK],
             at: 0,
+            element: PhantomData,
         })
     }
 
     /// Appends one sample.
-    pub fn push(&mut self, v: &[f32; N]) -> Result<(), IoError> {
+    pub fn push(&mut self, v: &[T; N]) -> Result<(), IoError> {
+        let size = T::ELEMENT.size();
         for x in v {
-            if self.at + 4 > CHUNK {
+            if self.at + size > CHUNK {
                 self.file.write_all(&self.buf[..self.at])?;
                 self.at = 0;
             }
-            self.buf[self.at..self.at + 4].copy_from_slice(&x.to_le_bytes());
-            self.at += 4;
+            x.write_le(&mut self.buf[self.at..]);
+            self.at += size;
         }
         Ok(())
     }

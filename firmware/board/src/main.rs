@@ -89,9 +89,9 @@ fn parse(cmdline: &str) -> Result<Args<'_>, Failure<'_>> {
 
 fn stream<'a, A: Activations>(args: &Args<'a>) -> Result<u32, Failure<'a>> {
     let mut sensor =
-        FileSensor::<INPUTS>::open(args.input).map_err(|e| Failure::Input(args.input, e))?;
+        FileSensor::<f32, INPUTS>::open(args.input).map_err(|e| Failure::Input(args.input, e))?;
     let count = sensor.header().count;
-    let mut sink = FileSink::<HIDDEN>::create(args.output, count)
+    let mut sink = FileSink::<f32, HIDDEN>::create(args.output, count)
         .map_err(|e| Failure::Output(args.output, e))?;
     let mut cell = Lstm::<INPUTS, HIDDEN, A>::new(&WEIGHTS);
     while let Some(x) = sensor.sample().map_err(|e| Failure::Input(args.input, e))? {

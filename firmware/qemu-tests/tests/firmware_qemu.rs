@@ -141,6 +141,10 @@ fn missing_and_corrupted_inputs_exit_with_status_2() {
         "8 channels",
     );
     expect_refusal("short.rcs", Some(b"RCS1".to_vec()), "header");
+    let mut b = encode_rcs(6, &[0.0; 6 * 4]);
+    b[6] = 1; // i16 elements: 4 samples of 6 x i16 = 48 bytes, the header now says I16
+    b.truncate(16 + 48);
+    expect_refusal("i16.rcs", Some(b), "holds I16 samples, the model needs F32");
     let mut b = good.clone();
     let at = 16 + (57 * 6 + 4) * 4;
     b[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());

@@ -12,7 +12,7 @@
 //! ```
 //!
 //! A file is valid only when its length is exactly what the header says; f32 samples must
-//! also be finite ([`check_f32`]). The firmware reads and writes this format through
+//! also be finite ([`Scalar::is_valid`]). The firmware reads and writes this format through
 //! semihosting; host code uses [`Header::encode`] and [`Header::parse`] too.
 
 /// The magic bytes that open every `.rcs` file.
@@ -86,6 +86,13 @@ pub enum FormatError {
         /// Channels the header declares.
         actual: u16,
     },
+    /// The stream's element type differs from what the reader needs.
+    Element {
+        /// Element type the reader needs.
+        expected: Element,
+        /// Element type the header declares.
+        actual: Element,
+    },
     /// A sample holds NaN or an infinity.
     NonFinite {
         /// Index of the sample.
@@ -111,6 +118,9 @@ impl core::fmt::Display for FormatError {
             ),
             FormatError::Channels { expected, actual } => {
                 write!(f, "stream has {actual} channels, the model needs {expected}")
+            }
+            FormatError::Element { expected, actual } => {
+                write!(f, "stream holds {actual:?} samples, the model needs {expected:?}")
             }
             FormatError::NonFinite { sample, channel } => {
                 write!(f, "sample {sample} channel {channel} is NaN or infinite")
@@ -176,6 +186,18 @@ impl Header {
         }
     }
 
+    /// Checks that the stream holds elements of type `expected`.
+    pub fn check_element(&self, expected: Element) -> Result<(), FormatError> {
+        if self.element == expected {
+            Ok(())
+        } else {
+            Err(FormatError::Element {
+                expected,
+                actual: self.element,
+            })
+        }
+    }
+
     /// Checks that the stream has the `expected` number of channels.
     pub fn check_channels(&self, expected: u16) -> Result<(), FormatError> {
         if self.channels == expected {
@@ -189,39 +211,83 @@ impl Header {
     }
 }
 
-/// Decodes one f32 sample of `N` channels from the first `4 * N` bytes of `bytes`,
-/// checking that every value is finite; `index` is the sample's index, for the error.
-pub fn decode_f32<const N: usize>(bytes: &[u8], index: u32) -> Result<[f32; N], FormatError> {
-    if bytes.len() < 4 * N {
+/// An element type a stream can carry: `f32` (checked finite) or `i16` (raw sensor counts,
+/// fixed-point kernel inputs and outputs).
+pub trait Scalar: Copy + Default {
+    /// The header's element type for this Rust type.
+    const ELEMENT: Element;
+    /// Reads one element from the first [`Element::size`] bytes of `b` (little-endian).
+    fn read_le(b: &[u8]) -> Self;
+    /// Writes one element into the first [`Element::size`] bytes of `out` (little-endian).
+    fn write_le(self, out: &mut [u8]);
+    /// Whether the value may enter a model (f32: finite).
+    fn is_valid(self) -> bool;
+}
+
+impl Scalar for f32 {
+    const ELEMENT: Element = Element::F32;
+
+    fn read_le(b: &[u8]) -> Self {
+        f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    fn write_le(self, out: &mut [u8]) {
+        out[..4].copy_from_slice(&self.to_le_bytes());
+    }
+
+    fn is_valid(self) -> bool {
+        self.is_finite()
+    }
+}
+
+impl Scalar for i16 {
+    const ELEMENT: Element = Element::I16;
+
+    fn read_le(b: &[u8]) -> Self {
+        i16::from_le_bytes([b[0], b[1]])
+    }
+
+    fn write_le(self, out: &mut [u8]) {
+        out[..2].copy_from_slice(&self.to_le_bytes());
+    }
+
+    fn is_valid(self) -> bool {
+        true
+    }
+}
+
+/// Decodes one sample of `N` channels of `T` from the first `N * size` bytes of `bytes`,
+/// checking every value ([`Scalar::is_valid`]); `index` is the sample's index, for the
+/// error.
+pub fn decode<T: Scalar, const N: usize>(bytes: &[u8], index: u32) -> Result<[T; N], FormatError> {
+    let size = T::ELEMENT.size();
+    if bytes.len() < size * N {
         return Err(FormatError::Length {
-            expected: 4 * N as u64,
+            expected: (size * N) as u64,
             actual: bytes.len() as u64,
         });
     }
-    let mut out = [0f32; N];
-    for (ch, (v, b)) in out.iter_mut().zip(bytes.chunks_exact(4)).enumerate() {
-        *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        check_f32(*v, index, ch as u16)?;
+    let mut out = [T::default(); N];
+    for (ch, (v, b)) in out.iter_mut().zip(bytes.chunks_exact(size)).enumerate() {
+        *v = T::read_le(b);
+        if !v.is_valid() {
+            return Err(FormatError::NonFinite {
+                sample: index,
+                channel: ch as u16,
+            });
+        }
     }
     Ok(out)
 }
 
-/// Refuses NaN and infinities.
-pub fn check_f32(v: f32, sample: u32, channel: u16) -> Result<(), FormatError> {
-    if v.is_finite() {
-        Ok(())
-    } else {
-        Err(FormatError::NonFinite { sample, channel })
-    }
-}
-
-/// Encodes f32 values little-endian into `out` (at least `4 * values.len()` long); returns
+/// Encodes values little-endian into `out` (at least `size * values.len()` long); returns
 /// the number of bytes written.
-pub fn encode_f32(values: &[f32], out: &mut [u8]) -> usize {
+pub fn encode<T: Scalar>(values: &[T], out: &mut [u8]) -> usize {
+    let size = T::ELEMENT.size();
     let mut n = 0;
-    for (v, b) in values.iter().zip(out.chunks_exact_mut(4)) {
-        b.copy_from_slice(&v.to_le_bytes());
-        n += 4;
+    for (v, b) in values.iter().zip(out.chunks_exact_mut(size)) {
+        v.write_le(b);
+        n += size;
     }
     n
 }

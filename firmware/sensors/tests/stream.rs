@@ -1,6 +1,6 @@
 //! The `.rcs` header: round trip and every refusal.
 
-use recur_sensors::stream::{decode_f32, encode_f32, Element, FormatError, Header, HEADER_LEN};
+use recur_sensors::stream::{decode, encode, Element, FormatError, Header, HEADER_LEN};
 
 fn header() -> Header {
     Header {
@@ -62,18 +62,41 @@ fn corrupted_headers_are_refused() {
 fn samples_round_trip_and_non_finite_values_are_refused() {
     let v = [1.5f32, -0.0, 3.25e-7, -42.0];
     let mut b = [0u8; 16];
-    assert_eq!(encode_f32(&v, &mut b), 16);
-    assert_eq!(decode_f32::<4>(&b, 0), Ok(v));
+    assert_eq!(encode(&v, &mut b), 16);
+    assert_eq!(decode::<f32, 4>(&b, 0), Ok(v));
     b[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
     assert_eq!(
-        decode_f32::<4>(&b, 7),
+        decode::<f32, 4>(&b, 7),
         Err(FormatError::NonFinite {
             sample: 7,
             channel: 2
         })
     );
     assert!(matches!(
-        decode_f32::<5>(&b, 0),
+        decode::<f32, 5>(&b, 0),
         Err(FormatError::Length { .. })
     ));
+}
+
+#[test]
+fn i16_samples_round_trip_and_element_types_are_checked() {
+    let v = [i16::MIN, -1, 0, 12345, i16::MAX];
+    let mut b = [0u8; 10];
+    assert_eq!(encode(&v, &mut b), 10);
+    assert_eq!(decode::<i16, 5>(&b, 0), Ok(v));
+    let h = Header {
+        channels: 5,
+        element: Element::I16,
+        count: 1,
+    };
+    assert_eq!(Header::parse(&h.encode()), Ok(h));
+    assert_eq!(h.stream_len(), 26);
+    assert_eq!(h.check_element(Element::I16), Ok(()));
+    assert_eq!(
+        h.check_element(Element::F32),
+        Err(FormatError::Element {
+            expected: Element::F32,
+            actual: Element::I16
+        })
+    );
 }
