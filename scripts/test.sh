@@ -23,3 +23,9 @@ cargo test --workspace --all-targets -- --show-output
 
 echo "== recur-kernel for Cortex-M4F (no_std, thumbv7em-none-eabihf)"
 cargo build -p recur-kernel --target thumbv7em-none-eabihf
+
+echo "== firmware: Cortex-M4F in QEMU mps2-an386 (installs qemu-system-arm if missing)"
+# Host tests of the firmware crates, the firmware in QEMU against the host f32 LSTM, then
+# the instruction counts per time step from the QEMU plugin.
+bash scripts/firmware.sh test
+bash scripts/firmware.sh bench

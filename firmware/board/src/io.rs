@@ -1,0 +1,176 @@
+//! Samples in from a host `.rcs` file, outputs out to another one, through semihosting in
+//! 512-byte chunks (one host round trip per chunk, not per sample).
+
+use crate::host::{File, HostError, Mode};
+use core::fmt;
+use core::marker::PhantomData;
+use recur_sensors::stream::{self, FormatError, Header, Scalar, HEADER_LEN};
+use recur_sensors::Sensor;
+
+/// Bytes moved per semihosting call.
+pub const CHUNK: usize = 512;
+
+/// Why a stream could not be read or written; each names the file's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoError {
+    /// The host could not open the file.
+    Open,
+    /// A read or write failed part way.
+    Host,
+    /// The file is not a valid stream for this model.
+    Format(FormatError),
+}
+
+impl From<HostError> for IoError {
+    fn from(_: HostError) -> Self {
+        IoError::Host
+    }
+}
+
+impl From<FormatError> for IoError {
+    fn from(e: FormatError) -> Self {
+        IoError::Format(e)
+    }
+}
+
+impl fmt::Display for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IoError::Open => write!(f, "cannot open (missing file or no permission)"),
+            IoError::Host => write!(f, "host read/write failed"),
+            IoError::Format(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// An `.rcs` file on the host, read sample by sample: a [`Sensor`] of `N` channels of `T`
+/// (`f32`, or `i16` raw counts).
+///
+/// Opening checks the header, the element type, the channel count and the file's length
+/// against the header, so a truncated or padded file is refused before the first sample;
+/// each f32 sample is checked for NaN and infinities as it is read.
+pub struct FileSensor<T: Scalar, const N: usize> {
+    file: File,
+    header: Header,
+    buf: [u8; CHUNK],
+    at: usize,
+    filled: usize,
+    next: u32,
+    element: PhantomData<T>,
+}
+
+impl<T: Scalar, const N: usize> FileSensor<T, N> {
+    /// Opens and checks `path` (one sample must fit in one chunk: at most 128 f32 or 256
+    /// i16 channels).
+    pub fn open(path: &str) -> Result<Self, IoError> {
+        if T::ELEMENT.size() * N > CHUNK {
+            return Err(FormatError::BadChannels(N as u16).into());
+        }
+        let mut file = File::open(path, Mode::Read).map_err(|_| IoError::Open)?;
+        let len = file.length()?;
+        let mut head = [0u8; HEADER_LEN];
+        if len < HEADER_LEN as u64 {
+            return Err(FormatError::ShortHeader.into());
+        }
+        file.read_exact(&mut head)?;
+        let header = Header::parse(&head)?;
+        header.check_element(T::ELEMENT)?;
+        header.check_channels(N as u16)?;
+        header.check_len(len)?;
+        Ok(FileSensor {
+            file,
+            header,
+            buf: [0; CHUNK],
+            at: 0,
+            filled: 0,
+            next: 0,
+            element: PhantomData,
+        })
+    }
+
+    /// The stream's header.
+    pub fn header(&self) -> Header {
+        self.header
+    }
+}
+
+impl<T: Scalar, const N: usize> Sensor<T, N> for FileSensor<T, N> {
+    type Error = IoError;
+
+    fn sample(&mut self) -> Result<Option<[T; N]>, IoError> {
+        if self.next >= self.header.count {
+            return Ok(None);
+        }
+        let need = T::ELEMENT.size() * N;
+        let mut bytes = [0u8; CHUNK];
+        // A sample may straddle two chunks: copy what is left, refill, copy the rest.
+        let mut got = 0;
+        while got < need {
+            if self.at == self.filled {
+                self.filled = self.file.read(&mut self.buf)?;
+                self.at = 0;
+                if self.filled == 0 {
+                    // The length was checked at open: the file changed under us.
+                    return Err(IoError::Host);
+                }
+            }
+            let take = (need - got).min(self.filled - self.at);
+            bytes[got..got + take].copy_from_slice(&self.buf[self.at..self.at + take]);
+            self.at += take;
+            got += take;
+        }
+        let v = stream::decode::<T, N>(&bytes[..need], self.next)?;
+        self.next += 1;
+        Ok(Some(v))
+    }
+}
+
+/// An `.rcs` file written on the host, sample by sample, `N` channels of `T` each.
+pub struct FileSink<T: Scalar, const N: usize> {
+    file: File,
+    buf: [u8; CHUNK],
+    at: usize,
+    element: PhantomData<T>,
+}
+
+impl<T: Scalar, const N: usize> FileSink<T, N> {
+    /// Creates (or truncates) `path` and writes a header announcing `count` samples.
+    pub fn create(path: &str, count: u32) -> Result<Self, IoError> {
+        let mut file = File::open(path, Mode::Write).map_err(|_| IoError::Open)?;
+        let header = Header {
+            channels: N as u16,
+            element: T::ELEMENT,
+            count,
+        };
+        file.write_all(&header.encode())?;
+        Ok(FileSink {
+            file,
+            buf: [0; CHUNK],
+            at: 0,
+            element: PhantomData,
+        })
+    }
+
+    /// Appends one sample.
+    pub fn push(&mut self, v: &[T; N]) -> Result<(), IoError> {
+        let size = T::ELEMENT.size();
+        for x in v {
+            if self.at + size > CHUNK {
+                self.file.write_all(&self.buf[..self.at])?;
+                self.at = 0;
+            }
+            x.write_le(&mut self.buf[self.at..]);
+            self.at += size;
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered and closes the file.
+    pub fn finish(mut self) -> Result<(), IoError> {
+        if self.at > 0 {
+            self.file.write_all(&self.buf[..self.at])?;
+        }
+        self.file.close()?;
+        Ok(())
+    }
+}
