@@ -248,8 +248,15 @@ impl NativePlan {
         }
         self.outputs
             .iter()
-            .map(|(name, slot)| {
-                let v = values[*slot].clone().ok_or("output not computed")?;
+            .enumerate()
+            .map(|(k, (name, slot))| {
+                let used_again = self.outputs[k + 1..].iter().any(|(_, s)| s == slot);
+                let v = if used_again {
+                    values[*slot].clone()
+                } else {
+                    values[*slot].take()
+                }
+                .ok_or("output not computed")?;
                 Ok((
                     name.clone(),
                     match v {
@@ -586,13 +593,8 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
     let get = |v: &[Option<Value>], s: usize| -> Result<Value, String> {
         v[s].clone().ok_or_else(|| "value not computed".to_string())
     };
-    let getf = |v: &[Option<Value>], s: usize| -> Result<ArrayD<f32>, String> {
-        match &v[s] {
-            Some(Value::F32(a)) => Ok(a.clone()),
-            Some(Value::I64(_)) => Err("expected a float tensor".into()),
-            None => Err("value not computed".into()),
-        }
-    };
+    let getf =
+        |v: &[Option<Value>], s: usize| -> Result<ArrayD<f32>, String> { fref(v, s).cloned() };
     match op {
         Op::Recurrent {
             spec,
@@ -604,15 +606,18 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
             c0,
             outs,
         } => {
-            let perm3 = |a: ArrayD<f32>| -> Result<ndarray::Array3<f32>, String> {
-                let a = a.into_dimensionality::<Ix3>().map_err(|e| e.to_string())?;
+            let view3 = |s: usize| -> Result<ndarray::ArrayView3<f32>, String> {
+                let a = fref(v, s)?
+                    .view()
+                    .into_dimensionality::<Ix3>()
+                    .map_err(|e| e.to_string())?;
                 Ok(if *batch_first {
-                    a.permuted_axes([1, 0, 2]).as_standard_layout().into_owned()
+                    a.permuted_axes([1, 0, 2])
                 } else {
                     a
                 })
             };
-            let xv = perm3(getf(v, *x)?)?;
+            let xv = view3(*x)?;
             let lengths: Option<Vec<usize>> = match lens {
                 None => None,
                 Some(s) => Some(match &v[*s] {
@@ -638,16 +643,9 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
                     weights.input_size()
                 ));
             }
-            let h0v = h0.map(|s| getf(v, s).and_then(perm3)).transpose()?;
-            let c0v = c0.map(|s| getf(v, s).and_then(perm3)).transpose()?;
-            let out = run_layer(
-                spec,
-                weights,
-                xv.view(),
-                lengths.as_deref(),
-                h0v.as_ref().map(|a| a.view()),
-                c0v.as_ref().map(|a| a.view()),
-            );
+            let h0v = h0.map(view3).transpose()?;
+            let c0v = c0.map(view3).transpose()?;
+            let out = run_layer(spec, weights, xv, lengths.as_deref(), h0v, c0v);
             let d = spec.direction.count();
             let h = spec.hidden;
             if let Some(s) = outs[0] {
@@ -682,7 +680,7 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
             bias,
             out,
         } => {
-            let a = getf(v, *x)?;
+            let a = fref(v, *x)?;
             let k = w.nrows();
             if a.ndim() == 0 || a.shape()[a.ndim() - 1] != k {
                 return Err(format!(
@@ -725,24 +723,24 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
             v[*out] = Some(Value::F32(y));
         }
         Op::Binary { kind, a, b, out } => {
-            let (a, b) = (getf(v, *a)?, getf(v, *b)?);
+            let (a, b) = (fref(v, *a)?, fref(v, *b)?);
             broadcastable(a.shape(), b.shape())?;
             let r = match kind {
-                '+' => &a + &b,
-                '-' => &a - &b,
-                '*' => &a * &b,
-                _ => &a / &b,
+                '+' => a + b,
+                '-' => a - b,
+                '*' => a * b,
+                _ => a / b,
             };
             v[*out] = Some(Value::F32(r));
         }
         Op::Unary { kind, x, out } => {
-            let mut a = getf(v, *x)?;
-            match kind {
-                ActivationKind::Relu => a.mapv_inplace(|x| x.max(0.0)),
-                ActivationKind::Sigmoid => a.mapv_inplace(|x| 1.0 / (1.0 + (-x).exp())),
-                _ => a.mapv_inplace(f32::tanh),
-            }
-            v[*out] = Some(Value::F32(a));
+            let a = fref(v, *x)?;
+            let r = match kind {
+                ActivationKind::Relu => a.mapv(|x| x.max(0.0)),
+                ActivationKind::Sigmoid => a.mapv(|x| 1.0 / (1.0 + (-x).exp())),
+                _ => a.mapv(f32::tanh),
+            };
+            v[*out] = Some(Value::F32(r));
         }
         Op::Softmax { axis: ax, x, out } => {
             let mut a = getf(v, *x)?;
@@ -756,51 +754,50 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
             v[*out] = Some(Value::F32(a));
         }
         Op::Reshape { x, rule, out } => {
-            let value = get(v, *x)?;
-            let shape: Vec<usize> = match &value {
+            let value = v[*x].as_ref().ok_or("value not computed")?;
+            let shape: Vec<usize> = match value {
                 Value::F32(a) => a.shape().to_vec(),
                 Value::I64(a) => a.shape().to_vec(),
             };
             let target = reshape_target(&shape, rule)?;
+            // One copy: a view when the data is contiguous, then owned.
             let r = match value {
                 Value::F32(a) => Value::F32(
-                    a.as_standard_layout()
-                        .into_owned()
-                        .into_shape_with_order(IxDyn(&target))
-                        .map_err(|e| e.to_string())?,
+                    a.to_shape(IxDyn(&target))
+                        .map_err(|e| e.to_string())?
+                        .into_owned(),
                 ),
                 Value::I64(a) => Value::I64(
-                    a.as_standard_layout()
-                        .into_owned()
-                        .into_shape_with_order(IxDyn(&target))
-                        .map_err(|e| e.to_string())?,
+                    a.to_shape(IxDyn(&target))
+                        .map_err(|e| e.to_string())?
+                        .into_owned(),
                 ),
             };
             v[*out] = Some(r);
         }
         Op::Transpose { x, perm, out } => {
-            let a = getf(v, *x)?;
-            if perm.len() != a.ndim() {
+            let a = fref(v, *x)?;
+            if perm.len() != a.ndim() || (0..perm.len()).any(|i| !perm.contains(&i)) {
                 return Err("perm does not fit the rank".into());
             }
-            v[*out] = Some(Value::F32(
-                a.permuted_axes(IxDyn(perm))
-                    .as_standard_layout()
-                    .into_owned(),
-            ));
+            let r = a
+                .view()
+                .permuted_axes(IxDyn(perm))
+                .as_standard_layout()
+                .into_owned();
+            v[*out] = Some(Value::F32(r));
         }
         Op::Slice { x, ranges, out } => {
-            let mut a = getf(v, *x)?;
+            let mut a = fref(v, *x)?.view();
             for &(ax, st, en, _) in ranges {
                 let ax = axis(ax, a.ndim())?;
                 let len = a.shape()[ax] as i64;
                 let clampi = |x: i64| if x < 0 { (x + len).max(0) } else { x.min(len) };
                 let (st, en) = (clampi(st) as usize, clampi(en) as usize);
-                a = a
-                    .slice_axis(Axis(ax), Slice::from(st..en.max(st)))
-                    .to_owned();
+                a.slice_axis_inplace(Axis(ax), Slice::from(st..en.max(st)));
             }
-            v[*out] = Some(Value::F32(a));
+            let r = a.to_owned();
+            v[*out] = Some(Value::F32(r));
         }
         Op::Gather {
             data,
@@ -879,6 +876,15 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A float value by reference (no copy).
+fn fref(v: &[Option<Value>], s: usize) -> Result<&ArrayD<f32>, String> {
+    match &v[s] {
+        Some(Value::F32(a)) => Ok(a),
+        Some(Value::I64(_)) => Err("expected a float tensor".into()),
+        None => Err("value not computed".into()),
+    }
 }
 
 fn gather<T: Clone + Default>(
