@@ -723,16 +723,14 @@ pub fn trace(model: &Model) -> Result<Chain> {
         cur = next;
     }
     if cur != chain.output_name {
-        // tf2onnx's Loop bodies read the sequence from the outer scope, off the explicit path.
-        if let Some(l) = ir
-            .layers
-            .iter()
-            .find(|l| matches!(l.kind, LayerKind::Loop { .. }))
-        {
+        // tf2onnx's Loop bodies read the sequence from the outer scope, off the explicit path
+        // (recognised Keras loops are lifted to recurrent layers; the chain does not follow
+        // their outer step input yet).
+        if let Some(l) = ir.layers.iter().find(|l| l.op == "Loop") {
             return Err(refuse(
                 &l.node,
                 &l.op,
-                "a recurrent layer exported as an ONNX Loop has no mcu equivalent",
+                "a Keras layer exported as an ONNX Loop is not traced onto the mcu path yet",
             ));
         }
         return Err(refuse(
