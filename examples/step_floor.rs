@@ -28,23 +28,8 @@ fn main() {
     let mut layers = vec![];
     for l in &model.ir.layers {
         if let LayerKind::Recurrent(r) = &l.kind {
-            let spec = LayerSpec {
-                cell: r.cell.clone(),
-                direction: r.direction,
-                hidden: r.hidden_size,
-                activations: r.activations.clone(),
-                clip: r.clip,
-            };
-            let w = r.weights.as_ref().unwrap();
-            let lw = LayerWeights::prepare(
-                &spec,
-                w.w.view().into_dimensionality().unwrap(),
-                w.r.view().into_dimensionality().unwrap(),
-                w.b.as_ref()
-                    .map(|b| b.view().into_dimensionality().unwrap()),
-                None,
-            )
-            .unwrap();
+            let spec = LayerSpec::of(r);
+            let lw = LayerWeights::from_ir(&spec, r.weights.as_ref().unwrap()).unwrap();
             layers.push((spec, lw));
         }
     }

@@ -134,18 +134,7 @@ fn stream_support(model: &Model) -> PathSupport {
                 plan.states.len()
             )),
         },
-        Err(crate::error::RecurError::Unsupported {
-            node, op, reason, ..
-        }) => PathSupport {
-            runs: false,
-            reasons: vec![Refusal { node, op, reason }],
-            note: None,
-        },
-        Err(e) => PathSupport {
-            runs: false,
-            reasons: vec![],
-            note: Some(crate::error::one_line(&e.to_string())),
-        },
+        Err(e) => refused(e),
     }
 }
 
@@ -158,14 +147,21 @@ fn mcu_support(model: &Model) -> PathSupport {
             reasons: vec![],
             note: None,
         },
-        Err(crate::error::RecurError::Unsupported {
+        Err(e) => refused(e),
+    }
+}
+
+/// A path that does not take the model: the node and reason when the error names one.
+fn refused(e: crate::error::RecurError) -> PathSupport {
+    match e {
+        crate::error::RecurError::Unsupported {
             node, op, reason, ..
-        }) => PathSupport {
+        } => PathSupport {
             runs: false,
             reasons: vec![Refusal { node, op, reason }],
             note: None,
         },
-        Err(e) => PathSupport {
+        e => PathSupport {
             runs: false,
             reasons: vec![],
             note: Some(crate::error::one_line(&e.to_string())),

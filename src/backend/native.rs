@@ -306,30 +306,8 @@ fn compile_node<'a>(
         "LSTM" | "GRU" | "RNN" => {
             let r = recurrent.ok_or("not lifted")?;
             let w = r.weights.as_ref().ok_or("weights are not constant")?;
-            let spec = LayerSpec {
-                cell: r.cell.clone(),
-                direction: r.direction,
-                hidden: r.hidden_size,
-                activations: r.activations.clone(),
-                clip: r.clip,
-            };
-            let weights = LayerWeights::prepare(
-                &spec,
-                w.w.view()
-                    .into_dimensionality::<Ix3>()
-                    .map_err(|e| e.to_string())?,
-                w.r.view()
-                    .into_dimensionality::<Ix3>()
-                    .map_err(|e| e.to_string())?,
-                w.b.as_ref()
-                    .map(|b| b.view().into_dimensionality::<Ix2>())
-                    .transpose()
-                    .map_err(|e| e.to_string())?,
-                w.p.as_ref()
-                    .map(|p| p.view().into_dimensionality::<Ix2>())
-                    .transpose()
-                    .map_err(|e| e.to_string())?,
-            )?;
+            let spec = LayerSpec::of(r);
+            let weights = LayerWeights::from_ir(&spec, w)?;
             let x = operand(c, present(0).ok_or("no X")?)?;
             let lens = present(4).map(|s| operand(c, s)).transpose()?;
             let h0 = present(5).map(|s| operand(c, s)).transpose()?;
@@ -698,10 +676,9 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
             let mut y = if rows < 8 {
                 let mut y = Array2::<f32>::zeros((rows, w.ncols()));
                 for (mut y_row, a_row) in y.rows_mut().into_iter().zip(a2.rows()) {
-                    let a_row = a_row.to_vec();
                     crate::kernels::linalg::matvec_packed(
                         y_row.as_slice_mut().expect("standard"),
-                        &a_row,
+                        a_row.as_slice().expect("rows of a standard-layout matrix"),
                         packed,
                     );
                 }

@@ -19,7 +19,7 @@ use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, Axis};
 pub use activation::{fast_sigmoid, fast_tanh};
 pub use tract_loop::register as register_loop;
 
-use crate::ir::{Activation, Cell, Direction};
+use crate::ir::{Activation, Cell, Direction, RecurrentLayer, RecurrentWeights};
 
 /// What a recurrent layer computes, independent of its weights' values.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +34,19 @@ pub struct LayerSpec {
     pub activations: Vec<Vec<Activation>>,
     /// Clip threshold applied to every activation's input.
     pub clip: Option<f32>,
+}
+
+impl LayerSpec {
+    /// What a lifted recurrent layer computes.
+    pub fn of(layer: &RecurrentLayer) -> Self {
+        LayerSpec {
+            cell: layer.cell.clone(),
+            direction: layer.direction,
+            hidden: layer.hidden_size,
+            activations: layer.activations.clone(),
+            clip: layer.clip,
+        }
+    }
 }
 
 /// One direction's weights, laid out for the kernels.
@@ -159,6 +172,25 @@ impl LayerWeights {
             dirs,
             input: w.shape()[2],
         })
+    }
+
+    /// Lays out the IR's constant weights (ONNX layout), checking their ranks.
+    pub fn from_ir(spec: &LayerSpec, w: &RecurrentWeights) -> Result<Self, String> {
+        fn view<'a, D: ndarray::Dimension>(
+            a: &'a ndarray::ArrayD<f32>,
+            what: &str,
+        ) -> Result<ndarray::ArrayView<'a, f32, D>, String> {
+            a.view()
+                .into_dimensionality::<D>()
+                .map_err(|_| format!("{what} has rank {}", a.ndim()))
+        }
+        Self::prepare(
+            spec,
+            view(&w.w, "W")?,
+            view(&w.r, "R")?,
+            w.b.as_ref().map(|b| view(b, "B")).transpose()?,
+            w.p.as_ref().map(|p| view(p, "P")).transpose()?,
+        )
     }
 
     /// Input size the weights expect.
