@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod cli;
 pub mod error;
+pub mod flash;
 pub mod inspect;
 pub mod ir;
 pub mod kernels;

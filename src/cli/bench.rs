@@ -43,12 +43,27 @@ pub struct BenchArgs {
     /// Print one JSON object: median_us, p90_us and, when streaming, per_step_us.
     #[arg(long)]
     pub json: bool,
+    /// MODEL is an .rcm blob: count the firmware's instructions per time step in QEMU
+    /// (mps2-an386, Cortex-M4F) over every sample of the input.
+    #[arg(long, conflicts_with = "stream")]
+    pub qemu: bool,
+    /// With --qemu: a recur-firmware ELF built before (default: build it from the checkout).
+    #[arg(long, value_name = "ELF", requires = "qemu")]
+    pub firmware: Option<PathBuf>,
 }
 
 /// Times the model and prints the summary.
 pub fn exec(args: BenchArgs) -> Result<(), CliError> {
     if args.iters == 0 || args.chunk == 0 {
         return Err(RecurError::Usage("--iters and --chunk must be at least 1".into()).into());
+    }
+    if args.qemu {
+        let input = match args.inputs.as_slice() {
+            [one] => PathBuf::from(one.rsplit_once('=').map_or(one.as_str(), |(_, f)| f)),
+            _ => return Err(RecurError::Usage("--qemu takes one --input FILE.npy".into()).into()),
+        };
+        return super::flash::bench(&args.model, &input, args.firmware.as_deref(), args.json)
+            .map_err(Into::into);
     }
     let (kind, options) = args.engine.resolve()?;
     let model = Model::load(&args.model)?;

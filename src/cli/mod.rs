@@ -4,6 +4,7 @@
 mod bench;
 mod convert;
 mod engine;
+mod flash;
 mod inspect;
 mod run;
 mod sim;
@@ -35,6 +36,9 @@ pub enum Command {
     Convert(convert::ConvertArgs),
     /// Run an .rcm blob through the fixed-point kernel on the host.
     Sim(sim::SimArgs),
+    /// Run an .rcm blob on the microcontroller firmware: in QEMU (--qemu, writing what
+    /// `sim` writes) or on a board through probe-rs (--probe CHIP).
+    Flash(flash::FlashArgs),
 }
 
 /// An error from a subcommand, with its exit status.
@@ -66,5 +70,6 @@ pub fn exec(cli: Cli) -> Result<(), CliError> {
         Command::Convert(args) => convert::exec(args),
         Command::Bench(args) => bench::exec(args),
         Command::Sim(args) => sim::exec(args),
+        Command::Flash(args) => flash::exec(args),
     }
 }

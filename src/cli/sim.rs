@@ -17,7 +17,8 @@ pub struct SimArgs {
     /// Input (.npy): float32 [N, T, F] batch-first, or int64/int32 [N, T] token ids.
     #[arg(long, short = 'i', value_name = "FILE.npy")]
     pub input: PathBuf,
-    /// Directory for output.npy (float32, dequantised) and output_raw.npy (int16).
+    /// Directory for output.npy (float32, dequantised), output_raw.npy (int16) and
+    /// state_raw.npy (int16: every layer's state after the last sequence).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 }
@@ -36,11 +37,18 @@ pub fn exec(args: SimArgs) -> Result<(), CliError> {
     let file = std::fs::File::create(&raw).map_err(|e| RecurError::file(&raw, e))?;
     ndarray_npy::WriteNpyExt::write_npy(&out.raw, std::io::BufWriter::new(file))
         .map_err(|e| RecurError::file(&raw, e))?;
+    let state = args.out.join("state_raw.npy");
+    let state_array = ndarray::Array1::from(out.state.clone());
+    let file = std::fs::File::create(&state).map_err(|e| RecurError::file(&state, e))?;
+    ndarray_npy::WriteNpyExt::write_npy(&state_array, std::io::BufWriter::new(file))
+        .map_err(|e| RecurError::file(&state, e))?;
     println!(
         "output {:?} (int16 raw, scale {:e})",
         out.raw.shape(),
         model.output_scale
     );
-    println!("wrote {}\nwrote {}", values.display(), raw.display());
+    for f in [&values, &raw, &state] {
+        println!("wrote {}", f.display());
+    }
     Ok(())
 }

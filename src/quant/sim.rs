@@ -13,6 +13,8 @@ pub struct SimOutput {
     pub raw: ArrayD<i16>,
     /// `raw` times the blob's output scale.
     pub values: ArrayD<f32>,
+    /// The session's state after the last sequence ([`recur_kernel::Session::state`]).
+    pub state: Vec<i16>,
 }
 
 /// Copies blob bytes into 4-byte-aligned memory (as flash is) for the zero-copy parser.
@@ -28,9 +30,9 @@ pub fn parse<'a>(words: &'a [u32], len: usize, what: &str) -> Result<Blob<'a>> {
     Blob::parse(bytes).map_err(|e| RecurError::file(what, format!("not a valid .rcm blob: {e}")))
 }
 
-/// Runs the blob over every sequence of `input` (float32 `[N, T, F]` or integer `[N, T]`
-/// token ids), each from a zero state, as one window.
-pub fn simulate(model: &Blob, input: &HostTensor, name: &str) -> Result<SimOutput> {
+/// Checks `input` against the blob (float32 `[N, T, F]` with the blob's feature count, or
+/// integer `[N, T]` token ids for a token model; finite, not empty) and returns `(N, T)`.
+pub fn input_dims(model: &Blob, input: &HostTensor, name: &str) -> Result<(usize, usize)> {
     let shape = input.shape().to_vec();
     let bad = |r: String| RecurError::input(name, r);
     let (n, t) = match (model.takes_tokens(), input) {
@@ -69,6 +71,24 @@ pub fn simulate(model: &Blob, input: &HostTensor, name: &str) -> Result<SimOutpu
     if t == 0 || n == 0 {
         return Err(bad(format!("shape {shape:?} has no samples")));
     }
+    Ok((n, t))
+}
+
+/// Whether the blob's output has a row per time step (`[N, T, O]`) rather than one per
+/// sequence (`[N, O]`).
+pub fn emits_every_step(model: &Blob) -> bool {
+    model
+        .layers
+        .iter()
+        .filter(|l| l.is_recurrent())
+        .all(|l| l.reduce == recur_kernel::Reduce::Sequence)
+}
+
+/// Runs the blob over every sequence of `input` (float32 `[N, T, F]` or integer `[N, T]`
+/// token ids), each from a zero state, as one window.
+pub fn simulate(model: &Blob, input: &HostTensor, name: &str) -> Result<SimOutput> {
+    let bad = |r: String| RecurError::input(name, r);
+    let (n, t) = input_dims(model, input, name)?;
     let mut mem = vec![0i16; model.session_len()];
     let mut acc = vec![0i32; model.acc_len()];
     let mut window = vec![0i16; model.window_len(t)];
@@ -80,6 +100,7 @@ pub fn simulate(model: &Blob, input: &HostTensor, name: &str) -> Result<SimOutpu
         _ => Some(input.to_f32()),
     };
     let mut rows = 0;
+    let mut state = Vec::new();
     for b in 0..n {
         match input {
             HostTensor::F32(a) => {
@@ -106,18 +127,15 @@ pub fn simulate(model: &Blob, input: &HostTensor, name: &str) -> Result<SimOutpu
             .map_err(|e| bad(format!("sequence {b}: {e:?}")))?;
         rows = out.len() / o;
         raw.extend_from_slice(out);
+        state.clear();
+        state.extend_from_slice(session.state());
     }
-    let per_step = model
-        .layers
-        .iter()
-        .filter(|l| l.is_recurrent())
-        .all(|l| l.reduce == recur_kernel::Reduce::Sequence);
-    let dims: Vec<usize> = if per_step {
+    let dims: Vec<usize> = if emits_every_step(model) {
         vec![n, rows, o]
     } else {
         vec![n, o]
     };
     let raw = ArrayD::from_shape_vec(IxDyn(&dims), raw).expect("rows counted");
     let values = raw.mapv(|v| v as f32 * model.output_scale);
-    Ok(SimOutput { raw, values })
+    Ok(SimOutput { raw, values, state })
 }

@@ -4,11 +4,13 @@
 //!   probe on real hardware).
 //! - [`io`]: samples in from a host `.rcs` file as a [`recur_sensors::Sensor`], outputs
 //!   out to another `.rcs` file, both in 512-byte chunks.
+//! - [`model_region`]: the flash region that holds the `.rcm` blob, apart from the code.
 //! - [`marker`]: the never-inlined functions whose execution the QEMU instruction-counting
 //!   plugin snapshots (one per time step, one per benchmark section).
 //!
-//! The model today is `recur-lstm-ref`'s f32 LSTM; `recur-kernel`'s fixed-point cell and
-//! its `.rcm` blob take its place behind the same streaming loop (see docs/FIRMWARE.md).
+//! Binaries: `recur-firmware` streams samples through `recur-kernel` and the blob in the
+//! model region; `lstm-f32` runs `recur-lstm-ref`'s f32 LSTM the same way (the f32
+//! reference); `bench` counts instructions per step of the f32 reference (docs/FIRMWARE.md).
 #![no_std]
 #![deny(missing_docs)]
 
@@ -18,6 +20,7 @@ compile_error!("select at most one board feature: stm32f411 or nrf52840");
 pub mod host;
 pub mod io;
 pub mod marker;
+pub mod model_region;
 
 /// The board this build's memory map is for (`mps2-an386`, `stm32f411` or `nrf52840`).
 pub const BOARD: &str = env!("RECUR_BOARD");

@@ -74,6 +74,15 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
         self.model
     }
 
+    /// Every layer's carried memory, in layer order: each recurrent direction's state (h,
+    /// then c for LSTM) and each dense or embedding layer's last output. Two sessions that
+    /// saw the same samples hold the same words here, whether they ran step by step or over
+    /// windows; firmware and `recur sim` write it out so that their ends can be compared.
+    pub fn state(&self) -> &[i16] {
+        let regions: usize = self.model.layers.iter().map(Self::region_len).sum();
+        &self.mem[..regions]
+    }
+
     /// Zeroes every state (the start of a new sequence).
     pub fn reset(&mut self) {
         self.mem.iter_mut().for_each(|v| *v = 0);

@@ -1,4 +1,4 @@
-//! recur-firmware in QEMU against the same f32 LSTM computed on the host, and its refusals
+//! recur-firmware's lstm-f32 in QEMU against the same f32 LSTM computed on the host, and its refusals
 //! of missing and corrupted inputs (clean exit, status 2, one line naming the file).
 
 use recur_firmware_tests::{build_firmware, decode_rcs, encode_rcs, run_qemu};
@@ -11,7 +11,7 @@ const STEPS: usize = 2000;
 
 fn firmware() -> &'static Path {
     static ELF: OnceLock<PathBuf> = OnceLock::new();
-    ELF.get_or_init(|| build_firmware("recur-firmware").expect("firmware build"))
+    ELF.get_or_init(|| build_firmware("lstm-f32").expect("firmware build"))
 }
 
 /// A smart-watch-like stream: gravity plus slow rotation on the accelerometer, a few

@@ -1,0 +1,325 @@
+//! `recur flash OUT.rcm --qemu --input FILE.npy --out DIR` (the firmware in QEMU, writing
+//! what `recur sim` writes) and `recur flash OUT.rcm --probe CHIP` (a real board through
+//! probe-rs); also `recur bench OUT.rcm --qemu`'s instruction counts.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+
+use super::CliError;
+use crate::error::{RecurError, Result};
+use crate::flash::{firmware, probe, qemu, rcs};
+use crate::quant::sim;
+use crate::tensor::{read_npy, HostTensor};
+
+/// Arguments of `recur flash`.
+#[derive(Debug, Args)]
+pub struct FlashArgs {
+    /// The .rcm blob written by `recur convert --target mcu`.
+    pub blob: PathBuf,
+    /// Run the firmware in QEMU (mps2-an386, Cortex-M4F) on --input and write --out.
+    #[arg(long, conflicts_with = "probe", requires_all = ["input", "out"])]
+    pub qemu: bool,
+    /// Flash a real board through probe-rs (e.g. STM32F411CEUx, nRF52840_xxAA).
+    #[arg(long, value_name = "CHIP", required_unless_present = "qemu")]
+    pub probe: Option<String>,
+    /// Input (.npy): float32 [N, T, F], or int64/int32 [N, T] token ids; the firmware
+    /// streams every sequence one sample at a time, from a zero state each.
+    #[arg(long, short = 'i', value_name = "FILE.npy")]
+    pub input: Option<PathBuf>,
+    /// Directory for output.npy, output_raw.npy and state_raw.npy (as `recur sim` writes).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// A recur-firmware ELF built before (default: build it from the checkout's
+    /// firmware/board).
+    #[arg(long, value_name = "ELF")]
+    pub firmware: Option<PathBuf>,
+    /// Seconds QEMU may run before it is stopped.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub timeout: u64,
+}
+
+/// Flashes (QEMU or probe) and, for QEMU, writes the outputs.
+pub fn exec(args: FlashArgs) -> std::result::Result<(), CliError> {
+    let blob = read_blob(&args.blob)?;
+    if let Some(chip) = &args.probe {
+        return flash_probe(&args, chip, &blob).map_err(Into::into);
+    }
+    let (input, out) = match (&args.input, &args.out) {
+        (Some(i), Some(o)) => (i, o),
+        _ => {
+            return Err(RecurError::Usage("--qemu needs --input and --out".into()).into());
+        }
+    };
+    let elf = firmware_elf(args.firmware.as_deref(), firmware::Board::Mps2An386)?;
+    let layout = report_layout(&elf, &args.blob, &blob)?;
+    let result = run_in_qemu(&blob, &args.blob, input, &elf, &layout, args.timeout, false)?;
+    std::fs::create_dir_all(out).map_err(|e| RecurError::file(out, e))?;
+    let words = sim::aligned(&blob);
+    let model = sim::parse(&words, blob.len(), &args.blob.display().to_string())?;
+    let values = result.raw.mapv(|v| v as f32 * model.output_scale);
+    let files = [
+        out.join("output.npy"),
+        out.join("output_raw.npy"),
+        out.join("state_raw.npy"),
+    ];
+    HostTensor::F32(values).write_npy(&files[0])?;
+    write_i16(&files[1], &result.raw)?;
+    let state =
+        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[result.state.len()]), result.state)
+            .expect("one row");
+    write_i16(&files[2], &state)?;
+    println!(
+        "QEMU mps2-an386: {} samples streamed; output {:?} (int16 raw, scale {:e})",
+        result.samples,
+        result.raw.shape(),
+        model.output_scale
+    );
+    for f in &files {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
+/// Reads the blob and checks it on the host first, so a corrupted file is refused here
+/// with the parser's reason (the firmware would refuse it too).
+fn read_blob(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|e| RecurError::file(path, e))?;
+    let words = sim::aligned(&bytes);
+    let model = sim::parse(&words, bytes.len(), &path.display().to_string())?;
+    if !model.is_causal() {
+        return Err(RecurError::file(
+            path,
+            "has a bidirectional or reverse layer, which needs the whole sequence; the \
+             firmware streams one sample at a time (use `recur sim` for windows)",
+        ));
+    }
+    Ok(bytes)
+}
+
+fn firmware_elf(given: Option<&Path>, board: firmware::Board) -> Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p.to_path_buf()),
+        None => {
+            eprintln!(
+                "building recur-firmware for {board:?} (cargo build --release in firmware/board)"
+            );
+            firmware::build(board)
+        }
+    }
+}
+
+/// Reads the ELF's layout, checks that the blob fits its model region, and prints flash and
+/// RAM use.
+fn report_layout(elf: &Path, blob_path: &Path, blob: &[u8]) -> Result<firmware::Layout> {
+    let layout = firmware::layout(elf)?;
+    if blob.len() as u64 > layout.model_len {
+        return Err(RecurError::file(
+            blob_path,
+            format!(
+                "{} B, the firmware's model region holds {} B",
+                blob.len(),
+                layout.model_len
+            ),
+        ));
+    }
+    let words = sim::aligned(blob);
+    let model = sim::parse(&words, blob.len(), &blob_path.display().to_string())?;
+    eprintln!(
+        "firmware {}: flash {} B (code, constants, .data image), static RAM {} B (.data + .bss, \
+         session buffers included; the stack comes on top)",
+        elf.display(),
+        layout.flash_bytes,
+        layout.ram_bytes
+    );
+    eprintln!(
+        "model {}: {} B in the model region at {:#010x} ({} B); its session uses {} B of RAM",
+        blob_path.display(),
+        blob.len(),
+        layout.model_addr,
+        layout.model_len,
+        model.ram_bytes()
+    );
+    Ok(layout)
+}
+
+/// What the firmware computed for a whole input batch.
+struct QemuResult {
+    raw: ndarray::ArrayD<i16>,
+    state: Vec<i16>,
+    samples: usize,
+    steps: Vec<u64>,
+}
+
+/// Streams `input` through the firmware in QEMU (state reset between sequences) and reads
+/// back its outputs, its final state and, when `count`, the instructions of every step.
+fn run_in_qemu(
+    blob: &[u8],
+    blob_path: &Path,
+    input: &Path,
+    elf: &Path,
+    layout: &firmware::Layout,
+    timeout: u64,
+    count: bool,
+) -> Result<QemuResult> {
+    let words = sim::aligned(blob);
+    let model = sim::parse(&words, blob.len(), &blob_path.display().to_string())?;
+    let tensor = read_npy(input)?;
+    let samples = rcs::encode_input(&model, &tensor, &input.display().to_string())?;
+    let work =
+        tempfile::tempdir().map_err(|e| RecurError::Usage(format!("temporary directory: {e}")))?;
+    let in_file = work.path().join("in.rcs");
+    std::fs::write(&in_file, &samples.bytes).map_err(|e| RecurError::file(&in_file, e))?;
+    let args = vec![
+        "in=in.rcs".to_string(),
+        "out=out.rcs".to_string(),
+        format!("reset={}", samples.steps),
+        "state=state.rcs".to_string(),
+    ];
+    let counting = if count {
+        Some(qemu::Counting {
+            plugin: plugin()?,
+            step: layout
+                .mark_step
+                .ok_or_else(|| RecurError::file(elf, "no recur_mark_step symbol"))?,
+            section: layout
+                .mark_section
+                .ok_or_else(|| RecurError::file(elf, "no recur_mark_section symbol"))?,
+        })
+    } else {
+        None
+    };
+    let run = qemu::run(
+        elf,
+        blob,
+        layout.model_addr,
+        &args,
+        work.path(),
+        Duration::from_secs(timeout),
+        counting.as_ref(),
+    )?;
+    if run.status != 0 {
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.contains("error"))
+            .unwrap_or(run.stderr.trim())
+            .to_string();
+        let e = RecurError::file(
+            elf,
+            format!("firmware exited with status {}: {line}", run.status),
+        );
+        return Err(e);
+    }
+    let read = |name: &str| {
+        let p = work.path().join(name);
+        std::fs::read(&p).map_err(|e| RecurError::file(&p, e))
+    };
+    let (header, rows) = rcs::decode_i16(&read("out.rcs")?, model.output_dim, "firmware output")?;
+    let total = samples.sequences * samples.steps;
+    if header.count as usize != total {
+        return Err(RecurError::Usage(format!(
+            "internal: the firmware wrote {} rows for {total} samples",
+            header.count
+        )));
+    }
+    let state_bytes = read("state.rcs")?;
+    let state_len = recur_sensors::stream::Header::parse(&state_bytes)
+        .map(|h| h.channels as usize)
+        .unwrap_or(0);
+    let (_, state) = rcs::decode_i16(&state_bytes, state_len, "firmware state")?;
+    let steps = match &run.counts {
+        Some(c) => qemu::steps_from_counts(c)?,
+        None => Vec::new(),
+    };
+    Ok(QemuResult {
+        raw: rcs::outputs_like_sim(&model, &rows, samples.sequences, samples.steps),
+        state,
+        samples: total,
+        steps,
+    })
+}
+
+fn write_i16(path: &Path, a: &ndarray::ArrayD<i16>) -> Result<()> {
+    let file = std::fs::File::create(path).map_err(|e| RecurError::file(path, e))?;
+    ndarray_npy::WriteNpyExt::write_npy(a, std::io::BufWriter::new(file))
+        .map_err(|e| RecurError::file(path, e))
+}
+
+/// The instruction-counting plugin of the checkout, built with `make` when missing.
+fn plugin() -> Result<PathBuf> {
+    let dir = firmware::board_dir()?.join("../qemu-plugin");
+    let so = dir.join("libinsn_marker.so");
+    let status = std::process::Command::new("make")
+        .args(["-s", "-C"])
+        .arg(&dir)
+        .status()
+        .map_err(|e| RecurError::Usage(format!("cannot run make for the QEMU plugin: {e}")))?;
+    if !status.success() || !so.is_file() {
+        return Err(RecurError::file(
+            &dir,
+            "building the QEMU instruction-counting plugin failed",
+        ));
+    }
+    Ok(so)
+}
+
+fn flash_probe(args: &FlashArgs, chip: &str, blob: &[u8]) -> Result<()> {
+    probe::available()?;
+    let board = firmware::Board::for_chip(chip).ok_or_else(|| {
+        RecurError::Usage(format!(
+            "no memory map for chip '{chip}': the firmware has STM32F411* and nRF52840* \
+             (firmware/board/boards/)"
+        ))
+    })?;
+    let elf = firmware_elf(args.firmware.as_deref(), board)?;
+    let layout = report_layout(&elf, &args.blob, blob)?;
+    probe::flash(chip, &elf, &args.blob, layout.model_addr)
+}
+
+/// `recur bench OUT.rcm --qemu --input FILE.npy`: instructions per time step of the
+/// firmware in QEMU, counted by the TCG plugin; prints mean, median, min and max.
+pub fn bench(
+    blob_path: &Path,
+    input: &Path,
+    firmware_given: Option<&Path>,
+    json: bool,
+) -> Result<()> {
+    let blob = read_blob(blob_path)?;
+    let elf = firmware_elf(firmware_given, firmware::Board::Mps2An386)?;
+    let layout = report_layout(&elf, blob_path, &blob)?;
+    let result = run_in_qemu(&blob, blob_path, input, &elf, &layout, 1800, true)?;
+    let mut steps = result.steps.clone();
+    if steps.is_empty() {
+        return Err(RecurError::Usage(
+            "internal: the plugin counted no steps".into(),
+        ));
+    }
+    steps.sort_unstable();
+    let mean = steps.iter().sum::<u64>() as f64 / steps.len() as f64;
+    let median = steps[steps.len() / 2];
+    let (min, max) = (steps[0], steps[steps.len() - 1]);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "blob": blob_path.display().to_string(),
+                "board": "mps2-an386",
+                "steps": steps.len(),
+                "instructions_per_step": { "mean": mean, "median": median, "min": min, "max": max },
+                "flash_bytes": layout.flash_bytes,
+                "ram_bytes": layout.ram_bytes,
+                "blob_bytes": blob.len(),
+            })
+        );
+    } else {
+        println!(
+            "{} on QEMU mps2-an386 (Cortex-M4F), {} steps: instructions per step mean {mean:.0}, \
+             median {median}, min {min}, max {max}",
+            blob_path.display(),
+            steps.len()
+        );
+    }
+    Ok(())
+}

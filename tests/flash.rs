@@ -1,0 +1,330 @@
+//! The microcontroller firmware end to end: `recur convert --target mcu` writes a blob,
+//! `recur flash --qemu` streams every test sequence through `recur-firmware` on an emulated
+//! Cortex-M4F (QEMU mps2-an386, the blob in its own flash region), and everything it computes
+//! must equal `recur sim` (the same kernel on the host, over whole windows) bit for bit.
+//! Needs `qemu-system-arm` and the thumbv7em-none-eabihf target (scripts/test.sh installs
+//! both).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use assert_cmd::Command;
+use ndarray::{ArrayD, Axis};
+use recur::flash::{firmware, qemu};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/real")
+        .join(name)
+}
+
+/// The firmware ELF, built once for all tests.
+fn elf() -> &'static Path {
+    static ELF: OnceLock<PathBuf> = OnceLock::new();
+    ELF.get_or_init(|| firmware::build(firmware::Board::Mps2An386).expect("firmware builds"))
+}
+
+fn recur(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::cargo_bin("recur")
+        .unwrap()
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn convert(name: &str, weights: &str, dir: &Path) -> PathBuf {
+    let fx = fixture(name);
+    let blob = dir.join(format!("{name}_{weights}.rcm"));
+    ok(&recur(&[
+        "convert".as_ref(),
+        fx.join("model.onnx").as_os_str(),
+        "--target".as_ref(),
+        "mcu".as_ref(),
+        "--weights".as_ref(),
+        weights.as_ref(),
+        "--calib".as_ref(),
+        fx.join("in_0.npy").as_os_str(),
+        "-o".as_ref(),
+        blob.as_os_str(),
+    ]));
+    blob
+}
+
+fn sim(blob: &Path, input: &Path, out: &Path) {
+    ok(&recur(&[
+        "sim".as_ref(),
+        blob.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]));
+}
+
+fn flash(blob: &Path, input: &Path, out: &Path) -> std::process::Output {
+    recur(&[
+        "flash".as_ref(),
+        blob.as_os_str(),
+        "--qemu".as_ref(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--firmware".as_ref(),
+        elf().as_os_str(),
+    ])
+}
+
+fn raw(dir: &Path, name: &str) -> ArrayD<i16> {
+    ndarray_npy::read_npy(dir.join(name)).unwrap()
+}
+
+/// Converts, simulates on the host, runs in QEMU, and asserts the two agree exactly.
+fn firmware_equals_sim(name: &str, weights: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = convert(name, weights, dir.path());
+    let input = fixture(name).join("in_0.npy");
+    let (host, chip) = (dir.path().join("sim"), dir.path().join("qemu"));
+    sim(&blob, &input, &host);
+    let out = flash(&blob, &input, &chip);
+    let text = ok(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("flash") && log.contains("static RAM") && log.contains("model region"),
+        "sizes are printed: {log}"
+    );
+    for file in ["output_raw.npy", "state_raw.npy"] {
+        let (a, b) = (raw(&host, file), raw(&chip, file));
+        assert_eq!(a.shape(), b.shape(), "{name} {weights} {file}");
+        let differ = a.iter().zip(b.iter()).filter(|(x, y)| x != y).count();
+        assert_eq!(differ, 0, "{name} {weights} {file}: {differ} values differ");
+    }
+    assert_eq!(
+        std::fs::read(host.join("output.npy")).unwrap(),
+        std::fs::read(chip.join("output.npy")).unwrap()
+    );
+    let rows = raw(&chip, "output_raw.npy");
+    println!(
+        "{name} {weights}: firmware == recur sim on all {} outputs of {} sequences; {}",
+        rows.len(),
+        rows.len_of(Axis(0)),
+        text.lines().next().unwrap_or("")
+    );
+}
+
+#[test]
+fn basicmotions_lstm_firmware_equals_sim_bit_for_bit() {
+    firmware_equals_sim("basicmotions_lstm", "int16");
+    firmware_equals_sim("basicmotions_lstm", "int8");
+}
+
+#[test]
+fn basicmotions_gru_firmware_equals_sim_bit_for_bit() {
+    firmware_equals_sim("basicmotions_gru", "int16");
+    firmware_equals_sim("basicmotions_gru", "int8");
+}
+
+#[test]
+fn simple_rnn_firmware_equals_sim_bit_for_bit() {
+    firmware_equals_sim("digits_rnn", "int16");
+    firmware_equals_sim("digits_rnn", "int8");
+}
+
+/// 100,000 real sensor samples (the 40 BasicMotions recordings, 25 times over) streamed with
+/// no reset: the firmware's final state and output equal the host's, and the host's
+/// step-by-step session agrees with its window run.
+#[test]
+fn soak_100k_samples_end_in_the_host_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = convert("basicmotions_lstm", "int16", dir.path());
+    let series: ArrayD<f32> =
+        ndarray_npy::read_npy(fixture("basicmotions_lstm").join("in_0.npy")).unwrap();
+    let flat: Vec<f32> = series.iter().copied().collect();
+    let per_pass = flat.len() / 6;
+    let passes = 100_000usize.div_ceil(per_pass);
+    let samples: Vec<f32> = flat.iter().copied().cycle().take(100_000 * 6).collect();
+    assert_eq!(passes, 25);
+    let long = ArrayD::from_shape_vec(vec![1, 100_000, 6], samples.clone()).unwrap();
+    let input = dir.path().join("soak.npy");
+    ndarray_npy::write_npy(&input, &long).unwrap();
+    let (host, chip) = (dir.path().join("sim"), dir.path().join("qemu"));
+    sim(&blob, &input, &host);
+    ok(&flash(&blob, &input, &chip));
+    for file in ["output_raw.npy", "state_raw.npy"] {
+        assert_eq!(raw(&host, file), raw(&chip, file), "{file}");
+    }
+
+    // The same samples stepped one by one on the host through recur-kernel.
+    let bytes = std::fs::read(&blob).unwrap();
+    let words = recur::quant::sim::aligned(&bytes);
+    let model = recur::quant::sim::parse(&words, bytes.len(), "blob").unwrap();
+    let mut mem = vec![0i16; model.session_len()];
+    let mut acc = vec![0i32; model.acc_len()];
+    let mut session = recur_kernel::Session::new(&model, &mut mem, &mut acc).unwrap();
+    let mut last = Vec::new();
+    for x in samples.chunks_exact(6) {
+        let q: Vec<i16> = x
+            .iter()
+            .enumerate()
+            .map(|(f, v)| model.quantize_feature(f, *v))
+            .collect();
+        last = session.step(&q).unwrap().to_vec();
+    }
+    assert_eq!(
+        session.state(),
+        raw(&chip, "state_raw.npy").as_slice().unwrap()
+    );
+    assert_eq!(
+        last,
+        raw(&chip, "output_raw.npy")
+            .iter()
+            .copied()
+            .collect::<Vec<_>>()
+    );
+    println!(
+        "soak: 100,000 samples, final state ({} words) and output equal on host and firmware",
+        session.state().len()
+    );
+}
+
+/// A corrupted blob in the model region: the firmware reports it, naming the region's address
+/// and the reason, and stops with status 2 before it reads a sample or writes an output.
+#[test]
+fn corrupted_blob_in_flash_is_reported_and_the_firmware_halts() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = std::fs::read(convert("basicmotions_gru", "int8", dir.path())).unwrap();
+    let layout = firmware::layout(elf()).unwrap();
+    let input = recur::flash::rcs::encode_input(
+        &recur::quant::sim::parse(&recur::quant::sim::aligned(&blob), blob.len(), "b").unwrap(),
+        &recur::tensor::read_npy(&fixture("basicmotions_gru").join("in_0.npy")).unwrap(),
+        "in",
+    )
+    .unwrap();
+    let mut flipped = blob.clone();
+    flipped[blob.len() / 2] ^= 0x10;
+    let mut magic = blob.clone();
+    magic[0] = b'X';
+    let mut version = blob.clone();
+    version[4] = 9;
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        ("one flipped bit", flipped, "CRC mismatch"),
+        ("bad magic", magic, "bad magic"),
+        ("newer format", version, "format version 9"),
+        ("erased region", Vec::new(), "bad magic"),
+    ];
+    for (what, bytes, why) in cases {
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(work.path().join("in.rcs"), &input.bytes).unwrap();
+        let args = ["in=in.rcs".to_string(), "out=out.rcs".to_string()];
+        let run = qemu::run(
+            elf(),
+            &bytes,
+            layout.model_addr,
+            &args,
+            work.path(),
+            Duration::from_secs(60),
+            None,
+        )
+        .unwrap();
+        assert_eq!(run.status, 2, "{what}: {}", run.stderr);
+        let line = format!("model blob at {:#010x}", layout.model_addr);
+        assert!(
+            run.stderr.contains(&line) && run.stderr.contains(why),
+            "{what}: {}",
+            run.stderr
+        );
+        assert_eq!(
+            run.stderr.lines().count(),
+            1,
+            "{what}: one line: {}",
+            run.stderr
+        );
+        assert!(
+            !work.path().join("out.rcs").exists(),
+            "{what}: nothing written"
+        );
+    }
+}
+
+#[test]
+fn flash_refuses_bad_blobs_inputs_and_missing_probe_rs_with_status_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = convert("basicmotions_lstm", "int8", dir.path());
+    let input = fixture("basicmotions_lstm").join("in_0.npy");
+    let out = dir.path().join("out");
+
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let n = bytes.len();
+    bytes[n - 8] ^= 1;
+    let bad = dir.path().join("bad.rcm");
+    std::fs::write(&bad, &bytes).unwrap();
+    let r = flash(&bad, &input, &out);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(err.contains("bad.rcm") && err.contains("CRC"), "{err}");
+
+    let wrong = fixture("digits_rnn").join("in_0.npy");
+    let r = flash(&blob, &wrong, &out);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("in_0.npy") && err.contains("[N, T, 6]"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing written for a refused input");
+
+    if std::process::Command::new("probe-rs")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        let r = recur(&[
+            "flash".as_ref(),
+            blob.as_os_str(),
+            "--probe".as_ref(),
+            "STM32F411CEUx".as_ref(),
+        ]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{err}");
+        assert!(err.contains("cargo install probe-rs-tools"), "{err}");
+    }
+}
+
+/// `recur bench OUT.rcm --qemu` counts every step; the count is exact, so two runs agree.
+#[test]
+fn bench_qemu_counts_instructions_per_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = convert("basicmotions_lstm", "int16", dir.path());
+    let input = fixture("basicmotions_lstm").join("in_0.npy");
+    let run = || -> serde_json::Value {
+        let text = ok(&recur(&[
+            "bench".as_ref(),
+            blob.as_os_str(),
+            "--qemu".as_ref(),
+            "--input".as_ref(),
+            input.as_os_str(),
+            "--json".as_ref(),
+            "--firmware".as_ref(),
+            elf().as_os_str(),
+        ]));
+        serde_json::from_str(text.trim()).unwrap()
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a["steps"], 4000);
+    assert_eq!(a["instructions_per_step"], b["instructions_per_step"]);
+    let per = &a["instructions_per_step"];
+    let (min, max) = (per["min"].as_u64().unwrap(), per["max"].as_u64().unwrap());
+    assert!(min > 0 && min <= max, "{a}");
+    println!("LSTM(32) int16, BasicMotions: {per}");
+}
