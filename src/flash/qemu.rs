@@ -52,6 +52,10 @@ pub fn run(
             "internal: firmware argument '{a}' holds a comma or a space"
         )));
     }
+    // QEMU runs in `work`: a relative ELF path must not be read from there.
+    let elf = elf
+        .canonicalize()
+        .map_err(|e| RecurError::file(elf, format!("firmware ELF: {e}")))?;
     let blob_file = work.join("model.rcm");
     std::fs::write(&blob_file, blob).map_err(|e| RecurError::file(&blob_file, e))?;
     let mut semihosting = String::from("enable=on,target=native,arg=recur-firmware");
@@ -67,7 +71,7 @@ pub fn run(
         .arg("-device")
         .arg(format!("loader,file=model.rcm,addr={model_addr:#x}"))
         .arg("-kernel")
-        .arg(elf);
+        .arg(&elf);
     let counts_file = work.join("counts.txt");
     if let Some(c) = counting {
         cmd.arg("-plugin").arg(format!(

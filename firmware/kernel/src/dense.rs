@@ -8,14 +8,15 @@
 use crate::blob::{Layer, Params};
 use crate::fixed::{requant, sat16, sat32, shr_round};
 use crate::lut::{exp_q20, sigmoid_q20};
+use crate::rows;
 
 /// Applies a dense layer to `x`, writing `layer.out_dim` values to `out`.
 pub fn dense(layer: &Layer, p: &Params, x: &[i16], out: &mut [i16]) {
     let ws = layer.w_stride();
-    for (j, o) in out.iter_mut().enumerate().take(layer.out_dim) {
-        let v = requant(p.w.dot(j, ws, x), p.mx[j], p.sx[j]) + p.bias[j] as i64;
-        *o = sat16(shr_round(v, 8));
-    }
+    rows::each(&p.w, ws, x, 0..layer.out_dim.min(out.len()), |j, d| {
+        let v = requant(d, p.mx[j], p.sx[j]) + p.bias[j] as i64;
+        out[j] = sat16(shr_round(v, 8));
+    });
 }
 
 /// Copies embedding row `token` to `out`; `false` when the token is out of range.

@@ -8,6 +8,7 @@
 use crate::blob::{flags, Layer, Params};
 use crate::fixed::{mul_q15, requant, sat16, sat32, shr_round};
 use crate::lut::{sigmoid_q20, tanh_q20};
+use crate::rows;
 
 /// Advances `h` (`[H]`) by one step on input `x`.
 pub fn step(layer: &Layer, p: &Params, x: &[i16], h: &mut [i16], acc: &mut [i32], tmp: &mut [i16]) {
@@ -21,18 +22,21 @@ pub fn step(layer: &Layer, p: &Params, x: &[i16], h: &mut [i16], acc: &mut [i32]
             v
         }
     };
-    for j in 0..3 * n {
-        let ax = requant(p.w.dot(j, ws, x), p.mx[j], p.sx[j]);
-        if j < 2 * n {
-            let ah = requant(p.r.dot(j, rs, h), p.mh[j], p.sh[j]);
-            acc[j] = sat32(ax + ah + p.bias[j] as i64);
-        } else {
-            acc[j] = sat32(ax + p.bias[j] as i64);
-            if lbr {
-                let ah = requant(p.r.dot(j, rs, h), p.mh[j], p.sh[j]);
-                acc[j + n] = sat32(ah + p.rbn[j - 2 * n] as i64);
-            }
-        }
+    // z and r: input and recurrent products; the h gate's input product alone (its
+    // recurrent product comes after the reset gate, or into acc[3n..] with lbr).
+    rows::each2(&p.w, ws, x, &p.r, rs, h, 0..2 * n, |j, dx, dh| {
+        let ax = requant(dx, p.mx[j], p.sx[j]);
+        let ah = requant(dh, p.mh[j], p.sh[j]);
+        acc[j] = sat32(ax + ah + p.bias[j] as i64);
+    });
+    rows::each(&p.w, ws, x, 2 * n..3 * n, |j, dx| {
+        acc[j] = sat32(requant(dx, p.mx[j], p.sx[j]) + p.bias[j] as i64);
+    });
+    if lbr {
+        rows::each(&p.r, rs, h, 2 * n..3 * n, |j, dh| {
+            let ah = requant(dh, p.mh[j], p.sh[j]);
+            acc[j + n] = sat32(ah + p.rbn[j - 2 * n] as i64);
+        });
     }
     // z and r, activated in place (Q15 values held in int32).
     for a in acc.iter_mut().take(2 * n) {
@@ -48,10 +52,10 @@ pub fn step(layer: &Layer, p: &Params, x: &[i16], h: &mut [i16], acc: &mut [i32]
         for k in 0..n {
             tmp[k] = mul_q15(acc[n + k] as i16, h[k]);
         }
-        for j in 2 * n..3 * n {
-            let ah = requant(p.r.dot(j, rs, &tmp[..n]), p.mh[j], p.sh[j]);
+        rows::each(&p.r, rs, &tmp[..n], 2 * n..3 * n, |j, dh| {
+            let ah = requant(dh, p.mh[j], p.sh[j]);
             acc[j] = sat32(acc[j] as i64 + ah);
-        }
+        });
     }
     for k in 0..n {
         let z = acc[k] as i64;

@@ -34,6 +34,7 @@ pub mod lut;
 mod lut_table;
 pub mod model;
 pub mod rnn;
+pub mod rows;
 
 pub use blob::{BlobError, Layer, LayerKind, Model, Reduce, Weights, FORMAT_VERSION, MAGIC};
 pub use model::{Session, StepError};

@@ -10,16 +10,17 @@
 use crate::blob::{flags, Layer, Params};
 use crate::fixed::{requant, sat16, sat32, shr_round};
 use crate::lut::{sigmoid_q20, tanh_q20};
+use crate::rows;
 
 /// Advances `h` and `c` (each `[H]`) by one step on input `x`; `acc` holds `4H` int32.
 pub fn step(layer: &Layer, p: &Params, x: &[i16], h: &mut [i16], c: &mut [i16], acc: &mut [i32]) {
     let n = layer.out_dim;
     let (ws, rs) = (layer.w_stride(), layer.r_stride());
-    for (j, a) in acc.iter_mut().enumerate().take(4 * n) {
-        let ax = requant(p.w.dot(j, ws, x), p.mx[j], p.sx[j]);
-        let ah = requant(p.r.dot(j, rs, h), p.mh[j], p.sh[j]);
-        *a = sat32(ax + ah + p.bias[j] as i64);
-    }
+    rows::each2(&p.w, ws, x, &p.r, rs, h, 0..4 * n, |j, dx, dh| {
+        let ax = requant(dx, p.mx[j], p.sx[j]);
+        let ah = requant(dh, p.mh[j], p.sh[j]);
+        acc[j] = sat32(ax + ah + p.bias[j] as i64);
+    });
     let clip = |v: i64| -> i32 {
         let v = sat32(v);
         if layer.clip_q20 > 0 {

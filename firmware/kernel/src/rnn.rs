@@ -4,20 +4,21 @@
 use crate::blob::{flags, Layer, Params};
 use crate::fixed::{requant, sat16, sat32, shr_round};
 use crate::lut::tanh_q20;
+use crate::rows;
 
 /// Advances `h` (`[H]`) by one step on input `x`.
 pub fn step(layer: &Layer, p: &Params, x: &[i16], h: &mut [i16], acc: &mut [i32]) {
     let n = layer.out_dim;
     let (ws, rs) = (layer.w_stride(), layer.r_stride());
-    for (j, a) in acc.iter_mut().enumerate().take(n) {
-        let ax = requant(p.w.dot(j, ws, x), p.mx[j], p.sx[j]);
-        let ah = requant(p.r.dot(j, rs, h), p.mh[j], p.sh[j]);
+    rows::each2(&p.w, ws, x, &p.r, rs, h, 0..n, |j, dx, dh| {
+        let ax = requant(dx, p.mx[j], p.sx[j]);
+        let ah = requant(dh, p.mh[j], p.sh[j]);
         let mut v = sat32(ax + ah + p.bias[j] as i64);
         if layer.clip_q20 > 0 {
             v = v.clamp(-layer.clip_q20, layer.clip_q20);
         }
-        *a = v;
-    }
+        acc[j] = v;
+    });
     let relu = layer.has(flags::RELU);
     for k in 0..n {
         h[k] = if relu {
