@@ -6,6 +6,8 @@
 #   bash scripts/firmware.sh          # build + instruction table
 #   bash scripts/firmware.sh build    # build only
 #   bash scripts/firmware.sh test     # build + firmware/qemu-tests (QEMU vs host f32 LSTM)
+# The bench also counts recur-kernel's steps on the bundled BasicMotions models through
+# `recur bench OUT.rcm --qemu` (int16 and int8 weights).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -77,3 +79,19 @@ awk '
   END { flush() }
   function flush() { if (sec>0 && n>0) printf "%-28s %10.0f %8d %8d %6d\n", names[sec], sum/n, min, max, n }
 ' "$LOG" "$COUNTS"
+
+echo
+echo "Instructions per time step of recur-firmware (recur-kernel, fixed point) on BasicMotions"
+echo "(recur convert --target mcu, then recur bench OUT.rcm --qemu over all 4,000 test samples)"
+BLOBS=$(mktemp -d)
+trap 'rm -rf "$COUNTS" "$LOG" "$BLOBS"' EXIT
+for m in basicmotions_lstm basicmotions_gru; do
+  for w in int16 int8; do
+    D=models/real/$m
+    cargo run --quiet -- convert "$D/model.onnx" --target mcu --weights "$w" --calib "$D/in_0.npy" \
+      -o "$BLOBS/$m-$w.rcm" >/dev/null
+    printf '%-28s ' "$m $w"
+    cargo run --quiet -- bench "$BLOBS/$m-$w.rcm" --qemu --input "$D/in_0.npy" \
+      --firmware "$ELF_DIR/recur-firmware" 2>/dev/null | sed 's/.*(Cortex-M4F), //'
+  done
+done

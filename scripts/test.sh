@@ -17,6 +17,10 @@ cargo fmt --all -- --check
 echo "== cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
+echo "== QEMU (qemu-system-arm), the instruction-counting plugin and the firmware"
+# tests/flash.rs runs the firmware in QEMU, so QEMU must be there before cargo test.
+bash scripts/firmware.sh build
+
 echo "== cargo test"
 # --show-output prints what passing tests report (fixture counts, refusals) after each binary.
 cargo test --workspace --all-targets -- --show-output
@@ -25,7 +29,8 @@ echo "== recur-kernel for Cortex-M4F (no_std, thumbv7em-none-eabihf)"
 cargo build -p recur-kernel --target thumbv7em-none-eabihf
 
 echo "== firmware: Cortex-M4F in QEMU mps2-an386 (installs qemu-system-arm if missing)"
-# Host tests of the firmware crates, the firmware in QEMU against the host f32 LSTM, then
-# the instruction counts per time step from the QEMU plugin.
+# Host tests of the firmware crates, the f32 reference firmware in QEMU against the host
+# f32 LSTM, then the instruction counts per time step from the QEMU plugin (f32 reference
+# and recur-kernel).
 bash scripts/firmware.sh test
 bash scripts/firmware.sh bench
