@@ -90,6 +90,30 @@ fn raw(dir: &Path, name: &str) -> ArrayD<i16> {
     ndarray_npy::read_npy(dir.join(name)).unwrap()
 }
 
+/// The blob's output after every sample of `input` (`[N, T, F]` f32), stepped on the host
+/// through recur-kernel from a zero state per sequence: `[N, T, O]`.
+fn host_stepped(blob: &Path, input: &Path) -> ArrayD<i16> {
+    let bytes = std::fs::read(blob).unwrap();
+    let words = recur::quant::sim::aligned(&bytes);
+    let model = recur::quant::sim::parse(&words, bytes.len(), "blob").unwrap();
+    let x: ArrayD<f32> = ndarray_npy::read_npy(input).unwrap();
+    let (n, t, f) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+    let mut mem = vec![0i16; model.session_len()];
+    let mut acc = vec![0i32; model.acc_len()];
+    let mut session = recur_kernel::Session::new(&model, &mut mem, &mut acc).unwrap();
+    let mut out = Vec::with_capacity(n * t * model.output_dim);
+    for s in 0..n {
+        session.reset();
+        for k in 0..t {
+            let q: Vec<i16> = (0..f)
+                .map(|c| model.quantize_feature(c, x[[s, k, c]]))
+                .collect();
+            out.extend_from_slice(session.step(&q).unwrap());
+        }
+    }
+    ArrayD::from_shape_vec(vec![n, t, model.output_dim], out).unwrap()
+}
+
 /// Converts, simulates on the host, runs in QEMU, and asserts the two agree exactly.
 fn firmware_equals_sim(name: &str, weights: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -114,11 +138,26 @@ fn firmware_equals_sim(name: &str, weights: &str) {
         std::fs::read(host.join("output.npy")).unwrap(),
         std::fs::read(chip.join("output.npy")).unwrap()
     );
+    // Every step's output against recur-kernel stepped on the host, sequence by sequence.
+    let steps = raw(&chip, "steps_raw.npy");
+    let host_steps = host_stepped(&blob, &input);
+    assert_eq!(steps.shape(), host_steps.shape(), "{name} {weights}");
+    let differ = steps
+        .iter()
+        .zip(host_steps.iter())
+        .filter(|(x, y)| x != y)
+        .count();
+    assert_eq!(
+        differ, 0,
+        "{name} {weights}: {differ} per-step outputs differ"
+    );
     let rows = raw(&chip, "output_raw.npy");
     println!(
-        "{name} {weights}: firmware == recur sim on all {} outputs of {} sequences; {}",
+        "{name} {weights}: firmware == recur sim on all {} outputs of {} sequences, and == the \
+         host's step-by-step session on all {} per-step outputs; {}",
         rows.len(),
         rows.len_of(Axis(0)),
+        steps.len(),
         text.lines().next().unwrap_or("")
     );
 }

@@ -28,7 +28,8 @@ pub struct FlashArgs {
     /// streams every sequence one sample at a time, from a zero state each.
     #[arg(long, short = 'i', value_name = "FILE.npy")]
     pub input: Option<PathBuf>,
-    /// Directory for output.npy, output_raw.npy and state_raw.npy (as `recur sim` writes).
+    /// Directory for output.npy, output_raw.npy and state_raw.npy (as `recur sim` writes),
+    /// and steps_raw.npy: the firmware's int16 output after every sample, [N, T, O].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// A recur-firmware ELF built before (default: build it from the checkout's
@@ -63,6 +64,7 @@ pub fn exec(args: FlashArgs) -> std::result::Result<(), CliError> {
         out.join("output.npy"),
         out.join("output_raw.npy"),
         out.join("state_raw.npy"),
+        out.join("steps_raw.npy"),
     ];
     HostTensor::F32(values).write_npy(&files[0])?;
     write_i16(&files[1], &result.raw)?;
@@ -70,6 +72,7 @@ pub fn exec(args: FlashArgs) -> std::result::Result<(), CliError> {
         ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[result.state.len()]), result.state)
             .expect("one row");
     write_i16(&files[2], &state)?;
+    write_i16(&files[3], &result.steps_raw)?;
     println!(
         "QEMU mps2-an386: {} samples streamed; output {:?} (int16 raw, scale {:e})",
         result.samples,
@@ -147,6 +150,7 @@ fn report_layout(elf: &Path, blob_path: &Path, blob: &[u8]) -> Result<firmware::
 /// What the firmware computed for a whole input batch.
 struct QemuResult {
     raw: ndarray::ArrayD<i16>,
+    steps_raw: ndarray::ArrayD<i16>,
     state: Vec<i16>,
     samples: usize,
     steps: Vec<u64>,
@@ -233,8 +237,14 @@ fn run_in_qemu(
         Some(c) => qemu::steps_from_counts(c)?,
         None => Vec::new(),
     };
+    let steps_raw = ndarray::ArrayD::from_shape_vec(
+        ndarray::IxDyn(&[samples.sequences, samples.steps, model.output_dim]),
+        rows.clone(),
+    )
+    .expect("row count checked");
     Ok(QemuResult {
         raw: rcs::outputs_like_sim(&model, &rows, samples.sequences, samples.steps),
+        steps_raw,
         state,
         samples: total,
         steps,
