@@ -3,9 +3,17 @@
 //! (tolerance 1e-4) and the median latency of each. `scripts/gpu-check.sh` builds and runs it
 //! on a GPU machine; the library comes from ORT_DYLIB_PATH (ONNX Runtime's CUDA build).
 //!
-//!   gpu_check [--device cuda:N] [--iters N] [--filter SUBSTRING]
+//! Then the latency table of issue 4: a 2-layer LSTM at the three sizes (input, hidden, steps,
+//! batch) = (8, 64, 100, 1), (8, 64, 100, 256), (32, 256, 200, 1024) on ONNX Runtime's CUDA
+//! and CPU providers through recur; the same models go to `.gpu/latency/` so that
+//! `scripts/gpu_cudnn_lstm.py` times PyTorch's cuDNN LSTM on the same shapes.
+//!
+//!   gpu_check [--device cuda:N] [--iters N] [--filter SUBSTRING] [--latency-only]
 
 use std::path::{Path, PathBuf};
+
+#[path = "../tests/common/onnx_builder.rs"]
+mod onnx_builder;
 use std::time::Instant;
 
 use recur::backend::{build_with, BackendKind, BackendOptions, Device};
@@ -148,10 +156,165 @@ fn streaming(root: &Path, cpu: &BackendOptions, gpu: &BackendOptions, iters: usi
     failed
 }
 
+/// The sizes of issue 4's latency table: (input, hidden, steps, batch).
+const LATENCY_SIZES: [(i64, i64, i64, i64); 3] =
+    [(8, 64, 100, 1), (8, 64, 100, 256), (32, 256, 200, 1024)];
+
+/// A 2-layer LSTM: X `[steps, batch, input]` -> LSTM(hidden) -> LSTM(hidden) -> Y_h
+/// `[1, batch, hidden]`, random constant weights.
+fn two_layer_lstm(input: i64, hidden: i64) -> tract_onnx::pb::ModelProto {
+    use onnx_builder::{attr_int, f32_tensor, value_info, D};
+    use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+    let lstm = |name: &str, x: &str, layer: &str, outputs: Vec<String>| NodeProto {
+        name: name.into(),
+        op_type: "LSTM".into(),
+        input: vec![
+            x.into(),
+            format!("W{layer}"),
+            format!("R{layer}"),
+            format!("B{layer}"),
+        ],
+        output: outputs,
+        attribute: vec![attr_int("hidden_size", hidden)],
+        ..Default::default()
+    };
+    let axes = tract_onnx::pb::TensorProto {
+        name: "axes".into(),
+        dims: vec![1],
+        data_type: 7,
+        int64_data: vec![1],
+        ..Default::default()
+    };
+    let scale = |mut t: tract_onnx::pb::TensorProto| {
+        // Weights in +-0.5/sqrt(hidden) keep the states away from saturation.
+        let k = 1.0 / (hidden as f32).sqrt();
+        t.float_data.iter_mut().for_each(|v| *v *= k);
+        t
+    };
+    ModelProto {
+        ir_version: 8,
+        producer_name: "recur-gpu-check".into(),
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(GraphProto {
+            name: "lstm2".into(),
+            node: vec![
+                lstm("lstm1", "X", "1", vec!["Y1".into()]),
+                NodeProto {
+                    name: "squeeze".into(),
+                    op_type: "Squeeze".into(),
+                    input: vec!["Y1".into(), "axes".into()],
+                    output: vec!["X2".into()],
+                    ..Default::default()
+                },
+                lstm("lstm2", "X2", "2", vec![String::new(), "Y_h".into()]),
+            ],
+            initializer: vec![
+                scale(f32_tensor("W1", &[1, 4 * hidden, input], 11)),
+                scale(f32_tensor("R1", &[1, 4 * hidden, hidden], 12)),
+                scale(f32_tensor("B1", &[1, 8 * hidden], 13)),
+                scale(f32_tensor("W2", &[1, 4 * hidden, hidden], 21)),
+                scale(f32_tensor("R2", &[1, 4 * hidden, hidden], 22)),
+                scale(f32_tensor("B2", &[1, 8 * hidden], 23)),
+                axes,
+            ],
+            input: vec![value_info(
+                "X",
+                1,
+                &[D::S("steps"), D::S("batch"), D::N(input)],
+            )],
+            output: vec![value_info(
+                "Y_h",
+                1,
+                &[D::N(1), D::S("batch"), D::N(hidden)],
+            )],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Median latency of the 2-layer LSTMs on the device and on the CPU provider (all cores),
+/// device outputs checked against the CPU's. Returns the number of failures.
+fn latency(root: &Path, cpu: &BackendOptions, gpu: &BackendOptions, iters: usize) -> usize {
+    let dir = root.join(".gpu/latency");
+    std::fs::create_dir_all(&dir).expect(".gpu/latency");
+    println!(
+        "\n{:<28} {:>10} {:>6} {:>12} {:>12}",
+        "2-layer LSTM (I, H, T, B)",
+        "max|d|",
+        "ok",
+        format!("{}_ms", gpu.device),
+        "cpu_ms"
+    );
+    let mut failed = 0;
+    let mut table = serde_json::Map::new();
+    for (input, hidden, steps, batch) in LATENCY_SIZES {
+        let name = format!("lstm2_i{input}_h{hidden}.onnx");
+        let path = onnx_builder::write_model(&dir, &name, &two_layer_lstm(input, hidden));
+        let result = (|| -> recur::Result<(f32, f64, f64)> {
+            let model = Model::load(&path)?;
+            let n = (steps * batch * input) as usize;
+            let values: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            let x = ndarray::ArrayD::from_shape_vec(
+                vec![steps as usize, batch as usize, input as usize],
+                values,
+            )
+            .expect("shape");
+            let given = vec![("X".to_string(), recur::tensor::HostTensor::F32(x))];
+            let x = check_inputs(&model.ir.inputs, given)?;
+            let mut on_gpu = build_with(BackendKind::Ort, &model, gpu)?;
+            let mut on_cpu = build_with(BackendKind::Ort, &model, cpu)?;
+            let (a, b) = (on_cpu.run(&x)?, on_gpu.run(&x)?);
+            let mut worst = 0f32;
+            for ((_, a), (_, b)) in a.iter().zip(&b) {
+                for (p, q) in a.to_f32().iter().zip(b.to_f32().iter()) {
+                    worst = worst.max((p - q).abs());
+                }
+            }
+            let cpu_iters = if batch >= 256 { 5 } else { iters };
+            Ok((
+                worst,
+                median_us(&mut on_gpu, &x, iters) / 1e3,
+                median_us(&mut on_cpu, &x, cpu_iters) / 1e3,
+            ))
+        })();
+        let label = format!("{input}, {hidden}, {steps}, {batch}");
+        match result {
+            Ok((worst, g, c)) => {
+                let ok = worst <= TOLERANCE;
+                if !ok {
+                    failed += 1;
+                }
+                table.insert(
+                    label.clone(),
+                    serde_json::json!({ "device_ms": g, "cpu_ms": c, "max_abs_diff": worst }),
+                );
+                println!(
+                    "{label:<28} {worst:>10.2e} {:>6} {g:>12.3} {c:>12.3}",
+                    if ok { "yes" } else { "NO" }
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                println!("{label:<28} error: {e}");
+            }
+        }
+    }
+    let json = serde_json::json!({ "device": gpu.device.to_string(), "sizes": table });
+    std::fs::write(dir.join("recur.json"), json.to_string()).expect("recur.json");
+    failed
+}
+
 fn main() {
     let mut device = Device::Cuda(0);
     let mut iters = 20;
     let mut filter = String::new();
+    let mut latency_only = false;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -159,6 +322,11 @@ fn main() {
             "--device" => device = args[i + 1].parse().expect("device"),
             "--iters" => iters = args[i + 1].parse().expect("iters"),
             "--filter" => filter = args[i + 1].clone(),
+            "--latency-only" => {
+                latency_only = true;
+                i += 1;
+                continue;
+            }
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -170,6 +338,10 @@ fn main() {
         device,
         ..Default::default()
     };
+    if latency_only {
+        let failed = latency(&root, &cpu, &gpu, iters.max(50));
+        std::process::exit(i32::from(failed > 0));
+    }
     println!(
         "{:<48} {:>10} {:>6} {:>10} {:>10}",
         "fixture",
@@ -233,6 +405,7 @@ fn main() {
     }
     println!("summary: {passed} agree within {TOLERANCE:e}, {failed} do not (device {device})");
     failed += streaming(&root, &cpu, &gpu, iters.max(50));
+    failed += latency(&root, &cpu, &gpu, iters.max(50));
     if failed > 0 {
         std::process::exit(1);
     }

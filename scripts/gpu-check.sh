@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check, on a machine with an NVIDIA GPU: every fixture under models/ on ONNX
 # Runtime's CUDA provider against its CPU provider (max abs difference per fixture, tolerance
-# 1e-4) and the median latency of each, printed as one table. Exit status 1 if any fixture
-# disagrees or fails.
+# 1e-4) and the median latency of each, printed as one table; streaming per step; then the
+# latency table of issue 4 (2-layer LSTMs at three sizes: recur on ORT CUDA and CPU, and
+# PyTorch's cuDNN LSTM from scripts/gpu_cudnn_lstm.py when torch is there). Exit status 1 if
+# any fixture disagrees or fails.
 #
 #   bash scripts/gpu-check.sh [--device cuda:N] [--iters N] [--filter SUBSTRING]
 #
@@ -53,4 +55,12 @@ if [ -z "$bin" ]; then
   cargo build --release --example gpu_check
   bin=${CARGO_TARGET_DIR:-target}/release/examples/gpu_check
 fi
-exec "$bin" "$@"
+status=0
+"$bin" "$@" || status=$?
+# PyTorch's cuDNN LSTM on the same shapes, next to recur's numbers (the GPU machine has torch).
+if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  python3 scripts/gpu_cudnn_lstm.py || status=$?
+else
+  echo "PyTorch with CUDA not found: the cuDNN column is missing (pip install torch there)"
+fi
+exit $status
