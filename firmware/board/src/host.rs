@@ -43,6 +43,23 @@ pub fn eprint(args: fmt::Arguments) {
     }
 }
 
+/// The body of every firmware binary's entry point: reads the semihosting command line, hands
+/// it to `run` and exits with the status `run` returns (a missing command line is reported
+/// and gives [`crate::EXIT_BAD_INPUT`]).
+pub fn main_with(run: impl FnOnce(&str) -> u32) -> ! {
+    let mut buf = [0u8; 1024];
+    let status = match cmdline(&mut buf) {
+        None => {
+            eprint(format_args!(
+                "recur-firmware: error: no semihosting command line\n"
+            ));
+            crate::EXIT_BAD_INPUT
+        }
+        Some(line) => run(line),
+    };
+    exit(status)
+}
+
 /// Reads the semihosting command line (SYS_GET_CMDLINE) into `buf` and returns it.
 ///
 /// Under QEMU it is the `arg=` values of `-semihosting-config` joined by spaces, the first

@@ -4,7 +4,7 @@
 use crate::host::{File, HostError, Mode};
 use core::fmt;
 use core::marker::PhantomData;
-use recur_sensors::stream::{self, Element, FormatError, Header, Scalar, HEADER_LEN};
+use recur_sensors::stream::{Element, FormatError, Header, Scalar, HEADER_LEN};
 use recur_sensors::Sensor;
 
 /// Bytes moved per semihosting call.
@@ -107,31 +107,21 @@ fn open_stream(
 /// against the header, so a truncated or padded file is refused before the first sample;
 /// each f32 sample is checked for NaN and infinities as it is read.
 pub struct FileSensor<T: Scalar, const N: usize> {
-    reader: ChunkReader,
-    header: Header,
-    next: u32,
-    element: PhantomData<T>,
+    samples: FileSamples<T>,
 }
 
 impl<T: Scalar, const N: usize> FileSensor<T, N> {
     /// Opens and checks `path` (one sample must fit in one chunk: at most 128 f32 or 256
     /// i16 channels).
     pub fn open(path: &str) -> Result<Self, IoError> {
-        if T::ELEMENT.size() * N > CHUNK {
-            return Err(FormatError::BadChannels(N as u16).into());
-        }
-        let (reader, header) = open_stream(path, T::ELEMENT, N as u16)?;
         Ok(FileSensor {
-            reader,
-            header,
-            next: 0,
-            element: PhantomData,
+            samples: FileSamples::open(path, N)?,
         })
     }
 
     /// The stream's header.
     pub fn header(&self) -> Header {
-        self.header
+        self.samples.header()
     }
 }
 
@@ -139,15 +129,8 @@ impl<T: Scalar, const N: usize> Sensor<T, N> for FileSensor<T, N> {
     type Error = IoError;
 
     fn sample(&mut self) -> Result<Option<[T; N]>, IoError> {
-        if self.next >= self.header.count {
-            return Ok(None);
-        }
-        let need = T::ELEMENT.size() * N;
-        let mut bytes = [0u8; CHUNK];
-        self.reader.read_exact(&mut bytes[..need])?;
-        let v = stream::decode::<T, N>(&bytes[..need], self.next)?;
-        self.next += 1;
-        Ok(Some(v))
+        let mut v = [T::default(); N];
+        Ok(self.samples.next_into(&mut v)?.then_some(v))
     }
 }
 

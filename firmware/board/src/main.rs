@@ -239,21 +239,11 @@ unsafe fn HardFault(ef: &ExceptionFrame) -> ! {
 
 #[entry]
 fn main() -> ! {
-    let mut buf = [0u8; 1024];
-    let status = match host::cmdline(&mut buf) {
-        None => {
-            eprint(format_args!(
-                "recur-firmware: error: no semihosting command line\n"
-            ));
-            EXIT_BAD_INPUT
+    host::main_with(|line| match run(line) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprint(format_args!("recur-firmware: error: {e}\n"));
+            e.status()
         }
-        Some(line) => match run(line) {
-            Ok(()) => EXIT_OK,
-            Err(e) => {
-                eprint(format_args!("recur-firmware: error: {e}\n"));
-                e.status()
-            }
-        },
-    };
-    host::exit(status)
+    })
 }
