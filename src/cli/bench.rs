@@ -62,8 +62,7 @@ pub fn exec(args: BenchArgs) -> Result<(), CliError> {
             [one] => PathBuf::from(one.rsplit_once('=').map_or(one.as_str(), |(_, f)| f)),
             _ => return Err(RecurError::Usage("--qemu takes one --input FILE.npy".into()).into()),
         };
-        return super::flash::bench(&args.model, &input, args.firmware.as_deref(), args.json)
-            .map_err(Into::into);
+        return super::flash::bench(&args.model, &input, args.firmware.as_deref(), args.json);
     }
     let (kind, options) = args.engine.resolve()?;
     let model = Model::load(&args.model)?;

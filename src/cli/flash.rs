@@ -166,7 +166,7 @@ fn run_in_qemu(
     layout: &firmware::Layout,
     timeout: u64,
     count: bool,
-) -> Result<QemuResult> {
+) -> std::result::Result<QemuResult, CliError> {
     let words = sim::aligned(blob);
     let model = sim::parse(&words, blob.len(), &blob_path.display().to_string())?;
     let tensor = read_npy(input)?;
@@ -210,11 +210,14 @@ fn run_in_qemu(
             .find(|l| l.contains("error"))
             .unwrap_or(run.stderr.trim())
             .to_string();
-        let e = RecurError::file(
-            elf,
-            format!("firmware exited with status {}: {line}", run.status),
-        );
-        return Err(e);
+        let why = format!("firmware exited with status {}: {line}", run.status);
+        // Status 2 is the firmware refusing its input or model; anything else is a failure
+        // of the firmware itself (a panic or HardFault exits 1).
+        return Err(if run.status == 2 {
+            RecurError::file(elf, why).into()
+        } else {
+            anyhow::anyhow!("{}: {why}", elf.display()).into()
+        });
     }
     let read = |name: &str| {
         let p = work.path().join(name);
@@ -223,10 +226,11 @@ fn run_in_qemu(
     let (header, rows) = rcs::decode_i16(&read("out.rcs")?, model.output_dim, "firmware output")?;
     let total = samples.sequences * samples.steps;
     if header.count as usize != total {
-        return Err(RecurError::Usage(format!(
-            "internal: the firmware wrote {} rows for {total} samples",
+        return Err(anyhow::anyhow!(
+            "the firmware wrote {} rows for {total} samples",
             header.count
-        )));
+        )
+        .into());
     }
     let state_bytes = read("state.rcs")?;
     let state_len = recur_sensors::stream::Header::parse(&state_bytes)
@@ -295,16 +299,14 @@ pub fn bench(
     input: &Path,
     firmware_given: Option<&Path>,
     json: bool,
-) -> Result<()> {
+) -> std::result::Result<(), CliError> {
     let blob = read_blob(blob_path)?;
     let elf = firmware_elf(firmware_given, firmware::Board::Mps2An386)?;
     let layout = report_layout(&elf, blob_path, &blob)?;
     let result = run_in_qemu(&blob, blob_path, input, &elf, &layout, 1800, true)?;
     let mut steps = result.steps.clone();
     if steps.is_empty() {
-        return Err(RecurError::Usage(
-            "internal: the plugin counted no steps".into(),
-        ));
+        return Err(anyhow::anyhow!("the instruction-counting plugin counted no steps").into());
     }
     steps.sort_unstable();
     let mean = steps.iter().sum::<u64>() as f64 / steps.len() as f64;
