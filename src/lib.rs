@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod deploy;
 pub mod error;
 pub mod inspect;
 pub mod ir;
@@ -16,6 +17,7 @@ pub mod kernels;
 pub mod model;
 pub mod onnx;
 pub mod quant;
+pub mod serve;
 pub mod stream;
 pub mod tensor;
 

@@ -3,9 +3,11 @@
 
 mod bench;
 mod convert;
+mod deploy;
 mod engine;
 mod inspect;
 mod run;
+mod serve;
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +37,11 @@ pub enum Command {
     Convert(convert::ConvertArgs),
     /// Run an .rcm blob through the fixed-point kernel on the host.
     Sim(sim::SimArgs),
+    /// Serve a model to sensor streams (JSON lines over TCP), with health and metrics.
+    Serve(serve::ServeArgs),
+    /// Write a release bundle (--bundle), or ship one to a device over ssh (--host) with an
+    /// atomic switch, a health check and rollback.
+    Deploy(deploy::DeployArgs),
 }
 
 /// An error from a subcommand, with its exit status.
@@ -66,5 +73,7 @@ pub fn exec(cli: Cli) -> Result<(), CliError> {
         Command::Convert(args) => convert::exec(args),
         Command::Bench(args) => bench::exec(args),
         Command::Sim(args) => sim::exec(args),
+        Command::Serve(args) => serve::exec(args),
+        Command::Deploy(args) => deploy::exec(args),
     }
 }
