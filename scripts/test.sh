@@ -17,6 +17,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
+echo "== aarch64 (Jetson) cross build; sshd, qemu-user for the deploy tests (installs if missing)"
+bash scripts/cross-aarch64.sh
+
 echo "== cargo test"
 # --show-output prints what passing tests report (fixture counts, refusals) after each binary.
 cargo test --workspace --all-targets -- --show-output
