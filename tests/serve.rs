@@ -127,7 +127,20 @@ fn streams_are_bounded_and_idle_ones_expire() {
     ]);
     let mut c = Client::connect(server.listen);
     assert!(c.step("a", &samples[0]).error.is_none());
-    assert!(c.step("b", &samples[0]).error.is_none());
+    // Connections are bounded by the same number: a third one is told why and closed.
+    let mut second = Client::connect(server.listen);
+    assert!(second.step("b", &samples[0]).error.is_none());
+    let mut third = Client::connect(server.listen);
+    let r = third.recv();
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("too many connections"),
+        "{r:?}"
+    );
+    drop((second, third));
+    assert!(c.step("b", &samples[1]).error.is_none());
     let r = c.step("c", &samples[0]);
     assert!(r.error.unwrap().contains("too many streams"));
     c.send_line(r#"{"stream":"b","end":true}"#);

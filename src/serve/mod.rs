@@ -193,8 +193,18 @@ pub fn serve(
     let mut connections: Vec<JoinHandle<()>> = Vec::new();
     while !shared.shutdown.load(Ordering::SeqCst) {
         match listener.accept() {
-            Ok((socket, peer)) => {
+            Ok((mut socket, peer)) => {
                 connections.retain(|c| !c.is_finished());
+                // Connections are bounded like streams: each costs two threads.
+                if connections.len() >= shared.config.max_streams {
+                    let reason = format!(
+                        "too many connections: {} open (--max-streams); closing",
+                        connections.len()
+                    );
+                    let line = protocol::Reply::error(None, reason).to_line();
+                    let _ = std::io::Write::write_all(&mut socket, format!("{line}\n").as_bytes());
+                    continue;
+                }
                 let shared = shared.clone();
                 connections.push(std::thread::spawn(move || {
                     connection::run(socket, peer, &shared)
