@@ -405,3 +405,28 @@ fn load_test_concurrent_streams() {
         server.peak_rss_kib() / 1024
     );
 }
+
+/// The same service on ONNX Runtime (CPU provider here; `--device cuda` on a Jetson): the
+/// carried state stays in ONNX Runtime values between steps, owned by the model worker.
+#[test]
+fn the_ort_backend_serves_the_same_outputs() {
+    let x = read_npy(&lstm_input()).unwrap().to_f32();
+    let samples = recording(&x, 11);
+    let reference = per_step_reference(&lstm(), &samples);
+    let ort = read_npy(&repo_root().join("models/real/basicmotions_lstm/out_0.npy"))
+        .unwrap()
+        .to_f32();
+    let server = Server::start(&["--model", lstm().to_str().unwrap(), "--backend", "ort"]);
+    let health: serde_json::Value = serde_json::from_str(&server.get("/health").1).unwrap();
+    assert_eq!(health["backend"], "ort");
+    let mut c = Client::connect(server.listen);
+    let mut last = Vec::new();
+    for (t, s) in samples.iter().enumerate() {
+        let r = c.step("imu-11", s);
+        assert_eq!(r.step, Some(t + 1), "{r:?}");
+        last = first_output(&r);
+        let d = max_diff(&last, &reference[t]);
+        assert!(d <= TOLERANCE, "step {t}: {d}");
+    }
+    assert!(max_diff(&last, &row(&ort, 11)) <= 1e-4);
+}
