@@ -2,8 +2,8 @@
 //! loopback port (its own host key, key authentication only), with the aarch64 cross build of
 //! recur running under qemu-user through the bundle's plain supervisor. A good release goes
 //! live and serves the streaming session's outputs; a release with a broken model fails its
-//! health check and is rolled back, and the old release keeps serving. `--dry-run` touches
-//! nothing.
+//! health check and is rolled back, and the old release keeps serving; the next good release
+//! replaces it. `--dry-run` touches nothing.
 //!
 //! Needs (scripts/cross-aarch64.sh installs and builds them): sshd, ssh, ssh-keygen,
 //! qemu-aarch64, the aarch64 libc under /usr/aarch64-linux-gnu, and the aarch64 recur at
@@ -336,6 +336,30 @@ fn deploy_serves_and_a_broken_release_is_rolled_back() {
     // The broken release's own log says why it did not start.
     let log = std::fs::read_to_string(root.join("run/recur.log")).unwrap();
     assert!(log.contains("not a valid ONNX model"), "{log}");
+
+    // A good release after that: r1 is stopped (it drains), r3 answers.
+    let next = dir.join("bundle-r3");
+    assert!(
+        recur(&bundle(&binary, &next, &lstm, "r3", &root, listen, http))
+            .status
+            .success()
+    );
+    let out = ship(&next, &[]);
+    assert!(out.status.success(), "deploy r3 failed");
+    assert_eq!(current(&root), "releases/r3");
+    let health: serde_json::Value = serde_json::from_str(
+        &recur::deploy::health::get(
+            &format!("http://127.0.0.1:{http}/health"),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+        .1,
+    )
+    .unwrap();
+    assert_eq!(health["version"], "r3");
+    check_serving(listen, "imu-3", 3);
+    let log = std::fs::read_to_string(root.join("run/recur.log")).unwrap();
+    assert!(log.contains("recur serve: drained, stopped"), "{log}");
     drop(device);
 }
 
