@@ -344,9 +344,16 @@ fn deploy_serves_and_a_broken_release_is_rolled_back() {
             .status
             .success()
     );
-    let out = ship(&next, &[]);
+    let out = ship(&next, &["--keep", "1"]);
     assert!(out.status.success(), "deploy r3 failed");
     assert_eq!(current(&root), "releases/r3");
+    // --keep 1: the failed r2 is removed; r1, the previous release, stays.
+    let mut kept: Vec<String> = std::fs::read_dir(root.join("releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["r1", "r3"]);
     let health: serde_json::Value = serde_json::from_str(
         &recur::deploy::health::get(
             &format!("http://127.0.0.1:{http}/health"),

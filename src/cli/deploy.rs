@@ -92,6 +92,9 @@ pub struct DeployArgs {
     /// Print the plan and do nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Releases kept on the device after a successful deploy (current and previous always).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub keep: usize,
 }
 
 /// Writes a bundle or ships one.
@@ -141,6 +144,7 @@ pub fn exec(args: DeployArgs) -> std::result::Result<(), CliError> {
         health_url: args.health_url.clone(),
         health_timeout: Duration::from_secs(args.health_timeout),
         dry_run: args.dry_run,
+        keep: args.keep,
     };
     match release::deploy(&spec)? {
         Outcome::Deployed { .. } | Outcome::Planned => Ok(()),

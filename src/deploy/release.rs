@@ -59,6 +59,9 @@ pub struct DeploySpec {
     pub health_timeout: Duration,
     /// Print the plan and do nothing.
     pub dry_run: bool,
+    /// Releases kept on the device after a successful deploy, newest first (the current
+    /// and the previous one are always kept).
+    pub keep: usize,
 }
 
 /// What a deploy did.
@@ -96,7 +99,7 @@ impl Plan {
             remote: format!(
                 "set -e; cd {root}/releases 2>/dev/null || {{ mkdir -p {root}/releases; cd {root}/releases; }}; \
                  if [ \"$(readlink {root}/current 2>/dev/null)\" = releases/{v} ]; then echo 'release {v} is current already' >&2; exit 9; fi; \
-                 rm -rf .incoming-{v} {v}; mkdir .incoming-{v}; tar -C .incoming-{v} -xf -; mv .incoming-{v} {v}"
+                 rm -rf .incoming-{v} {v}; mkdir .incoming-{v}; tar -C .incoming-{v} -xf -; mv .incoming-{v} {v}; touch {v}"
             ),
         }
     }
@@ -138,6 +141,22 @@ impl Plan {
                 title: "restart the service (plain supervisor)".into(),
                 remote: format!("sh {root}/current/bin/supervise {root} restart"),
             },
+        }
+    }
+
+    /// Removes all but the `keep` most recently uploaded releases, never the current one or
+    /// `previous`; prints the names removed.
+    fn prune(&self, keep: usize, previous: Option<&str>) -> Step {
+        let root = &self.root;
+        let previous = shell_quote(previous.unwrap_or(""));
+        Step {
+            title: format!("remove all but the {keep} newest releases (current and previous stay)"),
+            remote: format!(
+                "set -e; cd {root}/releases; cur=$(readlink {root}/current); n=0; \
+                 for r in $(ls -1t); do n=$((n + 1)); \
+                 if [ $n -gt {keep} ] && [ releases/$r != \"$cur\" ] && [ releases/$r != {previous} ]; \
+                 then rm -rf -- \"$r\"; echo \"$r\"; fi; done"
+            ),
         }
     }
 
@@ -215,6 +234,9 @@ pub fn deploy(spec: &DeploySpec) -> Result<Outcome> {
                 println!("     $ {}", spec.target.describe(&s.remote));
             }
         }
+        let s = plan.prune(spec.keep, None);
+        println!("  then: {}", s.title);
+        println!("     $ {}", spec.target.describe(&s.remote));
         println!("  on a failed check: switch current back to the previous release, restart it, check it");
         return Ok(Outcome::Planned);
     }
@@ -252,6 +274,17 @@ pub fn deploy(spec: &DeploySpec) -> Result<Outcome> {
         Ok(_) => {
             progress.finish_and_clear();
             println!("release {version} is live on {}", spec.target.destination);
+            let s = plan.prune(spec.keep, previous.as_deref());
+            println!("{}", s.title);
+            // The release is live; a failed clean-up is reported, not fatal.
+            match spec.target.check(&s.remote) {
+                Ok(removed) => {
+                    for r in removed.lines() {
+                        println!("  removed releases/{r}");
+                    }
+                }
+                Err(e) => println!("  clean-up failed: {e}"),
+            }
             Ok(Outcome::Deployed { version })
         }
         Err(why) => {
