@@ -41,7 +41,7 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Write a release bundle (--bundle), or ship one to a device over ssh (--host) with an
     /// atomic switch, a health check and rollback.
-    Deploy(deploy::DeployArgs),
+    Deploy(Box<deploy::DeployArgs>),
 }
 
 /// An error from a subcommand, with its exit status.
@@ -74,6 +74,6 @@ pub fn exec(cli: Cli) -> Result<(), CliError> {
         Command::Bench(args) => bench::exec(args),
         Command::Sim(args) => sim::exec(args),
         Command::Serve(args) => serve::exec(args),
-        Command::Deploy(args) => deploy::exec(args),
+        Command::Deploy(args) => deploy::exec(*args),
     }
 }
