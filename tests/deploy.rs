@@ -381,3 +381,41 @@ impl TapCreate for PathBuf {
         self
     }
 }
+
+#[test]
+fn bad_deploy_usage_is_exit_2_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let not_a_bundle = tmp.path().join("empty");
+    std::fs::create_dir_all(&not_a_bundle).unwrap();
+    let b = not_a_bundle.display().to_string();
+    let cases: [(Vec<String>, &str); 3] = [
+        (vec!["deploy".into(), b.clone()], "--host"),
+        (
+            vec![
+                "deploy".into(),
+                b.clone(),
+                "--host".into(),
+                "root@127.0.0.1".into(),
+            ],
+            "recur.toml",
+        ),
+        (
+            vec![
+                "deploy".into(),
+                "--bundle".into(),
+                tmp.path().join("out").display().to_string(),
+                "--model".into(),
+                "missing.onnx".into(),
+                "--binary".into(),
+                env!("CARGO_BIN_EXE_recur").into(),
+            ],
+            "missing.onnx",
+        ),
+    ];
+    for (args, names) in cases {
+        let out = recur(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(names) && err.lines().count() == 1, "{err}");
+    }
+}
