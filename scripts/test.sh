@@ -21,6 +21,9 @@ echo "== QEMU (qemu-system-arm), the instruction-counting plugin and the firmwar
 # tests/flash.rs runs the firmware in QEMU, so QEMU must be there before cargo test.
 bash scripts/firmware.sh build
 
+echo "== aarch64 (Jetson) cross build; sshd, qemu-user for the deploy tests (installs if missing)"
+bash scripts/cross-aarch64.sh
+
 echo "== cargo test"
 # --show-output prints what passing tests report (fixture counts, refusals) after each binary.
 cargo test --workspace --all-targets -- --show-output

@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod deploy;
 pub mod error;
 pub mod flash;
 pub mod inspect;
@@ -17,6 +18,7 @@ pub mod kernels;
 pub mod model;
 pub mod onnx;
 pub mod quant;
+pub mod serve;
 pub mod stream;
 pub mod tensor;
 

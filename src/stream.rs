@@ -50,15 +50,60 @@ impl StateValue {
     }
 }
 
-/// A streaming session over one model on one backend.
-pub struct Session {
+/// The shared, expensive part of streaming: the two models of [`crate::onnx::streamable`] built
+/// on their engine. One `StreamModel` serves any number of sequences, each of which keeps only
+/// its carried [`StreamState`]; `recur serve` holds one per model for all its sensor streams.
+pub struct StreamModel {
     plan: Streamable,
     first_ir: RecurrentModel,
     carry_ir: RecurrentModel,
     first: Engine,
     carry: Engine,
+}
+
+/// The per-sequence part of streaming: the recurrent state carried between chunks (on the host,
+/// or left on the engine's device) and the steps fed so far. Small: its size is the model's
+/// state, whatever the length of the sequence.
+#[derive(Default)]
+pub struct StreamState {
     state: Option<Vec<StateValue>>,
     steps: usize,
+}
+
+impl StreamState {
+    /// A fresh sequence: the next chunk starts from the model's own initial state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Steps fed since the sequence started or was reset.
+    pub fn steps_seen(&self) -> usize {
+        self.steps
+    }
+
+    /// Forgets the carried state: the next chunk starts a new sequence.
+    pub fn reset(&mut self) {
+        self.state = None;
+        self.steps = 0;
+    }
+
+    /// Bytes of carried state held on the host (state left on an ONNX Runtime device is not
+    /// counted): what one stream costs in memory beyond its bookkeeping.
+    pub fn host_bytes(&self) -> usize {
+        self.state
+            .iter()
+            .flatten()
+            .filter_map(|v| v.host())
+            .map(|t| t.shape().iter().product::<usize>() * 4)
+            .sum()
+    }
+}
+
+/// A streaming session over one model on one backend: a [`StreamModel`] with one
+/// [`StreamState`].
+pub struct Session {
+    model: StreamModel,
+    state: StreamState,
 }
 
 fn engine(kind: BackendKind, model: &Model, options: &BackendOptions) -> Result<Engine> {
@@ -71,7 +116,7 @@ fn engine(kind: BackendKind, model: &Model, options: &BackendOptions) -> Result<
     Ok(Engine::Generic(build_with(kind, model, options)?))
 }
 
-impl Session {
+impl StreamModel {
     /// Prepares the model for streaming (or refuses it, naming the node and the reason) and
     /// builds both of its models on the chosen backend.
     pub fn new(model: &Model, kind: BackendKind, options: &BackendOptions) -> Result<Self> {
@@ -88,14 +133,12 @@ impl Session {
         };
         let first = engine(kind, &first_model, options)?;
         let carry = engine(kind, &carry_model, options)?;
-        Ok(Session {
+        Ok(StreamModel {
             first_ir: first_model.ir,
             carry_ir: carry_model.ir,
             plan,
             first,
             carry,
-            state: None,
-            steps: 0,
         })
     }
 
@@ -114,20 +157,26 @@ impl Session {
         &self.plan
     }
 
-    /// Steps fed since the session started or was reset.
-    pub fn steps_seen(&self) -> usize {
-        self.steps
+    /// The model's graph inputs (the sequence input among them), as the first chunk takes
+    /// them: the inputs a caller feeds.
+    pub fn inputs(&self) -> &[crate::ir::ValueInfo] {
+        &self.first_ir.inputs
     }
 
-    /// Forgets the carried state: the next chunk starts a new sequence.
-    pub fn reset(&mut self) {
-        self.state = None;
-        self.steps = 0;
+    /// The model's outputs, in graph order: what each chunk gives back.
+    pub fn output_names(&self) -> &[String] {
+        &self.plan.user_outputs
     }
 
-    /// Feeds one chunk: the model's inputs, with the sequence input holding the chunk's steps
-    /// (any number, at least one). Returns the model's outputs for this chunk, in graph order.
-    pub fn feed(&mut self, inputs: &[(String, HostTensor)]) -> Result<Vec<(String, HostTensor)>> {
+    /// Feeds one chunk of the sequence whose carried state is `state`: the model's inputs,
+    /// with the sequence input holding the chunk's steps (any number, at least one). Returns
+    /// the model's outputs for this chunk, in graph order, and moves `state` on. On an error
+    /// `state` is left as it was.
+    pub fn feed(
+        &mut self,
+        state: &mut StreamState,
+        inputs: &[(String, HostTensor)],
+    ) -> Result<Vec<(String, HostTensor)>> {
         let (seq, axis) = (self.plan.sequence_input.clone(), self.plan.time_axis);
         let steps = inputs
             .iter()
@@ -136,51 +185,21 @@ impl Session {
             .ok_or_else(|| {
                 RecurError::input(&seq, format!("not given, or has no axis {axis} (time)"))
             })?;
-        let (user, state) = self.run_once(inputs, self.state.is_none())?;
-        self.state = Some(state);
-        self.steps += steps;
+        let (user, next) = self.run_once(inputs, state.state.as_deref())?;
+        state.state = Some(next);
+        state.steps += steps;
         Ok(user)
     }
 
-    /// Runs a whole sequence `chunk` steps at a time from a fresh state and returns the
-    /// outputs as the whole-sequence run would: per-step outputs concatenated, the others
-    /// from the last chunk. Refuses the model when streaming would change its outputs.
-    pub fn run_chunked(
-        &mut self,
-        inputs: &[(String, HostTensor)],
-        chunk: usize,
-    ) -> Result<Vec<(String, HostTensor)>> {
-        if chunk == 0 {
-            return Err(RecurError::Usage("--chunk must be at least 1".into()));
-        }
-        let (seq, axis) = (self.plan.sequence_input.clone(), self.plan.time_axis);
-        let x = inputs
-            .iter()
-            .find(|(n, _)| *n == seq)
-            .map(|(_, t)| t.clone())
-            .ok_or_else(|| RecurError::input(&seq, "not given"))?;
-        let total = x.shape()[axis];
-        let time_axes = self.check_causal(inputs, &x)?;
-        self.reset();
-        let mut pieces: Vec<Vec<(String, HostTensor)>> = Vec::new();
-        let mut start = 0;
-        while start < total {
-            let end = (start + chunk).min(total);
-            let fed = with_input(inputs, &seq, slice(&x, axis, start, end));
-            pieces.push(self.feed(&fed)?);
-            start = end;
-        }
-        assemble(&pieces, &time_axes)
-    }
-
-    /// Runs one chunk on the first-chunk model (`fresh`) or the carry model (with the carried
-    /// state); returns the user's outputs (graph order) and the new state.
+    /// Runs one chunk on the first-chunk model (no `previous` state) or the carry model (fed
+    /// `previous`); returns the user's outputs (graph order) and the new state.
     #[allow(clippy::type_complexity)]
     fn run_once(
         &mut self,
         inputs: &[(String, HostTensor)],
-        fresh: bool,
+        previous: Option<&[StateValue]>,
     ) -> Result<(Vec<(String, HostTensor)>, Vec<StateValue>)> {
+        let fresh = previous.is_none();
         let ir = if fresh {
             &self.first_ir
         } else {
@@ -199,7 +218,6 @@ impl Session {
             .cloned()
             .collect();
         let mut checked = check_inputs(&declared, given)?;
-        let previous = if fresh { None } else { self.state.as_ref() };
         let engine = if fresh {
             &mut self.first
         } else {
@@ -309,6 +327,101 @@ impl Session {
             }
         }
     }
+}
+
+impl Session {
+    /// Prepares the model for streaming (or refuses it, naming the node and the reason) and
+    /// builds both of its models on the chosen backend.
+    pub fn new(model: &Model, kind: BackendKind, options: &BackendOptions) -> Result<Self> {
+        Ok(Session {
+            model: StreamModel::new(model, kind, options)?,
+            state: StreamState::new(),
+        })
+    }
+
+    /// The graph input that holds the sequence, and its time axis.
+    pub fn sequence_input(&self) -> (&str, usize) {
+        self.model.sequence_input()
+    }
+
+    /// The state carried between chunks.
+    pub fn states(&self) -> &[StateWire] {
+        self.model.states()
+    }
+
+    /// The streaming models (first-chunk and carry).
+    pub fn models(&self) -> &Streamable {
+        self.model.models()
+    }
+
+    /// Steps fed since the session started or was reset.
+    pub fn steps_seen(&self) -> usize {
+        self.state.steps_seen()
+    }
+
+    /// Forgets the carried state: the next chunk starts a new sequence.
+    pub fn reset(&mut self) {
+        self.state.reset();
+    }
+
+    /// Feeds one chunk: the model's inputs, with the sequence input holding the chunk's steps
+    /// (any number, at least one). Returns the model's outputs for this chunk, in graph order.
+    pub fn feed(&mut self, inputs: &[(String, HostTensor)]) -> Result<Vec<(String, HostTensor)>> {
+        self.model.feed(&mut self.state, inputs)
+    }
+
+    /// Checks on the first (up to four) steps of `inputs` that streaming gives what the
+    /// whole-sequence run gives, and refuses the model otherwise (naming the output). Leaves
+    /// the session reset. `recur serve` runs this on a probe sequence before it takes a model.
+    pub fn check_streaming(&mut self, inputs: &[(String, HostTensor)]) -> Result<()> {
+        let (seq, _) = self.model.sequence_input();
+        let seq = seq.to_string();
+        let x = inputs
+            .iter()
+            .find(|(n, _)| *n == seq)
+            .map(|(_, t)| t.clone())
+            .ok_or_else(|| RecurError::input(&seq, "not given"))?;
+        self.check_causal(inputs, &x).map(|_| ())
+    }
+
+    /// The shared part of the session, for serving many sequences (its state is dropped).
+    pub fn into_model(self) -> StreamModel {
+        self.model
+    }
+
+    /// Runs a whole sequence `chunk` steps at a time from a fresh state and returns the
+    /// outputs as the whole-sequence run would: per-step outputs concatenated, the others
+    /// from the last chunk. Refuses the model when streaming would change its outputs.
+    pub fn run_chunked(
+        &mut self,
+        inputs: &[(String, HostTensor)],
+        chunk: usize,
+    ) -> Result<Vec<(String, HostTensor)>> {
+        if chunk == 0 {
+            return Err(RecurError::Usage("--chunk must be at least 1".into()));
+        }
+        let (seq, axis) = (
+            self.model.plan.sequence_input.clone(),
+            self.model.plan.time_axis,
+        );
+        let x = inputs
+            .iter()
+            .find(|(n, _)| *n == seq)
+            .map(|(_, t)| t.clone())
+            .ok_or_else(|| RecurError::input(&seq, "not given"))?;
+        let total = x.shape()[axis];
+        let time_axes = self.check_causal(inputs, &x)?;
+        self.reset();
+        let mut pieces: Vec<Vec<(String, HostTensor)>> = Vec::new();
+        let mut start = 0;
+        while start < total {
+            let end = (start + chunk).min(total);
+            let fed = with_input(inputs, &seq, slice(&x, axis, start, end));
+            pieces.push(self.feed(&fed)?);
+            start = end;
+        }
+        assemble(&pieces, &time_axes)
+    }
 
     /// Finds each output's time axis (`None` for last-step outputs) from runs on the first one
     /// and two steps, then checks on the first (up to) four steps that one step followed by the
@@ -318,9 +431,12 @@ impl Session {
         inputs: &[(String, HostTensor)],
         x: &HostTensor,
     ) -> Result<Vec<Option<usize>>> {
-        let (seq, axis) = (self.plan.sequence_input.clone(), self.plan.time_axis);
+        let (seq, axis) = (
+            self.model.plan.sequence_input.clone(),
+            self.model.plan.time_axis,
+        );
         let total = x.shape()[axis];
-        let n_out = self.plan.user_outputs.len();
+        let n_out = self.model.plan.user_outputs.len();
         if total < 2 {
             return Ok(vec![None; n_out]);
         }

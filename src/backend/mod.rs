@@ -19,8 +19,9 @@ use crate::error::{RecurError, Result};
 use crate::model::Model;
 use crate::tensor::{CheckedInputs, HostTensor};
 
-/// An engine that runs a whole model on checked inputs.
-pub trait Backend {
+/// An engine that runs a whole model on checked inputs. `Send`, so that a service can build a
+/// new model on one thread and hand it to the thread that serves (see `recur serve`).
+pub trait Backend: Send {
     /// Short name used in messages and reports ("tract", "ort").
     fn name(&self) -> &'static str;
     /// Runs the model once; outputs come back named, in graph-output order.

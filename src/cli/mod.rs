@@ -3,10 +3,12 @@
 
 mod bench;
 mod convert;
+mod deploy;
 mod engine;
 mod flash;
 mod inspect;
 mod run;
+mod serve;
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +41,11 @@ pub enum Command {
     /// Run an .rcm blob on the microcontroller firmware: in QEMU (--qemu, writing what
     /// `sim` writes) or on a board through probe-rs (--probe CHIP).
     Flash(flash::FlashArgs),
+    /// Serve a model to sensor streams (JSON lines over TCP), with health and metrics.
+    Serve(serve::ServeArgs),
+    /// Write a release bundle (--bundle), or ship one to a device over ssh (--host) with an
+    /// atomic switch, a health check and rollback.
+    Deploy(Box<deploy::DeployArgs>),
 }
 
 /// An error from a subcommand, with its exit status.
@@ -71,5 +78,7 @@ pub fn exec(cli: Cli) -> Result<(), CliError> {
         Command::Bench(args) => bench::exec(args),
         Command::Sim(args) => sim::exec(args),
         Command::Flash(args) => flash::exec(args),
+        Command::Serve(args) => serve::exec(args),
+        Command::Deploy(args) => deploy::exec(*args),
     }
 }
