@@ -216,6 +216,16 @@ fn bundle(
     ]
 }
 
+/// The service's `/health` answer.
+fn health(http: u16) -> serde_json::Value {
+    let (_, body) = recur::deploy::health::get(
+        &format!("http://127.0.0.1:{http}/health"),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
 fn current(root: &Path) -> String {
     std::fs::read_link(root.join("current"))
         .unwrap()
@@ -322,16 +332,7 @@ fn deploy_serves_and_a_broken_release_is_rolled_back() {
     assert!(err.contains("rolled back to releases/r1"), "{err}");
     assert!(root.join("releases/r2/models/model.onnx").exists());
     assert_eq!(current(&root), "releases/r1");
-    let health: serde_json::Value = serde_json::from_str(
-        &recur::deploy::health::get(
-            &format!("http://127.0.0.1:{http}/health"),
-            Duration::from_secs(10),
-        )
-        .unwrap()
-        .1,
-    )
-    .unwrap();
-    assert_eq!(health["version"], "r1");
+    assert_eq!(health(http)["version"], "r1");
     check_serving(listen, "imu-2", 2);
     // The broken release's own log says why it did not start.
     let log = std::fs::read_to_string(root.join("run/recur.log")).unwrap();
@@ -354,16 +355,7 @@ fn deploy_serves_and_a_broken_release_is_rolled_back() {
         .collect();
     kept.sort();
     assert_eq!(kept, ["r1", "r3"]);
-    let health: serde_json::Value = serde_json::from_str(
-        &recur::deploy::health::get(
-            &format!("http://127.0.0.1:{http}/health"),
-            Duration::from_secs(10),
-        )
-        .unwrap()
-        .1,
-    )
-    .unwrap();
-    assert_eq!(health["version"], "r3");
+    assert_eq!(health(http)["version"], "r3");
     check_serving(listen, "imu-3", 3);
     let log = std::fs::read_to_string(root.join("run/recur.log")).unwrap();
     assert!(log.contains("recur serve: drained, stopped"), "{log}");

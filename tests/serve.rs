@@ -284,39 +284,26 @@ fn sigterm_answers_every_request_already_sent_then_exits_0() {
 
 #[test]
 fn a_model_that_cannot_serve_is_exit_2_naming_the_file() {
+    // `recur serve` on a model it must refuse: exit 2, and its stderr.
+    let refused = |model: &std::path::Path| -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_recur"))
+            .args(["serve", "--model", model.to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("broken.onnx");
     std::fs::write(&bad, b"\x08\x07garbage").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recur"))
-        .args([
-            "serve",
-            "--model",
-            bad.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&bad);
     assert!(
         err.contains("broken.onnx") && err.lines().count() == 1,
         "{err}"
     );
     // Two inputs: the samples alone cannot feed it.
-    let two = repo_root().join("models/real/lstm_state_io/model.onnx");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recur"))
-        .args([
-            "serve",
-            "--model",
-            two.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&repo_root().join("models/real/lstm_state_io/model.onnx"));
     assert!(err.contains("lstm_state_io"), "{err}");
 }
 

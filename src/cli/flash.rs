@@ -43,9 +43,10 @@ pub struct FlashArgs {
 
 /// Flashes (QEMU or probe) and, for QEMU, writes the outputs.
 pub fn exec(args: FlashArgs) -> std::result::Result<(), CliError> {
-    let blob = read_blob(&args.blob)?;
+    let blob = Blob::read(&args.blob)?;
+    let model = blob.model()?;
     if let Some(chip) = &args.probe {
-        return flash_probe(&args, chip, &blob).map_err(Into::into);
+        return flash_probe(&args, chip, &blob, &model).map_err(Into::into);
     }
     let (input, out) = match (&args.input, &args.out) {
         (Some(i), Some(o)) => (i, o),
@@ -54,11 +55,9 @@ pub fn exec(args: FlashArgs) -> std::result::Result<(), CliError> {
         }
     };
     let elf = firmware_elf(args.firmware.as_deref(), firmware::Board::Mps2An386)?;
-    let layout = report_layout(&elf, &args.blob, &blob)?;
-    let result = run_in_qemu(&blob, &args.blob, input, &elf, &layout, args.timeout, false)?;
+    let layout = report_layout(&elf, &blob, &model)?;
+    let result = run_in_qemu(&blob, &model, input, &elf, &layout, args.timeout, false)?;
     std::fs::create_dir_all(out).map_err(|e| RecurError::file(out, e))?;
-    let words = sim::aligned(&blob);
-    let model = sim::parse(&words, blob.len(), &args.blob.display().to_string())?;
     let values = result.raw.mapv(|v| v as f32 * model.output_scale);
     let files = [
         out.join("output.npy"),
@@ -85,20 +84,42 @@ pub fn exec(args: FlashArgs) -> std::result::Result<(), CliError> {
     Ok(())
 }
 
-/// Reads the blob and checks it on the host first, so a corrupted file is refused here
-/// with the parser's reason (the firmware would refuse it too).
-fn read_blob(path: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|e| RecurError::file(path, e))?;
-    let words = sim::aligned(&bytes);
-    let model = sim::parse(&words, bytes.len(), &path.display().to_string())?;
-    if !model.is_causal() {
-        return Err(RecurError::file(
-            path,
-            "has a bidirectional or reverse layer, which needs the whole sequence; the \
-             firmware streams one sample at a time (use `recur sim` for windows)",
-        ));
+/// An `.rcm` file read once: its bytes, and a word-aligned copy for the zero-copy parser.
+struct Blob {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    words: Vec<u32>,
+}
+
+impl Blob {
+    fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| RecurError::file(path, e))?;
+        let words = sim::aligned(&bytes);
+        Ok(Blob {
+            path: path.to_path_buf(),
+            bytes,
+            words,
+        })
     }
-    Ok(bytes)
+
+    /// Parses and checks the blob on the host (once per command), so a corrupted file is
+    /// refused here with the parser's reason (the firmware would refuse it too), and so is
+    /// a model the firmware cannot stream.
+    fn model(&self) -> Result<recur_kernel::Model<'_>> {
+        let model = sim::parse(
+            &self.words,
+            self.bytes.len(),
+            &self.path.display().to_string(),
+        )?;
+        if !model.is_causal() {
+            return Err(RecurError::file(
+                &self.path,
+                "has a bidirectional or reverse layer, which needs the whole sequence; the \
+                 firmware streams one sample at a time (use `recur sim` for windows)",
+            ));
+        }
+        Ok(model)
+    }
 }
 
 fn firmware_elf(given: Option<&Path>, board: firmware::Board) -> Result<PathBuf> {
@@ -115,20 +136,18 @@ fn firmware_elf(given: Option<&Path>, board: firmware::Board) -> Result<PathBuf>
 
 /// Reads the ELF's layout, checks that the blob fits its model region, and prints flash and
 /// RAM use.
-fn report_layout(elf: &Path, blob_path: &Path, blob: &[u8]) -> Result<firmware::Layout> {
+fn report_layout(elf: &Path, blob: &Blob, model: &recur_kernel::Model) -> Result<firmware::Layout> {
     let layout = firmware::layout(elf)?;
-    if blob.len() as u64 > layout.model_len {
+    if blob.bytes.len() as u64 > layout.model_len {
         return Err(RecurError::file(
-            blob_path,
+            &blob.path,
             format!(
                 "{} B, the firmware's model region holds {} B",
-                blob.len(),
+                blob.bytes.len(),
                 layout.model_len
             ),
         ));
     }
-    let words = sim::aligned(blob);
-    let model = sim::parse(&words, blob.len(), &blob_path.display().to_string())?;
     eprintln!(
         "firmware {}: flash {} B (code, constants, .data image), static RAM {} B (.data + .bss, \
          session buffers included; the stack comes on top)",
@@ -138,8 +157,8 @@ fn report_layout(elf: &Path, blob_path: &Path, blob: &[u8]) -> Result<firmware::
     );
     eprintln!(
         "model {}: {} B in the model region at {:#010x} ({} B); its session uses {} B of RAM",
-        blob_path.display(),
-        blob.len(),
+        blob.path.display(),
+        blob.bytes.len(),
         layout.model_addr,
         layout.model_len,
         model.ram_bytes()
@@ -159,18 +178,16 @@ struct QemuResult {
 /// Streams `input` through the firmware in QEMU (state reset between sequences) and reads
 /// back its outputs, its final state and, when `count`, the instructions of every step.
 fn run_in_qemu(
-    blob: &[u8],
-    blob_path: &Path,
+    blob: &Blob,
+    model: &recur_kernel::Model,
     input: &Path,
     elf: &Path,
     layout: &firmware::Layout,
     timeout: u64,
     count: bool,
 ) -> std::result::Result<QemuResult, CliError> {
-    let words = sim::aligned(blob);
-    let model = sim::parse(&words, blob.len(), &blob_path.display().to_string())?;
     let tensor = read_npy(input)?;
-    let samples = rcs::encode_input(&model, &tensor, &input.display().to_string())?;
+    let samples = rcs::encode_input(model, &tensor, &input.display().to_string())?;
     let work =
         tempfile::tempdir().map_err(|e| RecurError::Usage(format!("temporary directory: {e}")))?;
     let in_file = work.path().join("in.rcs");
@@ -196,7 +213,7 @@ fn run_in_qemu(
     };
     let run = qemu::run(
         elf,
-        blob,
+        &blob.bytes,
         layout.model_addr,
         &args,
         work.path(),
@@ -247,7 +264,7 @@ fn run_in_qemu(
     )
     .expect("row count checked");
     Ok(QemuResult {
-        raw: rcs::outputs_like_sim(&model, &rows, samples.sequences, samples.steps),
+        raw: rcs::outputs_like_sim(model, &rows, samples.sequences, samples.steps),
         steps_raw,
         state,
         samples: total,
@@ -279,7 +296,12 @@ fn plugin() -> Result<PathBuf> {
     Ok(so)
 }
 
-fn flash_probe(args: &FlashArgs, chip: &str, blob: &[u8]) -> Result<()> {
+fn flash_probe(
+    args: &FlashArgs,
+    chip: &str,
+    blob: &Blob,
+    model: &recur_kernel::Model,
+) -> Result<()> {
     probe::available()?;
     let board = firmware::Board::for_chip(chip).ok_or_else(|| {
         RecurError::Usage(format!(
@@ -288,7 +310,7 @@ fn flash_probe(args: &FlashArgs, chip: &str, blob: &[u8]) -> Result<()> {
         ))
     })?;
     let elf = firmware_elf(args.firmware.as_deref(), board)?;
-    let layout = report_layout(&elf, &args.blob, blob)?;
+    let layout = report_layout(&elf, blob, model)?;
     probe::flash(chip, &elf, &args.blob, layout.model_addr)
 }
 
@@ -300,10 +322,11 @@ pub fn bench(
     firmware_given: Option<&Path>,
     json: bool,
 ) -> std::result::Result<(), CliError> {
-    let blob = read_blob(blob_path)?;
+    let blob = Blob::read(blob_path)?;
+    let model = blob.model()?;
     let elf = firmware_elf(firmware_given, firmware::Board::Mps2An386)?;
-    let layout = report_layout(&elf, blob_path, &blob)?;
-    let result = run_in_qemu(&blob, blob_path, input, &elf, &layout, 1800, true)?;
+    let layout = report_layout(&elf, &blob, &model)?;
+    let result = run_in_qemu(&blob, &model, input, &elf, &layout, 1800, true)?;
     let mut steps = result.steps.clone();
     if steps.is_empty() {
         return Err(anyhow::anyhow!("the instruction-counting plugin counted no steps").into());
@@ -322,7 +345,7 @@ pub fn bench(
                 "instructions_per_step": { "mean": mean, "median": median, "min": min, "max": max },
                 "flash_bytes": layout.flash_bytes,
                 "ram_bytes": layout.ram_bytes,
-                "blob_bytes": blob.len(),
+                "blob_bytes": blob.bytes.len(),
             })
         );
     } else {

@@ -156,6 +156,24 @@ pub const fn inv_sqrt(n: usize) -> f32 {
     y
 }
 
+/// Fills `m` row by row, element by element, with `rng` draws times `scale` (const: the
+/// weights are computed at compile time).
+const fn fill<const R: usize, const C: usize>(
+    rng: &mut XorShift32,
+    m: &mut [[f32; C]; R],
+    scale: f32,
+) {
+    let mut j = 0;
+    while j < R {
+        let mut k = 0;
+        while k < C {
+            m[j][k] = rng.next_f32() * scale;
+            k += 1;
+        }
+        j += 1;
+    }
+}
+
 impl<const I: usize, const H: usize> LstmWeights<I, H> {
     /// Deterministic weights: every value uniform in ±1/sqrt(H) (PyTorch's LSTM
     /// initialisation range) from [`XorShift32`] seeded with `seed`, in the order
@@ -168,39 +186,15 @@ impl<const I: usize, const H: usize> LstmWeights<I, H> {
         let mut b = [[0f32; H]; 4];
         let mut g = 0;
         while g < 4 {
-            let mut j = 0;
-            while j < H {
-                let mut k = 0;
-                while k < I {
-                    w[g][j][k] = rng.next_f32() * scale;
-                    k += 1;
-                }
-                j += 1;
-            }
+            fill(&mut rng, &mut w[g], scale);
             g += 1;
         }
         let mut g = 0;
         while g < 4 {
-            let mut j = 0;
-            while j < H {
-                let mut k = 0;
-                while k < H {
-                    r[g][j][k] = rng.next_f32() * scale;
-                    k += 1;
-                }
-                j += 1;
-            }
+            fill(&mut rng, &mut r[g], scale);
             g += 1;
         }
-        let mut g = 0;
-        while g < 4 {
-            let mut j = 0;
-            while j < H {
-                b[g][j] = rng.next_f32() * scale;
-                j += 1;
-            }
-            g += 1;
-        }
+        fill(&mut rng, &mut b, scale);
         LstmWeights { w, r, b }
     }
 }
