@@ -47,6 +47,59 @@ fn main() {
             times.push(t.elapsed().as_secs_f64() * 1e4);
         }
         println!("matvec {rows}x{cols}: {} (per call)", stats(times));
+        let mut times = vec![];
+        for _ in 0..2000 {
+            let t = Instant::now();
+            for i in 0..100 {
+                recur::kernels::linalg::matvec_packed_ordered(&mut out, &v, &packed, i % 2 == 1);
+            }
+            times.push(t.elapsed().as_secs_f64() * 1e4);
+        }
+        println!(
+            "matvec {rows}x{cols}, panel order alternating: {} (per call)",
+            stats(times)
+        );
+    }
+    // The input projection of a 100-step layer: the packed blocked product against ndarray's
+    // general product (matrixmultiply), 100 x 64 times 64 x 256.
+    {
+        let m = ndarray::Array2::<f32>::from_elem((64, 256), 0.01);
+        let packed = recur::kernels::linalg::Packed::new(m.view());
+        let x = ndarray::Array2::<f32>::from_elem((100, 64), 0.5);
+        let mut out = ndarray::Array2::<f32>::zeros((100, 256));
+        let (mut blocked, mut general) = (vec![], vec![]);
+        for _ in 0..2000 {
+            let t = Instant::now();
+            let ran = recur::kernels::linalg::matmul_packed(
+                out.as_slice_mut().unwrap(),
+                x.as_slice().unwrap(),
+                &packed,
+            );
+            blocked.push(t.elapsed().as_secs_f64() * 1e6);
+            assert!(ran, "no blocked kernel on this CPU");
+            let t = Instant::now();
+            ndarray::linalg::general_mat_mul(1.0, &x, &m, 1.0, &mut out);
+            general.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        println!("matmul 100x64x256 packed:  {}", stats(blocked));
+        println!("matmul 100x64x256 general: {}", stats(general));
+    }
+    // The whole 100-step sequence of the 2-layer model on the CPU path.
+    {
+        let seq = Model::load(&root.join("models/bench/lstm2x64_seq.onnx")).unwrap();
+        let x = recur::tensor::read_npy(&root.join("models/bench/x_100x1x8.npy")).unwrap();
+        let inputs = check_inputs(&seq.ir.inputs, vec![("X".to_string(), x)]).unwrap();
+        let mut backend = TractBackend::new(&seq, &seq.path).unwrap();
+        let mut times = vec![];
+        for _ in 0..1000 {
+            let t = Instant::now();
+            backend.run(&inputs).unwrap();
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        println!(
+            "whole sequence, 2 LSTM layers x 100 steps: {}",
+            stats(times)
+        );
     }
     let mut x = Array3::<f32>::from_elem((1, 1, 8), 0.1);
     let mut h = vec![Array3::<f32>::zeros((1, 1, 64)); 2];

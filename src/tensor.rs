@@ -4,7 +4,6 @@
 //! element type, rank, fixed and symbolic dimensions, NaN/inf), so a bad input is one clear
 //! line naming it rather than an engine's stack of errors.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read};
 use std::path::Path;
@@ -186,9 +185,10 @@ pub fn check_inputs(
     declared: &[ValueInfo],
     given: Vec<(String, HostTensor)>,
 ) -> Result<CheckedInputs> {
-    let mut by_name: HashMap<String, HostTensor> = HashMap::new();
+    // Models have a handful of inputs: a slot per declared input, found by a linear scan.
+    let mut by_decl: Vec<Option<(String, HostTensor)>> = vec![None; declared.len()];
     for (name, tensor) in given {
-        if declared.iter().all(|d| d.name != name) {
+        let Some(index) = declared.iter().position(|d| d.name == name) else {
             let known: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
             return Err(RecurError::input(
                 &name,
@@ -197,21 +197,22 @@ pub fn check_inputs(
                     known.join(", ")
                 ),
             ));
-        }
-        if by_name.insert(name.clone(), tensor).is_some() {
+        };
+        if by_decl[index].is_some() {
             return Err(RecurError::input(&name, "given twice"));
         }
+        by_decl[index] = Some((name, tensor));
     }
-    let mut symbols: HashMap<String, (usize, String)> = HashMap::new();
+    let mut symbols: Vec<(&str, usize, &str)> = Vec::new();
     let mut tensors = Vec::with_capacity(declared.len());
-    for decl in declared {
-        let tensor = by_name.remove(&decl.name).ok_or_else(|| {
+    for (decl, slot) in declared.iter().zip(by_decl) {
+        let (name, tensor) = slot.ok_or_else(|| {
             RecurError::input(&decl.name, "not given (every model input is required)")
         })?;
         let tensor = convert_elem_type(&decl.name, tensor, decl.elem_type)?;
         check_dims(decl, tensor.shape(), &mut symbols)?;
         check_finite(&decl.name, &tensor)?;
-        tensors.push((decl.name.clone(), tensor));
+        tensors.push((name, tensor));
     }
     Ok(CheckedInputs { tensors })
 }
@@ -243,10 +244,12 @@ fn convert_elem_type(name: &str, tensor: HostTensor, want: ElemType) -> Result<H
     }
 }
 
-fn check_dims(
-    decl: &ValueInfo,
+/// Checks one input's shape against its declaration; `symbols` holds each symbolic dimension
+/// already bound (its name, value and the input that bound it).
+fn check_dims<'a>(
+    decl: &'a ValueInfo,
     shape: &[usize],
-    symbols: &mut HashMap<String, (usize, String)>,
+    symbols: &mut Vec<(&'a str, usize, &'a str)>,
 ) -> Result<()> {
     let Some(dims) = &decl.dims else {
         return Ok(());
@@ -274,8 +277,8 @@ fn check_dims(
                     ),
                 ))
             }
-            Dim::Symbolic(sym) => match symbols.get(sym) {
-                Some((value, owner)) if *value != got => {
+            Dim::Symbolic(sym) => match symbols.iter().find(|(s, _, _)| s == sym) {
+                Some((_, value, owner)) if *value != got => {
                     return Err(RecurError::input(
                         &decl.name,
                         format!(
@@ -284,9 +287,7 @@ fn check_dims(
                     ))
                 }
                 Some(_) => {}
-                None => {
-                    symbols.insert(sym.clone(), (got, decl.name.clone()));
-                }
+                None => symbols.push((sym, got, &decl.name)),
             },
             _ => {}
         }
@@ -302,7 +303,12 @@ fn check_dims(
 
 fn check_finite(name: &str, tensor: &HostTensor) -> Result<()> {
     if let HostTensor::F32(a) = tensor {
-        if a.iter().all(|v| v.is_finite()) {
+        let all_finite = match a.as_slice_memory_order() {
+            // The common case, as one vectorisable pass.
+            Some(data) => data.iter().fold(true, |ok, v| ok & v.is_finite()),
+            None => a.iter().all(|v| v.is_finite()),
+        };
+        if all_finite {
             return Ok(());
         }
         if let Some((index, value)) = a.indexed_iter().find(|(_, v)| !v.is_finite()) {

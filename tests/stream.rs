@@ -409,3 +409,80 @@ fn inspect_says_whether_a_model_streams() {
         );
     }
 }
+
+/// One time step of every streamable fixture (its sequence input cut to the first step), on
+/// the CPU path's step path (every buffer kept between runs): the same outputs as tract with
+/// recur's kernels and as ONNX Runtime, within 1e-5; a second run on the kept buffers gives
+/// the first run's outputs bit for bit.
+#[test]
+fn one_time_step_on_the_step_path_matches_tract_and_onnx_runtime() {
+    use recur::backend::tract::TractBackend;
+    use recur::backend::Backend;
+    use recur::tensor::HostTensor;
+
+    let floats = |outputs: &[(String, HostTensor)]| -> Vec<(String, ndarray::ArrayD<f32>)> {
+        outputs
+            .iter()
+            .map(|(n, t)| (n.clone(), t.to_f32()))
+            .collect()
+    };
+    let mut stepped = vec![];
+    for case in all_cases() {
+        let model = Model::load(&case.model_path()).unwrap();
+        let Ok(plan) = recur::onnx::streamable::make_streamable(&model.proto, &model.ir) else {
+            continue;
+        };
+        let given: Vec<(String, HostTensor)> = case
+            .read_inputs()
+            .into_iter()
+            .map(|(name, t)| {
+                let t = if name == plan.sequence_input {
+                    recur::stream::slice(&t, plan.time_axis, 0, 1)
+                } else {
+                    t
+                };
+                (name, t)
+            })
+            .collect();
+        // Models that declare a fixed sequence length take no single step.
+        let Ok(inputs) = check_inputs(&model.ir.inputs, given) else {
+            continue;
+        };
+        let Ok(mut recur) = TractBackend::new(&model, &model.path) else {
+            continue;
+        };
+        let first = recur.run(&inputs).unwrap();
+        let again = recur.run(&inputs).unwrap();
+        if recur.step_path_runs() != 2 {
+            continue;
+        }
+        assert_eq!(first, again, "{}: a second step on kept buffers", case.id());
+        let mut references = vec![(
+            "tract",
+            TractBackend::tract_only(&model)
+                .and_then(|mut b| b.run(&inputs))
+                .unwrap(),
+        )];
+        if cfg!(feature = "ort") {
+            let ort = build_with(BackendKind::Ort, &model, &options())
+                .and_then(|mut b| b.run(&inputs))
+                .unwrap();
+            references.push(("onnxruntime", ort));
+        }
+        for (engine, reference) in references {
+            let (got, want) = (floats(&first), floats(&reference));
+            assert_eq!(got.len(), want.len(), "{}: outputs", case.id());
+            for ((name, a), (_, b)) in got.iter().zip(&want) {
+                compare(a, b, TOLERANCE, TOLERANCE)
+                    .unwrap_or_else(|e| panic!("{} output '{name}' vs {engine}: {e}", case.id()));
+            }
+        }
+        stepped.push(case.id());
+    }
+    println!("{} fixtures stepped: {}", stepped.len(), stepped.join(", "));
+    assert!(
+        stepped.len() >= 20,
+        "only {} fixtures took the step path",
+        stepped.len()
+    );
+}

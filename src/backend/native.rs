@@ -17,6 +17,8 @@ use crate::kernels::{run_layer, LayerSpec, LayerWeights};
 use crate::onnx::{constant_f32, constant_i64, NodeAttrs};
 use crate::tensor::{CheckedInputs, HostTensor};
 
+mod step;
+
 /// A value flowing through the graph.
 #[derive(Debug, Clone)]
 enum Value {
@@ -121,6 +123,11 @@ pub struct NativePlan {
     inputs: Vec<(String, usize)>,
     outputs: Vec<(String, usize)>,
     ops: Vec<Op>,
+    /// The step path for the last input shapes tried: a program when they are one streamed
+    /// step within its reach, else the shapes it was refused for.
+    step: Option<Result<step::StepProgram, Vec<Vec<usize>>>>,
+    /// Runs that took the step path.
+    step_runs: usize,
 }
 
 /// Why a graph is left to tract (for logs).
@@ -226,11 +233,57 @@ impl NativePlan {
             inputs,
             outputs,
             ops,
+            step: None,
+            step_runs: 0,
         })
     }
 
-    /// Runs the graph on checked inputs.
-    pub fn run(&self, given: &CheckedInputs) -> Result<Vec<(String, HostTensor)>, String> {
+    /// Runs the graph on checked inputs: on the step path when they are one streamed step
+    /// within its reach (see [`step`]), else on the general executor.
+    pub fn run(&mut self, given: &CheckedInputs) -> Result<Vec<(String, HostTensor)>, String> {
+        let known = match &self.step {
+            Some(Ok(program)) => program.fits(given),
+            Some(Err(refused)) => same_shapes(refused, given),
+            None => false,
+        };
+        if !known {
+            let key: Vec<Vec<usize>> = given
+                .tensors
+                .iter()
+                .map(|(_, t)| t.shape().to_vec())
+                .collect();
+            self.step = Some(match step::StepProgram::build(self, key.clone()) {
+                Ok(program) => Ok(program),
+                Err(why) => {
+                    tracing::debug!("no step path for input shapes {key:?}: {why}");
+                    Err(key)
+                }
+            });
+        }
+        if let Some(Ok(program)) = &mut self.step {
+            if program.fits(given) {
+                match program.run(&self.ops, given) {
+                    Ok(outputs) => {
+                        self.step_runs += 1;
+                        return Ok(outputs);
+                    }
+                    Err(why) => {
+                        tracing::debug!("the step path gives way to the general executor: {why}");
+                        self.step = Some(Err(program.key().to_vec()));
+                    }
+                }
+            }
+        }
+        self.run_general(given)
+    }
+
+    /// How many runs took the step path (for tests and logs).
+    pub fn step_runs(&self) -> usize {
+        self.step_runs
+    }
+
+    /// Runs the graph on the general executor (every op, any shapes).
+    pub fn run_general(&self, given: &CheckedInputs) -> Result<Vec<(String, HostTensor)>, String> {
         let mut values: Vec<Option<Value>> = vec![None; self.slots];
         for (slot, v) in &self.constants {
             values[*slot] = Some(v.clone());
@@ -267,6 +320,15 @@ impl NativePlan {
             })
             .collect()
     }
+}
+
+/// Whether `given` has exactly these shapes.
+fn same_shapes(shapes: &[Vec<usize>], given: &CheckedInputs) -> bool {
+    shapes.len() == given.tensors.len()
+        && shapes
+            .iter()
+            .zip(&given.tensors)
+            .all(|(s, (_, t))| s.as_slice() == t.shape())
 }
 
 fn compile_node<'a>(
@@ -765,15 +827,7 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
             v[*out] = Some(Value::F32(r));
         }
         Op::Slice { x, ranges, out } => {
-            let mut a = fref(v, *x)?.view();
-            for &(ax, st, en, _) in ranges {
-                let ax = axis(ax, a.ndim())?;
-                let len = a.shape()[ax] as i64;
-                let clampi = |x: i64| if x < 0 { (x + len).max(0) } else { x.min(len) };
-                let (st, en) = (clampi(st) as usize, clampi(en) as usize);
-                a.slice_axis_inplace(Axis(ax), Slice::from(st..en.max(st)));
-            }
-            let r = a.to_owned();
+            let r = slice_view(fref(v, *x)?.view(), ranges)?.to_owned();
             v[*out] = Some(Value::F32(r));
         }
         Op::Gather {
@@ -853,6 +907,21 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The ONNX Slice of `a` (step 1, negative and out-of-range bounds clamped as ONNX does).
+fn slice_view<'a, T>(
+    mut a: ndarray::ArrayViewD<'a, T>,
+    ranges: &[(i64, i64, i64, i64)],
+) -> Result<ndarray::ArrayViewD<'a, T>, String> {
+    for &(ax, st, en, _) in ranges {
+        let ax = axis(ax, a.ndim())?;
+        let len = a.shape()[ax] as i64;
+        let clampi = |x: i64| if x < 0 { (x + len).max(0) } else { x.min(len) };
+        let (st, en) = (clampi(st) as usize, clampi(en) as usize);
+        a.slice_axis_inplace(Axis(ax), Slice::from(st..en.max(st)));
+    }
+    Ok(a)
 }
 
 /// A float value by reference (no copy).

@@ -59,6 +59,12 @@ impl TractBackend {
         self.native.is_some()
     }
 
+    /// How many runs took recur's step path (one time step, every buffer kept between runs;
+    /// see `native`): for the tests that check streamed steps use it.
+    pub fn step_path_runs(&self) -> usize {
+        self.native.as_ref().map_or(0, |n| n.step_runs())
+    }
+
     /// Stock tract 0.23.9, with its own recurrent ops and no guard: tract's answers, right or
     /// wrong. For the tests and benches that compare recur with plain tract.
     pub fn plain_tract(model: &Model) -> Result<Self> {
@@ -152,7 +158,7 @@ impl Backend for TractBackend {
     }
 
     fn run(&mut self, inputs: &CheckedInputs) -> Result<Vec<(String, HostTensor)>> {
-        if let Some(native) = &self.native {
+        if let Some(native) = &mut self.native {
             let attempt =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| native.run(inputs)))
                     .unwrap_or_else(|_| Err("recur's executor panicked".into()));

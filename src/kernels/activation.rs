@@ -20,10 +20,36 @@ impl Act {
     #[inline(always)]
     pub fn apply(&self, values: &mut [f32]) {
         match self.0.kind {
-            ActivationKind::Sigmoid => values.iter_mut().for_each(|v| *v = fast_sigmoid(*v)),
-            ActivationKind::Tanh => values.iter_mut().for_each(|v| *v = fast_tanh(*v)),
+            ActivationKind::Sigmoid => tanh_family(values, true),
+            ActivationKind::Tanh => tanh_family(values, false),
             _ => values.iter_mut().for_each(|v| *v = self.0.apply(*v)),
         }
+    }
+}
+
+/// `fast_tanh` (or, with `sigmoid`, `fast_sigmoid`) of every value: eight at a time with
+/// fused multiply-adds on x86-64 with AVX2 + FMA (chosen at run time), which makes the
+/// activations of a streamed step about twice as fast as the compiler's vectorisation of the
+/// scalar function; the scalar function elsewhere and for the last few values.
+#[inline(always)]
+fn tanh_family(values: &mut [f32], sigmoid: bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            unsafe { avx2::tanh_family(values, sigmoid) };
+            return;
+        }
+    }
+    tanh_family_scalar(values, sigmoid);
+}
+
+#[inline(always)]
+fn tanh_family_scalar(values: &mut [f32], sigmoid: bool) {
+    if sigmoid {
+        values.iter_mut().for_each(|v| *v = fast_sigmoid(*v));
+    } else {
+        values.iter_mut().for_each(|v| *v = fast_tanh(*v));
     }
 }
 
@@ -57,6 +83,61 @@ pub fn fast_sigmoid(x: f32) -> f32 {
     0.5 + 0.5 * fast_tanh(0.5 * x)
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// The same rational function as [`super::fast_tanh`], eight lanes at a time, with fused
+    /// multiply-adds (so lanes may differ from the scalar function in the last bit).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::excessive_precision)]
+    pub unsafe fn tanh_family(values: &mut [f32], sigmoid: bool) {
+        let c = |x: f32| _mm256_set1_ps(x);
+        let (lo, hi) = (c(-7.905_311), c(7.905_311));
+        let a = [
+            c(-2.760_768_5e-16),
+            c(2.000_187_9e-13),
+            c(-8.604_671_5e-11),
+            c(5.122_297e-8),
+            c(1.485_722_4e-5),
+            c(6.372_619_3e-4),
+            c(4.893_524_6e-3),
+        ];
+        let b = [
+            c(1.198_258_4e-6),
+            c(1.185_347_1e-4),
+            c(2.268_434_6e-3),
+            c(4.893_525_2e-3),
+        ];
+        let half = c(0.5);
+        let mut chunks = values.chunks_exact_mut(8);
+        for chunk in &mut chunks {
+            let p_in = chunk.as_mut_ptr();
+            let mut x = _mm256_loadu_ps(p_in);
+            if sigmoid {
+                x = _mm256_mul_ps(x, half);
+            }
+            // min/max return the second operand for NaN: keep NaN by putting x second.
+            let x = _mm256_max_ps(lo, _mm256_min_ps(hi, x));
+            let x2 = _mm256_mul_ps(x, x);
+            let mut p = a[0];
+            for &k in &a[1..] {
+                p = _mm256_fmadd_ps(p, x2, k);
+            }
+            let mut q = b[0];
+            for &k in &b[1..] {
+                q = _mm256_fmadd_ps(q, x2, k);
+            }
+            let mut t = _mm256_div_ps(_mm256_mul_ps(x, p), q);
+            if sigmoid {
+                t = _mm256_fmadd_ps(t, half, half);
+            }
+            _mm256_storeu_ps(p_in, t);
+        }
+        super::tanh_family_scalar(chunks.into_remainder(), sigmoid);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +157,42 @@ mod tests {
         }
         assert!(worst_tanh < 5e-7, "tanh error {worst_tanh}");
         assert!(worst_sigmoid < 5e-7, "sigmoid error {worst_sigmoid}");
+    }
+
+    /// The slice functions (eight lanes with FMA where the CPU has them, a scalar tail)
+    /// hold the same bound, and keep NaN and the saturated ends.
+    #[test]
+    fn slice_activations_match_f64_within_5e_7() {
+        let xs: Vec<f32> = (-400_003..=400_003).map(|i| i as f32 * 5e-5).collect();
+        for sigmoid in [false, true] {
+            let mut v = xs.clone();
+            tanh_family(&mut v, sigmoid);
+            for (&x, &y) in xs.iter().zip(&v) {
+                let x = x as f64;
+                let want = if sigmoid {
+                    1.0 / (1.0 + (-x).exp())
+                } else {
+                    x.tanh()
+                };
+                assert!((y as f64 - want).abs() < 5e-7, "x {x}: {y} vs {want}");
+            }
+            let mut ends = vec![
+                f32::NAN,
+                -1e30,
+                1e30,
+                f32::MIN,
+                f32::MAX,
+                0.0,
+                -0.0,
+                3.0,
+                f32::NAN,
+            ];
+            tanh_family(&mut ends, sigmoid);
+            assert!(ends[0].is_nan() && ends[8].is_nan(), "{ends:?}");
+            let (low, high) = if sigmoid { (0.0, 1.0) } else { (-1.0, 1.0) };
+            for (&y, want) in ends[1..5].iter().zip([low, high, low, high]) {
+                assert!((y - want).abs() < 5e-7, "{ends:?}");
+            }
+        }
     }
 }

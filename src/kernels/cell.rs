@@ -3,7 +3,7 @@
 use ndarray::Array2;
 
 use super::activation::Act;
-use super::linalg::matvec_packed;
+use super::linalg::matvec_packed_ordered;
 use super::{DirectionWeights, LayerSpec};
 use crate::ir::{Activation, Cell};
 
@@ -36,6 +36,9 @@ impl State {
 pub struct Scratch {
     gates: Vec<f32>,
     extra: Vec<f32>,
+    /// Flips every step: the recurrent products read their panels in alternating order, so
+    /// a step starts on the panels the previous one left in the L1 cache.
+    backwards: bool,
 }
 
 impl Scratch {
@@ -44,6 +47,7 @@ impl Scratch {
         Scratch {
             gates: vec![0.0; gates],
             extra: vec![0.0; hidden],
+            backwards: false,
         }
     }
 }
@@ -53,7 +57,8 @@ pub struct Step<'a> {
     cell: Cell,
     hidden: usize,
     weights: &'a DirectionWeights,
-    acts: Vec<Act>,
+    /// The direction's activations (a cell uses 1 to 3; unused entries repeat the first).
+    acts: [Act; 3],
     clip: Option<f32>,
 }
 
@@ -68,7 +73,7 @@ impl<'a> Step<'a> {
             cell: spec.cell.clone(),
             hidden: spec.hidden,
             weights,
-            acts: activations.iter().map(|a| Act::new(*a)).collect(),
+            acts: std::array::from_fn(|k| Act::new(*activations.get(k).unwrap_or(&activations[0]))),
             clip: spec.clip,
         }
     }
@@ -82,6 +87,10 @@ impl<'a> Step<'a> {
         let mut h_row = state.h.row_mut(b);
         let h_prev = h_row.as_slice_mut().expect("row-major");
         let r_packed = &self.weights.r_packed;
+        scratch.backwards = !scratch.backwards;
+        let backwards = scratch.backwards;
+        let matvec_packed =
+            |out: &mut [f32], v: &[f32], m| matvec_packed_ordered(out, v, m, backwards);
         match self.cell {
             Cell::Rnn => {
                 matvec_packed(gates, h_prev, &r_packed[0]);
@@ -98,16 +107,21 @@ impl<'a> Step<'a> {
                 let (o_g, rest) = rest.split_at_mut(h);
                 let (f_g, c_g) = rest.split_at_mut(h);
                 if let Some(p) = &self.weights.peepholes {
-                    for k in 0..h {
-                        i_g[k] += p[k] * c[k];
-                        f_g[k] += p[2 * h + k] * c[k];
+                    for (((i, f), &c), (&pi, &pf)) in i_g
+                        .iter_mut()
+                        .zip(f_g.iter_mut())
+                        .zip(&*c)
+                        .zip(p[..h].iter().zip(&p[2 * h..3 * h]))
+                    {
+                        *i += pi * c;
+                        *f += pf * c;
                     }
                 }
                 clip(i_g, self.clip);
                 self.acts[0].apply(i_g);
                 if input_forget {
-                    for k in 0..h {
-                        f_g[k] = 1.0 - i_g[k];
+                    for (f, &i) in f_g.iter_mut().zip(&*i_g) {
+                        *f = 1.0 - i;
                     }
                 } else {
                     clip(f_g, self.clip);
@@ -115,12 +129,12 @@ impl<'a> Step<'a> {
                 }
                 clip(c_g, self.clip);
                 self.acts[1].apply(c_g);
-                for k in 0..h {
-                    c[k] = f_g[k] * c[k] + i_g[k] * c_g[k];
+                for ((c, &f), (&i, &g)) in c.iter_mut().zip(&*f_g).zip(i_g.iter().zip(&*c_g)) {
+                    *c = f * *c + i * g;
                 }
                 if let Some(p) = &self.weights.peepholes {
-                    for k in 0..h {
-                        o_g[k] += p[h + k] * c[k];
+                    for ((o, &po), &c) in o_g.iter_mut().zip(&p[h..2 * h]).zip(&*c) {
+                        *o += po * c;
                     }
                 }
                 clip(o_g, self.clip);
@@ -129,8 +143,8 @@ impl<'a> Step<'a> {
                 let hc = &mut scratch.extra;
                 hc.copy_from_slice(c);
                 self.acts[2].apply(hc);
-                for k in 0..h {
-                    h_prev[k] = o_g[k] * hc[k];
+                for ((h, &o), &t) in h_prev.iter_mut().zip(&*o_g).zip(&*hc) {
+                    *h = o * t;
                 }
             }
             Cell::Gru {
@@ -147,14 +161,12 @@ impl<'a> Step<'a> {
                     clip(zr, self.clip);
                     self.acts[0].apply(zr);
                     let (z, r) = zr.split_at(h);
-                    for k in 0..h {
-                        h_g[k] += r[k] * rh[k];
+                    for ((g, &r), &rh) in h_g.iter_mut().zip(r).zip(&*rh) {
+                        *g += r * rh;
                     }
                     clip(h_g, self.clip);
                     self.acts[1].apply(h_g);
-                    for k in 0..h {
-                        h_prev[k] = (1.0 - z[k]) * h_g[k] + z[k] * h_prev[k];
-                    }
+                    gru_blend(h_prev, z, h_g);
                 } else {
                     // h~ = g(X·Whᵀ + Wbh + Rbh + (r ⊙ H)·Rhᵀ)
                     matvec_packed(zr, h_prev, &r_packed[0]);
@@ -162,18 +174,24 @@ impl<'a> Step<'a> {
                     self.acts[0].apply(zr);
                     let (z, r) = zr.split_at(h);
                     let rh = &mut scratch.extra;
-                    for k in 0..h {
-                        rh[k] = r[k] * h_prev[k];
+                    for ((rh, &r), &hp) in rh.iter_mut().zip(r).zip(&*h_prev) {
+                        *rh = r * hp;
                     }
                     matvec_packed(h_g, rh, &r_packed[1]);
                     clip(h_g, self.clip);
                     self.acts[1].apply(h_g);
-                    for k in 0..h {
-                        h_prev[k] = (1.0 - z[k]) * h_g[k] + z[k] * h_prev[k];
-                    }
+                    gru_blend(h_prev, z, h_g);
                 }
             }
         }
+    }
+}
+
+/// GRU's new state: `h = (1 - z) ⊙ h~ + z ⊙ h`.
+#[inline(always)]
+fn gru_blend(h_prev: &mut [f32], z: &[f32], h_new: &[f32]) {
+    for ((h, &z), &n) in h_prev.iter_mut().zip(z).zip(h_new) {
+        *h = (1.0 - z) * n + z * *h;
     }
 }
 

@@ -416,17 +416,142 @@ fn input_projection(out: &mut [f32], x: &[f32], input: usize, dw: &DirectionWeig
     }
     let rows = x.len() / input;
     if rows >= GEMM_ROWS {
+        out.chunks_exact_mut(gh)
+            .for_each(|row| row.copy_from_slice(&dw.bias));
+        if linalg::matmul_packed(out, x, &dw.w_packed) {
+            return;
+        }
         let x = ArrayView2::from_shape((rows, input), x).expect("rows of x");
         let mut out2 = ndarray::ArrayViewMut2::from_shape((rows, gh), out).expect("rows of out");
-        let bias = ndarray::aview1(&dw.bias);
-        out2.rows_mut()
-            .into_iter()
-            .for_each(|mut row| row.assign(&bias));
         ndarray::linalg::general_mat_mul(1.0, &x, &dw.w_t, 1.0, &mut out2);
         return;
     }
     for (row_out, row_x) in out.chunks_exact_mut(gh).zip(x.chunks_exact(input)) {
         row_out.copy_from_slice(&dw.bias);
         linalg::matvec_packed(row_out, row_x, &dw.w_packed);
+    }
+}
+
+/// One layer's state and working memory for stepping it one time step per call (a streamed
+/// step), kept between calls so that a step allocates nothing.
+pub struct StepBuffers {
+    /// Each direction's state, `[B, H]`.
+    states: Vec<cell::State>,
+    scratch: cell::Scratch,
+    /// One step's input projection, `[B, gates*H]`.
+    xproj: Vec<f32>,
+    batch: usize,
+}
+
+impl std::fmt::Debug for StepBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepBuffers")
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StepBuffers {
+    /// Buffers for `batch` sequences through a layer of this shape.
+    pub fn new(spec: &LayerSpec, batch: usize) -> Self {
+        let (h, gh) = (spec.hidden, spec.cell.gates() * spec.hidden);
+        StepBuffers {
+            states: (0..spec.direction.count())
+                .map(|_| cell::State::new(batch, h))
+                .collect(),
+            scratch: cell::Scratch::new(gh, h),
+            xproj: vec![0.0; batch * gh],
+            batch,
+        }
+    }
+}
+
+/// Advances a layer by exactly one time step: what [`run_layer`] computes for a one-step
+/// sequence with no `sequence_lens`, without its allocations.
+///
+/// `x` is `[B, I]`; `initial` holds `initial_h` and `initial_c`, `[D, B, H]` each (absent:
+/// zeros); the new state goes to `y_h` and `y_c` (`[D, B, H]`; for one step Y holds the same
+/// values). A direction's single step
+/// is the same whichever way it runs, so reverse and bidirectional layers are exact too.
+pub fn step_layer(
+    spec: &LayerSpec,
+    weights: &LayerWeights,
+    x: &[f32],
+    initial: [Option<&[f32]>; 2],
+    buffers: &mut StepBuffers,
+    y_h: &mut [f32],
+    y_c: &mut [f32],
+) {
+    let (b, h) = (buffers.batch, spec.hidden);
+    let size = b * h * spec.direction.count();
+    let [h0, c0] = initial;
+    assert!(
+        x.len() == b * weights.input
+            && h0.is_none_or(|s| s.len() == size)
+            && c0.is_none_or(|s| s.len() == size)
+            && y_h.len() == size
+            && y_c.len() == size,
+        "step_layer: buffers do not fit the layer"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            unsafe { step_layer_avx2(spec, weights, x, initial, buffers, y_h, y_c) };
+            return;
+        }
+    }
+    step_layer_body(spec, weights, x, initial, buffers, y_h, y_c);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn step_layer_avx2(
+    spec: &LayerSpec,
+    weights: &LayerWeights,
+    x: &[f32],
+    initial: [Option<&[f32]>; 2],
+    buffers: &mut StepBuffers,
+    y_h: &mut [f32],
+    y_c: &mut [f32],
+) {
+    step_layer_body(spec, weights, x, initial, buffers, y_h, y_c)
+}
+
+#[inline(always)]
+fn step_layer_body(
+    spec: &LayerSpec,
+    weights: &LayerWeights,
+    x: &[f32],
+    initial: [Option<&[f32]>; 2],
+    buffers: &mut StepBuffers,
+    y_h: &mut [f32],
+    y_c: &mut [f32],
+) {
+    let (b, h) = (buffers.batch, spec.hidden);
+    let gh = spec.cell.gates() * h;
+    let [h0, c0] = initial;
+    let block = b * h;
+    for (d, dw) in weights.dirs.iter().enumerate() {
+        let state = &mut buffers.states[d];
+        let range = d * block..(d + 1) * block;
+        let h_state = state.h.as_slice_mut().expect("standard layout");
+        match h0 {
+            Some(h0) => h_state.copy_from_slice(&h0[range.clone()]),
+            None => h_state.fill(0.0),
+        }
+        let c_state = state.c.as_slice_mut().expect("standard layout");
+        match c0 {
+            Some(c0) => c_state.copy_from_slice(&c0[range.clone()]),
+            None => c_state.fill(0.0),
+        }
+        input_projection(&mut buffers.xproj, x, weights.input, dw);
+        let step = cell::Step::new(spec, dw, &spec.activations[d]);
+        for row in 0..b {
+            let pre = &buffers.xproj[row * gh..(row + 1) * gh];
+            step.run(pre, state, row, &mut buffers.scratch);
+        }
+        y_h[range.clone()].copy_from_slice(state.h.as_slice().expect("standard layout"));
+        y_c[range].copy_from_slice(state.c.as_slice().expect("standard layout"));
     }
 }

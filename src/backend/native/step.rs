@@ -1,0 +1,558 @@
+//! The executor's fast path for a streamed step: the compiled graph specialised to one set of
+//! input shapes in which every recurrent node runs exactly one time step (`T = 1`).
+//!
+//! A streamed step does a few microseconds of arithmetic, so the general executor's per-run
+//! costs (a fresh array for every value, constants copied into the value slots, a layer's
+//! buffers allocated per call) dominate it. Here every value's shape is known when the
+//! program is built, each value has a buffer of its own that lives as long as the program,
+//! shape-only ops (Reshape, Squeeze, Unsqueeze, Flatten, order-keeping Transpose) copy a few
+//! floats, and recurrent nodes step through [`crate::kernels::step_layer`] with their state
+//! buffers kept. A run allocates only the output tensors it returns.
+//!
+//! Data movement (Gather with constant indices, Slice, Transpose, Concat) becomes a map from
+//! output element to input element, computed once.
+//!
+//! Built for the input shapes of the last run; a graph with an op or a shape outside this set
+//! (integer values computed at run time, Shape, ConstantOfShape, a sequence longer than one
+//! step) keeps to the general executor, which computes the same values.
+
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMut2, ArrayViewMutD, Axis, IxDyn};
+
+use super::{axis, concat, gather, reshape_target, slice_view, Op, Value};
+use crate::ir::ActivationKind;
+use crate::kernels::linalg::matvec_packed;
+use crate::kernels::{step_layer, StepBuffers};
+use crate::tensor::{CheckedInputs, HostTensor};
+
+/// One op of a [`StepProgram`]; `op` indexes the plan's op (weights, attributes).
+#[derive(Debug)]
+enum StepOp {
+    Recurrent {
+        op: usize,
+        x: usize,
+        h0: Option<usize>,
+        c0: Option<usize>,
+        /// Buffers of the new hidden state (Y_h, and Y, which holds the same values after one
+        /// step) and cell state (Y_c), when the graph uses them.
+        h_out: Option<usize>,
+        c_out: Option<usize>,
+        buffers: Box<StepBuffers>,
+        /// Y_h and Y_c when the graph does not use them.
+        spare: [Vec<f32>; 2],
+    },
+    Dense {
+        op: usize,
+        x: usize,
+        rows: usize,
+        out: usize,
+    },
+    Binary {
+        kind: char,
+        a: usize,
+        b: usize,
+        out: usize,
+        /// Shapes of a, b and out.
+        shapes: Box<[Vec<usize>; 3]>,
+    },
+    Unary {
+        kind: ActivationKind,
+        x: usize,
+        out: usize,
+    },
+    Softmax {
+        axis: usize,
+        x: usize,
+        out: usize,
+        shape: Vec<usize>,
+    },
+    /// Values picked from one or more buffers by a map fixed when the program is built
+    /// (Gather with constant indices, Slice, a Transpose that moves data, Concat):
+    /// `out[i] = buffers[sources[map[i].0]][map[i].1]`.
+    Pick {
+        sources: Vec<usize>,
+        map: Vec<(u32, u32)>,
+        out: usize,
+    },
+}
+
+/// Every element of a value of this shape, tagged with its source number: what a data
+/// movement op applied to it gives is that op's map.
+fn iota(source: u32, shape: &[usize]) -> Result<ArrayD<(u32, u32)>, Why> {
+    let n: usize = shape.iter().product();
+    let n32 = u32::try_from(n).map_err(|_| "a value too large to map".to_string())?;
+    ArrayD::from_shape_vec(IxDyn(shape), (0..n32).map(|i| (source, i)).collect())
+        .map_err(|e| e.to_string())
+}
+
+/// A graph compiled for one set of input shapes with one time step per recurrent node.
+#[derive(Debug)]
+pub(super) struct StepProgram {
+    /// The input shapes it was built for.
+    key: Vec<Vec<usize>>,
+    /// One buffer per value, except that a value with the data of another (a reshape, or Y
+    /// next to Y_h) shares its buffer: ops refer to buffers by index.
+    buffers: Vec<Vec<f32>>,
+    ops: Vec<StepOp>,
+    /// The input buffers, in the plan's input order.
+    inputs: Vec<usize>,
+    /// Name, buffer and shape of each graph output.
+    outputs: Vec<(String, usize, Vec<usize>)>,
+}
+
+/// Why a graph keeps to the general executor for these shapes (for logs).
+type Why = String;
+
+impl StepProgram {
+    /// Builds the program for these input shapes (the plan's inputs, in order), or says why
+    /// the general executor keeps them.
+    pub(super) fn build(plan: &super::NativePlan, key: Vec<Vec<usize>>) -> Result<Self, Why> {
+        // Per slot: its shape once known, and the buffer that holds its data.
+        let mut shapes: Vec<Option<Vec<usize>>> = vec![None; plan.slots];
+        let mut storage: Vec<usize> = (0..plan.slots).collect();
+        let mut buffers: Vec<Vec<f32>> = vec![vec![]; plan.slots];
+        for (slot, value) in &plan.constants {
+            if let Value::F32(a) = value {
+                shapes[*slot] = Some(a.shape().to_vec());
+                buffers[*slot] = a.iter().copied().collect();
+            }
+        }
+        for ((_, slot), shape) in plan.inputs.iter().zip(&key) {
+            shapes[*slot] = Some(shape.clone());
+            buffers[*slot] = vec![0.0; shape.iter().product()];
+        }
+        let shape_of = |shapes: &[Option<Vec<usize>>], s: usize| -> Result<Vec<usize>, Why> {
+            shapes[s]
+                .clone()
+                .ok_or_else(|| "an integer or uncomputed value".to_string())
+        };
+        let int_constant = |slot: usize| {
+            plan.constants.iter().find_map(|(s, v)| match v {
+                Value::I64(a) if *s == slot => Some(a),
+                _ => None,
+            })
+        };
+        let pick = |map: ArrayD<(u32, u32)>, sources: Vec<usize>, out: usize| {
+            let shape = map.shape().to_vec();
+            let op = StepOp::Pick {
+                sources,
+                map: map.iter().copied().collect(),
+                out,
+            };
+            (Some(op), shape)
+        };
+        let mut ops = Vec::with_capacity(plan.ops.len());
+        for (index, op) in plan.ops.iter().enumerate() {
+            // The op (None: a shape-only op, whose output shares its input's buffer), and
+            // the shapes of the values it makes.
+            let (step_op, made): (Option<StepOp>, Vec<(usize, Vec<usize>)>) = match op {
+                Op::Recurrent {
+                    spec,
+                    weights,
+                    batch_first,
+                    x,
+                    lens,
+                    h0,
+                    c0,
+                    outs,
+                } => {
+                    let xs = shape_of(&shapes, *x)?;
+                    if xs.len() != 3 {
+                        return Err(format!("X of rank {}", xs.len()));
+                    }
+                    let (t_len, batch) = if *batch_first {
+                        (xs[1], xs[0])
+                    } else {
+                        (xs[0], xs[1])
+                    };
+                    if t_len != 1 {
+                        return Err(format!("{t_len} time steps"));
+                    }
+                    if lens.is_some() {
+                        return Err("sequence_lens".into());
+                    }
+                    if xs[2] != weights.input_size() {
+                        return Err("X does not fit W".into());
+                    }
+                    let (d, h) = (spec.direction.count(), spec.hidden);
+                    if *batch_first && d > 1 && batch > 1 {
+                        return Err("batch-first bidirectional batch".into());
+                    }
+                    let state_shape = if *batch_first {
+                        vec![batch, d, h]
+                    } else {
+                        vec![d, batch, h]
+                    };
+                    for s in [h0, c0].into_iter().flatten() {
+                        if shape_of(&shapes, *s)? != state_shape {
+                            return Err("an initial state of another shape".into());
+                        }
+                    }
+                    let y_shape = if *batch_first {
+                        vec![batch, 1, d, h]
+                    } else {
+                        vec![1, d, batch, h]
+                    };
+                    let [y, y_h, y_c] = *outs;
+                    // After one step Y holds Y_h's values: one buffer for both.
+                    let h_out = y_h.or(y);
+                    if let (Some(y), Some(y_h)) = (y, y_h) {
+                        storage[y] = storage[y_h];
+                    }
+                    let mut made = vec![];
+                    for (slot, shape) in [(y, &y_shape), (y_h, &state_shape), (y_c, &state_shape)] {
+                        if let Some(slot) = slot {
+                            made.push((slot, shape.clone()));
+                        }
+                    }
+                    let size = d * batch * h;
+                    let op = StepOp::Recurrent {
+                        op: index,
+                        x: storage[*x],
+                        h0: h0.map(|s| storage[s]),
+                        c0: c0.map(|s| storage[s]),
+                        h_out: h_out.map(|s| storage[s]),
+                        c_out: y_c.map(|s| storage[s]),
+                        buffers: Box::new(StepBuffers::new(spec, batch)),
+                        spare: [vec![0.0; size], vec![0.0; size]],
+                    };
+                    (Some(op), made)
+                }
+                Op::Dense {
+                    x, w, bias, out, ..
+                } => {
+                    let xs = shape_of(&shapes, *x)?;
+                    let (k, n) = w.dim();
+                    if xs.last() != Some(&k) {
+                        return Err("input does not fit the matrix".into());
+                    }
+                    let rows: usize = xs[..xs.len() - 1].iter().product();
+                    if let Some(b) = bias {
+                        if b.ndim() > 2 || b.broadcast(IxDyn(&[rows, n])).is_none() {
+                            return Err("a bias that widens the product".into());
+                        }
+                    }
+                    let mut ys = xs[..xs.len() - 1].to_vec();
+                    ys.push(n);
+                    let op = StepOp::Dense {
+                        op: index,
+                        x: storage[*x],
+                        rows,
+                        out: storage[*out],
+                    };
+                    (Some(op), vec![(*out, ys)])
+                }
+                Op::Binary { kind, a, b, out } => {
+                    let (sa, sb) = (shape_of(&shapes, *a)?, shape_of(&shapes, *b)?);
+                    let so = broadcast_shape(&sa, &sb)?;
+                    let op = StepOp::Binary {
+                        kind: *kind,
+                        a: storage[*a],
+                        b: storage[*b],
+                        out: storage[*out],
+                        shapes: Box::new([sa, sb, so.clone()]),
+                    };
+                    (Some(op), vec![(*out, so)])
+                }
+                Op::Unary { kind, x, out } => {
+                    let op = StepOp::Unary {
+                        kind: *kind,
+                        x: storage[*x],
+                        out: storage[*out],
+                    };
+                    (Some(op), vec![(*out, shape_of(&shapes, *x)?)])
+                }
+                Op::Softmax { axis: ax, x, out } => {
+                    let s = shape_of(&shapes, *x)?;
+                    let op = StepOp::Softmax {
+                        axis: axis(*ax, s.len())?,
+                        x: storage[*x],
+                        out: storage[*out],
+                        shape: s.clone(),
+                    };
+                    (Some(op), vec![(*out, s)])
+                }
+                Op::Reshape { x, rule, out } => {
+                    let s = shape_of(&shapes, *x)?;
+                    let target = reshape_target(&s, rule)?;
+                    if target.iter().product::<usize>() != s.iter().product::<usize>() {
+                        return Err(format!("cannot reshape {s:?} to {target:?}"));
+                    }
+                    storage[*out] = storage[*x];
+                    (None, vec![(*out, target)])
+                }
+                Op::Transpose { x, perm, out } => {
+                    let s = shape_of(&shapes, *x)?;
+                    if perm.len() != s.len() || (0..perm.len()).any(|i| !perm.contains(&i)) {
+                        return Err("perm does not fit the rank".into());
+                    }
+                    // The data keeps its order when the axes longer than one keep theirs:
+                    // the output shares the input's buffer.
+                    let moved: Vec<usize> = perm.iter().copied().filter(|&p| s[p] > 1).collect();
+                    if moved.windows(2).any(|w| w[0] > w[1]) {
+                        let map = iota(0, &s)?
+                            .permuted_axes(IxDyn(perm))
+                            .as_standard_layout()
+                            .into_owned();
+                        let (op, shape) = pick(map, vec![storage[*x]], storage[*out]);
+                        (op, vec![(*out, shape)])
+                    } else {
+                        storage[*out] = storage[*x];
+                        (None, vec![(*out, perm.iter().map(|&p| s[p]).collect())])
+                    }
+                }
+                Op::Slice { x, ranges, out } => {
+                    let whole = iota(0, &shape_of(&shapes, *x)?)?;
+                    let map = slice_view(whole.view(), ranges)?.to_owned();
+                    let (op, shape) = pick(map, vec![storage[*x]], storage[*out]);
+                    (op, vec![(*out, shape)])
+                }
+                Op::Gather {
+                    data,
+                    indices,
+                    axis: ax,
+                    out,
+                } => {
+                    let idx = int_constant(*indices).ok_or("indices computed at run time")?;
+                    let map = gather(&iota(0, &shape_of(&shapes, *data)?)?, idx, *ax)?;
+                    let (op, shape) = pick(map, vec![storage[*data]], storage[*out]);
+                    (op, vec![(*out, shape)])
+                }
+                Op::Concat {
+                    inputs,
+                    axis: ax,
+                    out,
+                } => {
+                    let mut parts = vec![];
+                    for (k, &input) in inputs.iter().enumerate() {
+                        parts.push(iota(k as u32, &shape_of(&shapes, input)?)?);
+                    }
+                    let map = concat(&parts.iter().collect::<Vec<_>>(), *ax)?;
+                    let sources = inputs.iter().map(|&i| storage[i]).collect();
+                    let (op, shape) = pick(map, sources, storage[*out]);
+                    (op, vec![(*out, shape)])
+                }
+                _ => return Err("an op outside the step path".into()),
+            };
+            for (slot, shape) in made {
+                let buffer = &mut buffers[storage[slot]];
+                if buffer.is_empty() {
+                    *buffer = vec![0.0; shape.iter().product()];
+                }
+                shapes[slot] = Some(shape);
+            }
+            ops.extend(step_op);
+        }
+        let mut outputs = vec![];
+        for (name, slot) in &plan.outputs {
+            let shape = shapes[*slot]
+                .clone()
+                .ok_or("an output that is not a float tensor")?;
+            outputs.push((name.clone(), storage[*slot], shape));
+        }
+        Ok(StepProgram {
+            key,
+            buffers,
+            ops,
+            inputs: plan.inputs.iter().map(|(_, s)| storage[*s]).collect(),
+            outputs,
+        })
+    }
+
+    /// The input shapes it was built for.
+    pub(super) fn key(&self) -> &[Vec<usize>] {
+        &self.key
+    }
+
+    /// Whether the program was built for these inputs (float tensors of its shapes).
+    pub(super) fn fits(&self, given: &CheckedInputs) -> bool {
+        given.tensors.len() == self.key.len()
+            && given
+                .tensors
+                .iter()
+                .zip(&self.key)
+                .all(|((_, t), k)| matches!(t, HostTensor::F32(a) if a.shape() == k.as_slice()))
+    }
+
+    /// Runs the graph on inputs that [`Self::fits`].
+    pub(super) fn run(
+        &mut self,
+        plan_ops: &[Op],
+        given: &CheckedInputs,
+    ) -> Result<Vec<(String, HostTensor)>, String> {
+        for (&buffer, (_, tensor)) in self.inputs.iter().zip(&given.tensors) {
+            let HostTensor::F32(a) = tensor else {
+                return Err("a non-float input".into());
+            };
+            let buffer = &mut self.buffers[buffer];
+            match a.as_slice() {
+                Some(data) => buffer.copy_from_slice(data),
+                None => buffer.iter_mut().zip(a.iter()).for_each(|(b, &v)| *b = v),
+            }
+        }
+        for op in &mut self.ops {
+            run_op(op, plan_ops, &mut self.buffers)?;
+        }
+        Ok(self
+            .outputs
+            .iter()
+            .map(|(name, buffer, shape)| {
+                let data = self.buffers[*buffer].clone();
+                let tensor = ArrayD::from_shape_vec(IxDyn(shape), data)
+                    .expect("buffers have their shape's size");
+                (name.clone(), HostTensor::F32(tensor))
+            })
+            .collect())
+    }
+}
+
+/// Runs one op: reads its operands' buffers, writes its output's (taken out of the list
+/// while the operands are read; no op writes a buffer it reads).
+fn run_op(op: &mut StepOp, plan_ops: &[Op], buffers: &mut [Vec<f32>]) -> Result<(), String> {
+    let out_of_step = || "the step program is out of step with its plan".to_string();
+    match op {
+        StepOp::Recurrent {
+            op,
+            x,
+            h0,
+            c0,
+            h_out,
+            c_out,
+            buffers: state,
+            spare,
+        } => {
+            let Op::Recurrent { spec, weights, .. } = &plan_ops[*op] else {
+                return Err(out_of_step());
+            };
+            let [spare_h, spare_c] = spare;
+            let mut out_h = match h_out {
+                Some(b) => std::mem::take(&mut buffers[*b]),
+                None => std::mem::take(spare_h),
+            };
+            let mut out_c = match c_out {
+                Some(b) => std::mem::take(&mut buffers[*b]),
+                None => std::mem::take(spare_c),
+            };
+            step_layer(
+                spec,
+                weights,
+                &buffers[*x],
+                [
+                    h0.map(|b| buffers[b].as_slice()),
+                    c0.map(|b| buffers[b].as_slice()),
+                ],
+                state,
+                &mut out_h,
+                &mut out_c,
+            );
+            match h_out {
+                Some(b) => buffers[*b] = out_h,
+                None => *spare_h = out_h,
+            }
+            match c_out {
+                Some(b) => buffers[*b] = out_c,
+                None => *spare_c = out_c,
+            }
+        }
+        StepOp::Dense { op, x, rows, out } => {
+            let Op::Dense {
+                w, packed, bias, ..
+            } = &plan_ops[*op]
+            else {
+                return Err(out_of_step());
+            };
+            let (k, n) = w.dim();
+            let mut y = std::mem::take(&mut buffers[*out]);
+            y.fill(0.0);
+            for (y_row, x_row) in y.chunks_exact_mut(n).zip(buffers[*x].chunks_exact(k)) {
+                matvec_packed(y_row, x_row, packed);
+            }
+            if let Some(b) = bias {
+                let mut y2 =
+                    ArrayViewMut2::from_shape((*rows, n), &mut y[..]).map_err(|e| e.to_string())?;
+                y2.zip_mut_with(b, |v, &b| *v += b);
+            }
+            buffers[*out] = y;
+        }
+        StepOp::Binary {
+            kind,
+            a,
+            b,
+            out,
+            shapes,
+        } => {
+            let [sa, sb, so] = &**shapes;
+            let mut o = std::mem::take(&mut buffers[*out]);
+            {
+                let view = |buffer: usize, shape: &[usize]| {
+                    ArrayViewD::from_shape(IxDyn(shape), &buffers[buffer][..])
+                        .map_err(|e| e.to_string())
+                };
+                let (av, bv) = (view(*a, sa)?, view(*b, sb)?);
+                let mut ov =
+                    ArrayViewMutD::from_shape(IxDyn(so), &mut o[..]).map_err(|e| e.to_string())?;
+                ov.assign(&av);
+                let f: fn(&mut f32, &f32) = match kind {
+                    '+' => |o, &b| *o += b,
+                    '-' => |o, &b| *o -= b,
+                    '*' => |o, &b| *o *= b,
+                    _ => |o, &b| *o /= b,
+                };
+                ov.zip_mut_with(&bv, f);
+            }
+            buffers[*out] = o;
+        }
+        StepOp::Unary { kind, x, out } => {
+            let mut o = std::mem::take(&mut buffers[*out]);
+            let f: fn(f32) -> f32 = match kind {
+                ActivationKind::Relu => |x| x.max(0.0),
+                ActivationKind::Sigmoid => |x| 1.0 / (1.0 + (-x).exp()),
+                _ => f32::tanh,
+            };
+            for (o, &x) in o.iter_mut().zip(&buffers[*x]) {
+                *o = f(x);
+            }
+            buffers[*out] = o;
+        }
+        StepOp::Pick { sources, map, out } => {
+            let mut o = std::mem::take(&mut buffers[*out]);
+            for (o, &(source, index)) in o.iter_mut().zip(map.iter()) {
+                *o = buffers[sources[source as usize]][index as usize];
+            }
+            buffers[*out] = o;
+        }
+        StepOp::Softmax {
+            axis,
+            x,
+            out,
+            shape,
+        } => {
+            let mut o = std::mem::take(&mut buffers[*out]);
+            o.copy_from_slice(&buffers[*x]);
+            {
+                let mut ov = ArrayViewMutD::from_shape(IxDyn(shape), &mut o[..])
+                    .map_err(|e| e.to_string())?;
+                for mut lane in ov.lanes_mut(Axis(*axis)) {
+                    let m = lane.fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                    lane.mapv_inplace(|x| (x - m).exp());
+                    let s = lane.sum();
+                    lane.mapv_inplace(|x| x / s);
+                }
+            }
+            buffers[*out] = o;
+        }
+    }
+    Ok(())
+}
+
+/// NumPy broadcasting of two shapes.
+fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+    let rank = a.len().max(b.len());
+    let dim = |s: &[usize], i: usize| (i + s.len()).checked_sub(rank).map(|j| s[j]).unwrap_or(1);
+    (0..rank)
+        .map(|i| match (dim(a, i), dim(b, i)) {
+            (x, y) if x == y || y == 1 => Ok(x),
+            (1, y) => Ok(y),
+            _ => Err(format!("shapes {a:?} and {b:?} do not broadcast")),
+        })
+        .collect()
+}
