@@ -56,7 +56,9 @@ impl StateValue {
 pub struct StreamModel {
     plan: Streamable,
     first_ir: RecurrentModel,
-    carry_ir: RecurrentModel,
+    /// The inputs the user gives each model (its graph inputs less the carried state).
+    first_user_inputs: Vec<crate::ir::ValueInfo>,
+    carry_user_inputs: Vec<crate::ir::ValueInfo>,
     first: Engine,
     carry: Engine,
 }
@@ -133,9 +135,17 @@ impl StreamModel {
         };
         let first = engine(kind, &first_model, options)?;
         let carry = engine(kind, &carry_model, options)?;
+        let user_inputs = |ir: &RecurrentModel| -> Vec<crate::ir::ValueInfo> {
+            ir.inputs
+                .iter()
+                .filter(|i| plan.states.iter().all(|w| w.input != i.name))
+                .cloned()
+                .collect()
+        };
         Ok(StreamModel {
+            first_user_inputs: user_inputs(&first_model.ir),
+            carry_user_inputs: user_inputs(&carry_model.ir),
             first_ir: first_model.ir,
-            carry_ir: carry_model.ir,
             plan,
             first,
             carry,
@@ -200,24 +210,17 @@ impl StreamModel {
         previous: Option<&[StateValue]>,
     ) -> Result<(Vec<(String, HostTensor)>, Vec<StateValue>)> {
         let fresh = previous.is_none();
-        let ir = if fresh {
-            &self.first_ir
+        let declared = if fresh {
+            &self.first_user_inputs
         } else {
-            &self.carry_ir
+            &self.carry_user_inputs
         };
-        let state_inputs: Vec<&str> = self.plan.states.iter().map(|w| w.input.as_str()).collect();
-        let declared: Vec<crate::ir::ValueInfo> = ir
-            .inputs
-            .iter()
-            .filter(|i| !state_inputs.contains(&i.name.as_str()))
-            .cloned()
-            .collect();
         let given: Vec<(String, HostTensor)> = inputs
             .iter()
             .filter(|(n, _)| declared.iter().any(|d| d.name == *n))
             .cloned()
             .collect();
-        let mut checked = check_inputs(&declared, given)?;
+        let mut checked = check_inputs(declared, given)?;
         let engine = if fresh {
             &mut self.first
         } else {

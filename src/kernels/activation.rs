@@ -87,54 +87,109 @@ pub fn fast_sigmoid(x: f32) -> f32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// The same rational function as [`super::fast_tanh`], eight lanes at a time, with fused
-    /// multiply-adds (so lanes may differ from the scalar function in the last bit).
+    /// [`super::fast_tanh`] of eight lanes, with fused multiply-adds (so lanes may differ
+    /// from the scalar function in the last bit).
     #[target_feature(enable = "avx2,fma")]
+    #[inline]
     #[allow(clippy::excessive_precision)]
-    pub unsafe fn tanh_family(values: &mut [f32], sigmoid: bool) {
+    pub unsafe fn tanh8(x: __m256) -> __m256 {
         let c = |x: f32| _mm256_set1_ps(x);
-        let (lo, hi) = (c(-7.905_311), c(7.905_311));
-        let a = [
-            c(-2.760_768_5e-16),
-            c(2.000_187_9e-13),
-            c(-8.604_671_5e-11),
-            c(5.122_297e-8),
-            c(1.485_722_4e-5),
-            c(6.372_619_3e-4),
-            c(4.893_524_6e-3),
-        ];
-        let b = [
-            c(1.198_258_4e-6),
-            c(1.185_347_1e-4),
-            c(2.268_434_6e-3),
-            c(4.893_525_2e-3),
-        ];
-        let half = c(0.5);
+        // min/max return the second operand for NaN: keep NaN by putting x second.
+        let x = _mm256_max_ps(c(-7.905_311), _mm256_min_ps(c(7.905_311), x));
+        let x2 = _mm256_mul_ps(x, x);
+        let mut p = c(-2.760_768_5e-16);
+        for k in [
+            2.000_187_9e-13,
+            -8.604_671_5e-11,
+            5.122_297e-8,
+            1.485_722_4e-5,
+            6.372_619_3e-4,
+            4.893_524_6e-3,
+        ] {
+            p = _mm256_fmadd_ps(p, x2, c(k));
+        }
+        let mut q = c(1.198_258_4e-6);
+        for k in [1.185_347_1e-4, 2.268_434_6e-3, 4.893_525_2e-3] {
+            q = _mm256_fmadd_ps(q, x2, c(k));
+        }
+        _mm256_div_ps(_mm256_mul_ps(x, p), q)
+    }
+
+    /// [`super::fast_sigmoid`] of eight lanes: (1 + tanh(x/2)) / 2.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub unsafe fn sigmoid8(x: __m256) -> __m256 {
+        let half = _mm256_set1_ps(0.5);
+        _mm256_fmadd_ps(tanh8(_mm256_mul_ps(x, half)), half, half)
+    }
+
+    /// The slice form of [`tanh8`] / [`sigmoid8`], the last few values scalar.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tanh_family(values: &mut [f32], sigmoid: bool) {
         let mut chunks = values.chunks_exact_mut(8);
         for chunk in &mut chunks {
-            let p_in = chunk.as_mut_ptr();
-            let mut x = _mm256_loadu_ps(p_in);
-            if sigmoid {
-                x = _mm256_mul_ps(x, half);
-            }
-            // min/max return the second operand for NaN: keep NaN by putting x second.
-            let x = _mm256_max_ps(lo, _mm256_min_ps(hi, x));
-            let x2 = _mm256_mul_ps(x, x);
-            let mut p = a[0];
-            for &k in &a[1..] {
-                p = _mm256_fmadd_ps(p, x2, k);
-            }
-            let mut q = b[0];
-            for &k in &b[1..] {
-                q = _mm256_fmadd_ps(q, x2, k);
-            }
-            let mut t = _mm256_div_ps(_mm256_mul_ps(x, p), q);
-            if sigmoid {
-                t = _mm256_fmadd_ps(t, half, half);
-            }
-            _mm256_storeu_ps(p_in, t);
+            let p = chunk.as_mut_ptr();
+            let x = _mm256_loadu_ps(p);
+            _mm256_storeu_ps(p, if sigmoid { sigmoid8(x) } else { tanh8(x) });
         }
         super::tanh_family_scalar(chunks.into_remainder(), sigmoid);
+    }
+
+    /// [`super::lstm_default_cell`], eight units at a time.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn lstm_default_cell(gates: &[f32], c: &mut [f32], h: &mut [f32]) {
+        let n = h.len();
+        let (i_g, rest) = gates.split_at(n);
+        let (o_g, rest) = rest.split_at(n);
+        let (f_g, g_g) = rest.split_at(n);
+        let mut k = 0;
+        while k + 8 <= n {
+            let load = |s: &[f32]| _mm256_loadu_ps(s.as_ptr().add(k));
+            let i = sigmoid8(load(i_g));
+            let f = sigmoid8(load(f_g));
+            let g = tanh8(load(g_g));
+            let c_new = _mm256_fmadd_ps(f, load(c), _mm256_mul_ps(i, g));
+            _mm256_storeu_ps(c.as_mut_ptr().add(k), c_new);
+            let o = sigmoid8(load(o_g));
+            _mm256_storeu_ps(h.as_mut_ptr().add(k), _mm256_mul_ps(o, tanh8(c_new)));
+            k += 8;
+        }
+        super::lstm_default_cell_scalar(&gates[k..], n, k, c, h);
+    }
+}
+
+/// The LSTM cell with ONNX's default activations (σ, tanh, tanh) and no clip, peepholes or
+/// input_forget, in one pass: from the pre-activations `gates` (`[4H]`, order i, o, f, c)
+/// to the new cell state `c` and hidden state `h` (`[H]` each, `c` holding the previous cell
+/// state on entry). The same arithmetic as the general cell; on x86-64 with AVX2 + FMA eight
+/// units at a time.
+#[inline(always)]
+pub fn lstm_default_cell(gates: &[f32], c: &mut [f32], h: &mut [f32]) {
+    assert!(gates.len() == 4 * h.len() && c.len() == h.len(), "LSTM cell sizes");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for; the sizes
+            // were checked above.
+            unsafe { avx2::lstm_default_cell(gates, c, h) };
+            return;
+        }
+    }
+    lstm_default_cell_scalar(gates, h.len(), 0, c, h);
+}
+
+/// Units `from..` of [`lstm_default_cell`]; `gates` starts at unit `from` of the i block, and
+/// each gate block is `n` long.
+#[inline(always)]
+fn lstm_default_cell_scalar(gates: &[f32], n: usize, from: usize, c: &mut [f32], h: &mut [f32]) {
+    for k in from..n {
+        let at = k - from;
+        let i = fast_sigmoid(gates[at]);
+        let o = fast_sigmoid(gates[n + at]);
+        let f = fast_sigmoid(gates[2 * n + at]);
+        let g = fast_tanh(gates[3 * n + at]);
+        c[k] = f * c[k] + i * g;
+        h[k] = o * fast_tanh(c[k]);
     }
 }
 

@@ -2,10 +2,10 @@
 
 use ndarray::Array2;
 
-use super::activation::Act;
+use super::activation::{lstm_default_cell, Act};
 use super::linalg::matvec_packed_ordered;
 use super::{DirectionWeights, LayerSpec};
-use crate::ir::{Activation, Cell};
+use crate::ir::{Activation, ActivationKind, Cell};
 
 /// Hidden and cell state of every batch entry, `[B, H]` each.
 pub struct State {
@@ -60,6 +60,9 @@ pub struct Step<'a> {
     /// The direction's activations (a cell uses 1 to 3; unused entries repeat the first).
     acts: [Act; 3],
     clip: Option<f32>,
+    /// An LSTM with the default activations and no clip, peepholes or input_forget: its cell
+    /// runs in one fused pass.
+    default_lstm: bool,
 }
 
 impl<'a> Step<'a> {
@@ -75,6 +78,18 @@ impl<'a> Step<'a> {
             weights,
             acts: std::array::from_fn(|k| Act::new(*activations.get(k).unwrap_or(&activations[0]))),
             clip: spec.clip,
+            default_lstm: matches!(
+                spec.cell,
+                Cell::Lstm {
+                    input_forget: false,
+                    ..
+                }
+            ) && weights.peepholes.is_none()
+                && spec.clip.is_none()
+                && activations.len() == 3
+                && activations[0].kind == ActivationKind::Sigmoid
+                && activations[1].kind == ActivationKind::Tanh
+                && activations[2].kind == ActivationKind::Tanh,
         }
     }
 
@@ -102,6 +117,10 @@ impl<'a> Step<'a> {
                 matvec_packed(gates, h_prev, &r_packed[0]);
                 let mut c_row = state.c.row_mut(b);
                 let c = c_row.as_slice_mut().expect("row-major");
+                if self.default_lstm {
+                    lstm_default_cell(gates, c, h_prev);
+                    return;
+                }
                 // Gate order in ONNX: i, o, f, c. Peepholes P: i, o, f.
                 let (i_g, rest) = gates.split_at_mut(h);
                 let (o_g, rest) = rest.split_at_mut(h);

@@ -16,7 +16,7 @@
 //! (integer values computed at run time, Shape, ConstantOfShape, a sequence longer than one
 //! step) keeps to the general executor, which computes the same values.
 
-use ndarray::{ArrayD, ArrayViewD, ArrayViewMut2, ArrayViewMutD, Axis, IxDyn};
+use ndarray::{ArrayD, IxDyn};
 
 use super::{axis, concat, gather, reshape_target, slice_view, Op, Value};
 use crate::ir::ActivationKind;
@@ -43,16 +43,19 @@ enum StepOp {
     Dense {
         op: usize,
         x: usize,
-        rows: usize,
         out: usize,
+        /// The bias broadcast to the output (`[rows, n]`), when there is one.
+        bias: Option<Vec<f32>>,
     },
     Binary {
         kind: char,
         a: usize,
         b: usize,
         out: usize,
-        /// Shapes of a, b and out.
-        shapes: Box<[Vec<usize>; 3]>,
+        /// For each output element, the element of a and of b it takes (None: the same
+        /// index, the operand having the output's shape).
+        a_map: Option<Vec<u32>>,
+        b_map: Option<Vec<u32>>,
     },
     Unary {
         kind: ActivationKind,
@@ -60,10 +63,10 @@ enum StepOp {
         out: usize,
     },
     Softmax {
-        axis: usize,
         x: usize,
         out: usize,
-        shape: Vec<usize>,
+        /// The shape as `[outer, axis, inner]`: each lane is `axis` values `inner` apart.
+        lanes: [usize; 3],
     },
     /// Values picked from one or more buffers by a map fixed when the program is built
     /// (Gather with constant indices, Slice, a Transpose that moves data, Concat):
@@ -226,18 +229,24 @@ impl StepProgram {
                         return Err("input does not fit the matrix".into());
                     }
                     let rows: usize = xs[..xs.len() - 1].iter().product();
-                    if let Some(b) = bias {
-                        if b.ndim() > 2 || b.broadcast(IxDyn(&[rows, n])).is_none() {
-                            return Err("a bias that widens the product".into());
-                        }
-                    }
+                    let bias = match bias {
+                        Some(b) if b.ndim() <= 2 => Some(
+                            b.broadcast(IxDyn(&[rows, n]))
+                                .ok_or("a bias that widens the product")?
+                                .iter()
+                                .copied()
+                                .collect(),
+                        ),
+                        Some(_) => return Err("a bias that widens the product".into()),
+                        None => None,
+                    };
                     let mut ys = xs[..xs.len() - 1].to_vec();
                     ys.push(n);
                     let op = StepOp::Dense {
                         op: index,
                         x: storage[*x],
-                        rows,
                         out: storage[*out],
+                        bias,
                     };
                     (Some(op), vec![(*out, ys)])
                 }
@@ -249,7 +258,8 @@ impl StepProgram {
                         a: storage[*a],
                         b: storage[*b],
                         out: storage[*out],
-                        shapes: Box::new([sa, sb, so.clone()]),
+                        a_map: broadcast_map(&sa, &so)?,
+                        b_map: broadcast_map(&sb, &so)?,
                     };
                     (Some(op), vec![(*out, so)])
                 }
@@ -263,11 +273,15 @@ impl StepProgram {
                 }
                 Op::Softmax { axis: ax, x, out } => {
                     let s = shape_of(&shapes, *x)?;
+                    let ax = axis(*ax, s.len())?;
                     let op = StepOp::Softmax {
-                        axis: axis(*ax, s.len())?,
                         x: storage[*x],
                         out: storage[*out],
-                        shape: s.clone(),
+                        lanes: [
+                            s[..ax].iter().product(),
+                            s[ax],
+                            s[ax + 1..].iter().product(),
+                        ],
                     };
                     (Some(op), vec![(*out, s)])
                 }
@@ -453,23 +467,18 @@ fn run_op(op: &mut StepOp, plan_ops: &[Op], buffers: &mut [Vec<f32>]) -> Result<
                 None => *spare_c = out_c,
             }
         }
-        StepOp::Dense { op, x, rows, out } => {
-            let Op::Dense {
-                w, packed, bias, ..
-            } = &plan_ops[*op]
-            else {
+        StepOp::Dense { op, x, out, bias } => {
+            let Op::Dense { w, packed, .. } = &plan_ops[*op] else {
                 return Err(out_of_step());
             };
             let (k, n) = w.dim();
             let mut y = std::mem::take(&mut buffers[*out]);
-            y.fill(0.0);
+            match bias {
+                Some(b) => y.copy_from_slice(b),
+                None => y.fill(0.0),
+            }
             for (y_row, x_row) in y.chunks_exact_mut(n).zip(buffers[*x].chunks_exact(k)) {
                 matvec_packed(y_row, x_row, packed);
-            }
-            if let Some(b) = bias {
-                let mut y2 =
-                    ArrayViewMut2::from_shape((*rows, n), &mut y[..]).map_err(|e| e.to_string())?;
-                y2.zip_mut_with(b, |v, &b| *v += b);
             }
             buffers[*out] = y;
         }
@@ -478,26 +487,23 @@ fn run_op(op: &mut StepOp, plan_ops: &[Op], buffers: &mut [Vec<f32>]) -> Result<
             a,
             b,
             out,
-            shapes,
+            a_map,
+            b_map,
         } => {
-            let [sa, sb, so] = &**shapes;
             let mut o = std::mem::take(&mut buffers[*out]);
-            {
-                let view = |buffer: usize, shape: &[usize]| {
-                    ArrayViewD::from_shape(IxDyn(shape), &buffers[buffer][..])
-                        .map_err(|e| e.to_string())
-                };
-                let (av, bv) = (view(*a, sa)?, view(*b, sb)?);
-                let mut ov =
-                    ArrayViewMutD::from_shape(IxDyn(so), &mut o[..]).map_err(|e| e.to_string())?;
-                ov.assign(&av);
-                let f: fn(&mut f32, &f32) = match kind {
-                    '+' => |o, &b| *o += b,
-                    '-' => |o, &b| *o -= b,
-                    '*' => |o, &b| *o *= b,
-                    _ => |o, &b| *o /= b,
-                };
-                ov.zip_mut_with(&bv, f);
+            let (av, bv) = (&buffers[*a], &buffers[*b]);
+            let f: fn(f32, f32) -> f32 = match kind {
+                '+' => |a, b| a + b,
+                '-' => |a, b| a - b,
+                '*' => |a, b| a * b,
+                _ => |a, b| a / b,
+            };
+            let at = |map: &Option<Vec<u32>>, v: &[f32], i: usize| match map {
+                Some(m) => v[m[i] as usize],
+                None => v[i],
+            };
+            for (i, o) in o.iter_mut().enumerate() {
+                *o = f(at(a_map, av, i), at(b_map, bv, i));
             }
             buffers[*out] = o;
         }
@@ -520,28 +526,39 @@ fn run_op(op: &mut StepOp, plan_ops: &[Op], buffers: &mut [Vec<f32>]) -> Result<
             }
             buffers[*out] = o;
         }
-        StepOp::Softmax {
-            axis,
-            x,
-            out,
-            shape,
-        } => {
+        StepOp::Softmax { x, out, lanes } => {
+            let [outer, len, inner] = *lanes;
             let mut o = std::mem::take(&mut buffers[*out]);
             o.copy_from_slice(&buffers[*x]);
-            {
-                let mut ov = ArrayViewMutD::from_shape(IxDyn(shape), &mut o[..])
-                    .map_err(|e| e.to_string())?;
-                for mut lane in ov.lanes_mut(Axis(*axis)) {
-                    let m = lane.fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                    lane.mapv_inplace(|x| (x - m).exp());
-                    let s = lane.sum();
-                    lane.mapv_inplace(|x| x / s);
+            for first in (0..outer).flat_map(|a| (0..inner).map(move |b| a * len * inner + b)) {
+                let lane = (0..len).map(|j| first + j * inner);
+                let m = lane.clone().fold(f32::NEG_INFINITY, |m, i| m.max(o[i]));
+                let mut sum = 0.0;
+                for i in lane.clone() {
+                    o[i] = (o[i] - m).exp();
+                    sum += o[i];
+                }
+                for i in lane {
+                    o[i] /= sum;
                 }
             }
             buffers[*out] = o;
         }
     }
     Ok(())
+}
+
+/// Where each element of a value broadcast to `to` comes from in the value of shape `from`,
+/// or None when the shapes are the same.
+fn broadcast_map(from: &[usize], to: &[usize]) -> Result<Option<Vec<u32>>, Why> {
+    if from == to {
+        return Ok(None);
+    }
+    let source = iota(0, from)?;
+    let broadcast = source
+        .broadcast(IxDyn(to))
+        .ok_or_else(|| format!("{from:?} does not broadcast to {to:?}"))?;
+    Ok(Some(broadcast.iter().map(|&(_, i)| i).collect()))
 }
 
 /// NumPy broadcasting of two shapes.
