@@ -1,6 +1,7 @@
 //! CPU path against stock tract and ONNX Runtime's CPU provider, single thread, in one run: a
-//! 2-layer LSTM(64) over 100 steps and one step at a time with the state fed back, a
-//! bidirectional GRU(64), and the BasicMotions classifier. `cargo bench --bench cpu` (ONNX
+//! 2-layer LSTM(64) over 100 steps, one step at a time with the state fed back (as graph
+//! inputs, and through a streaming session that keeps it), a bidirectional GRU(64), and the
+//! BasicMotions classifier. `cargo bench --bench cpu` (ONNX
 //! Runtime from `.ort/`, see scripts/fetch-ort.sh); docs/PERFORMANCE.md has the numbers.
 
 use std::path::Path;
@@ -82,6 +83,47 @@ fn streamed_step(c: &mut Criterion) {
     group.finish();
 }
 
+/// One step of the same 2-layer LSTM through a streaming session (`recur::stream::Session`):
+/// the state stays inside the session between calls (host buffers on the CPU path, IO-bound
+/// values on ONNX Runtime), the user feeds only the sample.
+fn session_step(c: &mut Criterion) {
+    use recur::backend::BackendKind;
+    use recur::stream::Session;
+    let model = load("models/bench/lstm2x64_seq.onnx");
+    let x = read_npy(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/bench/x_100x1x8.npy"))
+        .unwrap();
+    let mut kinds = vec![("recur", BackendKind::Tract)];
+    if cfg!(feature = "ort") {
+        kinds.push(("onnxruntime-cpu", BackendKind::Ort));
+    }
+    let options = BackendOptions {
+        ort_threads: Some(1),
+        ..Default::default()
+    };
+    let mut group = c.benchmark_group("lstm2x64_one_step_session");
+    for (engine, kind) in kinds {
+        let mut session = match Session::new(&model, kind, &options) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{engine} left out: {e}");
+                continue;
+            }
+        };
+        let steps: Vec<Vec<(String, HostTensor)>> = (0..100)
+            .map(|t| vec![("X".to_string(), recur::stream::slice(&x, 0, t, t + 1))])
+            .collect();
+        let mut t = 0;
+        session.feed(&steps[0]).unwrap();
+        group.bench_function(engine, |b| {
+            b.iter(|| {
+                t = (t + 1) % 100;
+                session.feed(&steps[t]).unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     whole_sequence(
         c,
@@ -91,6 +133,7 @@ fn benches(c: &mut Criterion) {
         "X",
     );
     streamed_step(c);
+    session_step(c);
     whole_sequence(
         c,
         "bigru64_seq100",

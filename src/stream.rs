@@ -234,27 +234,29 @@ impl StreamModel {
                         checked.tensors.push((wire.input.clone(), t.clone()));
                     }
                 }
-                let outputs = backend.run(&checked)?;
-                let find = |name: &str| {
-                    outputs
-                        .iter()
-                        .find(|(n, _)| n == name)
-                        .map(|(_, t)| t.clone())
-                        .ok_or_else(|| {
-                            RecurError::Usage(format!("streaming: output '{name}' missing"))
-                        })
+                let mut outputs = backend.run(&checked)?;
+                // Each output moves out once; one that is both a user output and state is
+                // copied for the user.
+                let mut take = |name: &str, copy: bool| -> Result<HostTensor> {
+                    let (_, t) = outputs.iter_mut().find(|(n, _)| n == name).ok_or_else(|| {
+                        RecurError::Usage(format!("streaming: output '{name}' missing"))
+                    })?;
+                    Ok(if copy {
+                        t.clone()
+                    } else {
+                        std::mem::replace(t, HostTensor::F32(ndarray::ArrayD::zeros(vec![0])))
+                    })
                 };
+                let states = &self.plan.states;
                 let user = self
                     .plan
                     .user_outputs
                     .iter()
-                    .map(|n| Ok((n.clone(), find(n)?)))
+                    .map(|n| Ok((n.clone(), take(n, states.iter().any(|w| w.output == *n))?)))
                     .collect::<Result<Vec<_>>>()?;
-                let state = self
-                    .plan
-                    .states
+                let state = states
                     .iter()
-                    .map(|w| Ok(StateValue::Host(find(&w.output)?)))
+                    .map(|w| Ok(StateValue::Host(take(&w.output, false)?)))
                     .collect::<Result<Vec<_>>>()?;
                 Ok((user, state))
             }

@@ -165,7 +165,10 @@ mod avx2 {
 /// units at a time.
 #[inline(always)]
 pub fn lstm_default_cell(gates: &[f32], c: &mut [f32], h: &mut [f32]) {
-    assert!(gates.len() == 4 * h.len() && c.len() == h.len(), "LSTM cell sizes");
+    assert!(
+        gates.len() == 4 * h.len() && c.len() == h.len(),
+        "LSTM cell sizes"
+    );
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
