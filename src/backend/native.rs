@@ -13,7 +13,7 @@ use ndarray::{concatenate, Array2, ArrayD, ArrayView2, Axis, Ix2, Ix3, IxDyn, Sl
 use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
 
 use crate::ir::{ActivationKind, LayerKind, Layout, RecurrentLayer, RecurrentModel};
-use crate::kernels::{run_layer, LayerSpec, LayerWeights};
+use crate::kernels::{run_layer, run_layer_batch_first, LayerSpec, LayerWeights};
 use crate::onnx::{constant_f32, constant_i64, NodeAttrs};
 use crate::tensor::{CheckedInputs, HostTensor};
 
@@ -310,11 +310,19 @@ impl NativePlan {
                     values[*slot].take()
                 }
                 .ok_or("output not computed")?;
+                // Graph outputs leave in standard layout (a Transpose inside only sets strides).
+                let standard = |a: ArrayD<f32>| {
+                    if a.is_standard_layout() {
+                        a
+                    } else {
+                        a.as_standard_layout().into_owned()
+                    }
+                };
                 Ok((
                     name.clone(),
                     match v {
-                        Value::F32(a) => HostTensor::F32(a),
-                        Value::I64(a) => HostTensor::I64(a),
+                        Value::F32(a) => HostTensor::F32(standard(a)),
+                        Value::I64(a) => HostTensor::I64(a.as_standard_layout().into_owned()),
                     },
                 ))
             })
@@ -685,21 +693,26 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
             }
             let h0v = h0.map(view3).transpose()?;
             let c0v = c0.map(view3).transpose()?;
-            let out = run_layer(spec, weights, xv, lengths.as_deref(), h0v, c0v);
             let d = spec.direction.count();
             let h = spec.hidden;
+            let out = if *batch_first {
+                // X is [B, T, I] in memory: the kernels read it and write Y [B, T, D, H]
+                // where they are, with no transposes.
+                let x_bt = xv.permuted_axes([1, 0, 2]);
+                run_layer_batch_first(spec, weights, x_bt, lengths.as_deref(), h0v, c0v)
+            } else {
+                run_layer(spec, weights, xv, lengths.as_deref(), h0v, c0v)
+            };
             if let Some(s) = outs[0] {
+                let shape = if *batch_first {
+                    (batch, t_len, d, h)
+                } else {
+                    (t_len, d, batch, h)
+                };
                 let y = out
                     .y
-                    .into_shape_with_order((t_len, d, batch, h))
+                    .into_shape_with_order(shape)
                     .map_err(|e| e.to_string())?;
-                let y = if *batch_first {
-                    y.permuted_axes([2, 0, 1, 3])
-                        .as_standard_layout()
-                        .into_owned()
-                } else {
-                    y
-                };
                 v[s] = Some(Value::F32(y.into_dyn()));
             }
             for (k, a) in [(1, out.y_h), (2, out.y_c)] {
@@ -819,11 +832,9 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
             if perm.len() != a.ndim() || (0..perm.len()).any(|i| !perm.contains(&i)) {
                 return Err("perm does not fit the rank".into());
             }
-            let r = a
-                .view()
-                .permuted_axes(IxDyn(perm))
-                .as_standard_layout()
-                .into_owned();
+            // Only the strides change (a plain copy, never a strided one): the ops after it
+            // take any layout, and the graph outputs are laid out when they leave.
+            let r = a.clone().permuted_axes(IxDyn(perm));
             v[*out] = Some(Value::F32(r));
         }
         Op::Slice { x, ranges, out } => {
@@ -836,14 +847,17 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
             axis: ax,
             out,
         } => {
-            let idx = match get(v, *indices)? {
-                Value::I64(i) => i,
-                Value::F32(_) => return Err("float indices".into()),
+            let idx = match &v[*indices] {
+                Some(Value::I64(i)) => i,
+                Some(Value::F32(_)) => return Err("float indices".into()),
+                None => return Err("value not computed".into()),
             };
-            v[*out] = Some(match get(v, *data)? {
-                Value::F32(d) => Value::F32(gather(&d, &idx, *ax)?),
-                Value::I64(d) => Value::I64(gather(&d, &idx, *ax)?),
-            });
+            let r = match &v[*data] {
+                Some(Value::F32(d)) => Value::F32(gather(d, idx, *ax)?),
+                Some(Value::I64(d)) => Value::I64(gather(d, idx, *ax)?),
+                None => return Err("value not computed".into()),
+            };
+            v[*out] = Some(r);
         }
         Op::Concat {
             inputs,

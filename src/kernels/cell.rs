@@ -207,6 +207,37 @@ impl<'a> Step<'a> {
 }
 
 /// GRU's new state: `h = (1 - z) ⊙ h~ + z ⊙ h`.
+impl Step<'_> {
+    /// Advances every active batch entry of a default LSTM (see `default_lstm`) by one step
+    /// with one blocked matrix product for the whole batch (`H · Rᵀ`, R read once instead of
+    /// once per entry), when the CPU has the kernel for it. `gates` holds each entry's input
+    /// projection (`[B, 4H]`) and is overwritten. Returns false, having changed nothing, when
+    /// this path does not apply; the caller then steps entry by entry.
+    pub fn run_batch(&self, gates: &mut [f32], state: &mut State, active: &[bool]) -> bool {
+        if !self.default_lstm {
+            return false;
+        }
+        let h = self.hidden;
+        let h_all = state.h.as_slice().expect("standard layout");
+        if !super::linalg::matmul_packed(gates, h_all, &self.weights.r_packed[0]) {
+            return false;
+        }
+        let h_all = state.h.as_slice_mut().expect("standard layout");
+        let c_all = state.c.as_slice_mut().expect("standard layout");
+        for (((g, hb), cb), &on) in gates
+            .chunks_exact(4 * h)
+            .zip(h_all.chunks_exact_mut(h))
+            .zip(c_all.chunks_exact_mut(h))
+            .zip(active)
+        {
+            if on {
+                lstm_default_cell(g, cb, hb);
+            }
+        }
+        true
+    }
+}
+
 #[inline(always)]
 fn gru_blend(h_prev: &mut [f32], z: &[f32], h_new: &[f32]) {
     for ((h, &z), &n) in h_prev.iter_mut().zip(z).zip(h_new) {

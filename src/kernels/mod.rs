@@ -226,6 +226,22 @@ pub fn run_layer(
     run(spec, weights, x, lengths, initial_h, initial_c, None).0
 }
 
+/// [`run_layer`] for a batch-first model (ONNX `layout = 1`): `x` is `[B, T, I]` and Y comes
+/// back as `[B, T*D, H]` (reshape to ONNX's `[B, T, D, H]`); Y_h and Y_c as in [`run_layer`].
+/// The same values, without transposing the input and the output through memory: the
+/// input projection and the time loop read and write the batch-first rows where they are.
+pub fn run_layer_batch_first(
+    spec: &LayerSpec,
+    weights: &LayerWeights,
+    x: ArrayView3<f32>,
+    lengths: Option<&[usize]>,
+    initial_h: Option<ArrayView3<f32>>,
+    initial_c: Option<ArrayView3<f32>>,
+) -> LayerOutputs {
+    let x = x.permuted_axes([1, 0, 2]);
+    run_ordered(spec, weights, x, lengths, initial_h, initial_c, None, true).0
+}
+
 /// Keras's masking of a forward layer: where `mask[t, b]` is false the step is skipped, the
 /// state carried over and the output is the last output (Keras `mask_zero` semantics).
 pub struct KerasMask<'a> {
@@ -258,13 +274,42 @@ fn run(
     initial_c: Option<ArrayView3<f32>>,
     keras: Option<KerasMask>,
 ) -> (LayerOutputs, Option<Array2<f32>>) {
+    run_ordered(
+        spec, weights, x, lengths, initial_h, initial_c, keras, false,
+    )
+}
+
+/// The layer over `x` (`[T, B, I]`, any strides), Y time-major (`[T, D*B, H]`) or, with
+/// `batch_major_y`, batch-major (`[B, T*D, H]`).
+#[allow(clippy::too_many_arguments)]
+fn run_ordered(
+    spec: &LayerSpec,
+    weights: &LayerWeights,
+    x: ArrayView3<f32>,
+    lengths: Option<&[usize]>,
+    initial_h: Option<ArrayView3<f32>>,
+    initial_c: Option<ArrayView3<f32>>,
+    keras: Option<KerasMask>,
+    batch_major_y: bool,
+) -> (LayerOutputs, Option<Array2<f32>>) {
     let (t_len, batch, input) = x.dim();
     let h = spec.hidden;
     let dirs = spec.direction.count();
     debug_assert_eq!(input, weights.input);
-    let x = x.as_standard_layout();
+    // A batch-first input (the transpose of a standard [B, T, I] array) is read in place, its
+    // rows in (b, t) order; anything else is laid out time-major first.
+    let batch_major_x = !x.is_standard_layout() && x.permuted_axes([1, 0, 2]).is_standard_layout();
+    let x = if batch_major_x {
+        ndarray::CowArray::from(x.permuted_axes([1, 0, 2]))
+    } else {
+        x.as_standard_layout()
+    };
     let x_rows = x.as_slice().expect("standard layout");
-    let mut y = Array3::<f32>::zeros((t_len, dirs * batch, h));
+    let mut y = if batch_major_y {
+        Array3::<f32>::zeros((batch, t_len * dirs, h))
+    } else {
+        Array3::<f32>::zeros((t_len, dirs * batch, h))
+    };
     let mut y_h = Array3::<f32>::zeros((dirs, batch, h));
     let mut y_c = Array3::<f32>::zeros((dirs, batch, h));
     let full: Vec<usize> = vec![t_len; batch];
@@ -306,7 +351,11 @@ fn run(
             gates_width: gh,
             lengths,
             reverse,
-            column: d * batch,
+            t_len,
+            direction: d,
+            dirs,
+            batch_major_x,
+            batch_major_y,
         };
         steps.run_dispatched(&mut state, &mut scratch, &mut y, last_output.as_mut());
         y_h.index_axis_mut(Axis(0), d).assign(&state.h);
@@ -327,8 +376,14 @@ struct Steps<'a> {
     gates_width: usize,
     lengths: &'a [usize],
     reverse: bool,
-    /// First column of this direction in Y's `D*B` axis.
-    column: usize,
+    t_len: usize,
+    /// This direction, and how many the layer has.
+    direction: usize,
+    dirs: usize,
+    /// Rows of `xproj` in (b, t) order rather than (t, b).
+    batch_major_x: bool,
+    /// Y as `[B, T*D, H]` rather than `[T, D*B, H]`.
+    batch_major_y: bool,
 }
 
 impl Steps<'_> {
@@ -372,22 +427,65 @@ impl Steps<'_> {
         y: &mut Array3<f32>,
         mut last: Option<&mut Array2<f32>>,
     ) {
-        let (t_len, width, h) = y.dim();
+        let h = y.dim().2;
+        let (t_len, dirs, d) = (self.t_len, self.dirs, self.direction);
         let batch = self.lengths.len();
         let gh = self.gates_width;
         let y = y.as_slice_mut().expect("standard layout");
+        // Several sequences at once: one matrix product per step for the whole batch where
+        // the cell allows it (default LSTM, no Keras mask).
+        let mut batch_gates = vec![];
+        let mut active = vec![false; batch];
+        let batched = self.mask.is_none() && batch >= 4;
         for s in 0..t_len {
             let t = if self.reverse { t_len - 1 - s } else { s };
+            if batched {
+                batch_gates.resize(batch * gh, 0.0);
+                for (b, (g, on)) in batch_gates
+                    .chunks_exact_mut(gh)
+                    .zip(active.iter_mut())
+                    .enumerate()
+                {
+                    let row = if self.batch_major_x {
+                        b * t_len + t
+                    } else {
+                        t * batch + b
+                    };
+                    g.copy_from_slice(&self.xproj[row * gh..(row + 1) * gh]);
+                    *on = t < self.lengths[b];
+                }
+                if self.step.run_batch(&mut batch_gates, state, &active) {
+                    for (b, _) in active.iter().enumerate().filter(|(_, on)| **on) {
+                        let at = if self.batch_major_y {
+                            ((b * t_len + t) * dirs + d) * h
+                        } else {
+                            ((t * dirs + d) * batch + b) * h
+                        };
+                        y[at..at + h].copy_from_slice(state.h_row(b));
+                    }
+                    continue;
+                }
+            }
             for (b, &len) in self.lengths.iter().enumerate() {
                 if t >= len {
                     continue;
                 }
-                let row = t * batch + b;
-                let at = (t * width + self.column + b) * h;
+                // Step (t, b): its mask entry, its input projection row, its place in Y.
+                let mask_row = t * batch + b;
+                let row = if self.batch_major_x {
+                    b * t_len + t
+                } else {
+                    mask_row
+                };
+                let at = if self.batch_major_y {
+                    ((b * t_len + t) * dirs + d) * h
+                } else {
+                    ((t * dirs + d) * batch + b) * h
+                };
                 if let (Some(mask), Some(last)) = (self.mask, last.as_deref_mut()) {
                     let last =
                         &mut last.as_slice_mut().expect("standard layout")[b * h..(b + 1) * h];
-                    if mask[row] {
+                    if mask[mask_row] {
                         self.step
                             .run(&self.xproj[row * gh..(row + 1) * gh], state, b, scratch);
                         last.copy_from_slice(state.h_row(b));
@@ -553,5 +651,132 @@ fn step_layer_body(
         }
         y_h[range.clone()].copy_from_slice(state.h.as_slice().expect("standard layout"));
         y_c[range].copy_from_slice(state.c.as_slice().expect("standard layout"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::ActivationKind;
+    use ndarray::{Array, Array3};
+
+    fn pseudo_random(shape: &[usize], seed: u32) -> ndarray::ArrayD<f32> {
+        let mut s = seed;
+        Array::from_shape_fn(ndarray::IxDyn(shape), |_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+    }
+
+    /// The batch-first run (input read and Y written in place) gives the time-major run's
+    /// values bit for bit, for every cell, both directions and ragged lengths; and one
+    /// `step_layer` gives a one-step `run_layer` bit for bit.
+    #[test]
+    fn batch_first_and_single_step_runs_equal_the_time_major_run() {
+        let (b, t, i, h) = (5, 23, 7, 12);
+        let cells = [
+            Cell::Lstm {
+                input_forget: false,
+                peepholes: false,
+            },
+            Cell::Gru {
+                linear_before_reset: true,
+            },
+            Cell::Rnn,
+        ];
+        for (n, cell) in cells.into_iter().enumerate() {
+            // ONNX's default activations of the cell.
+            let kinds: &[ActivationKind] = match cell {
+                Cell::Lstm { .. } => &[
+                    ActivationKind::Sigmoid,
+                    ActivationKind::Tanh,
+                    ActivationKind::Tanh,
+                ],
+                Cell::Gru { .. } => &[ActivationKind::Sigmoid, ActivationKind::Tanh],
+                Cell::Rnn => &[ActivationKind::Tanh],
+            };
+            let spec = LayerSpec {
+                direction: Direction::Bidirectional,
+                hidden: h,
+                activations: vec![kinds.iter().map(|&k| Activation::plain(k)).collect(); 2],
+                clip: None,
+                cell,
+            };
+            let gh = spec.cell.gates() * h;
+            let seed = 7 + n as u32;
+            let w = pseudo_random(&[2, gh, i], seed)
+                .into_dimensionality()
+                .unwrap();
+            let r = pseudo_random(&[2, gh, h], seed + 10)
+                .into_dimensionality()
+                .unwrap();
+            let bias = pseudo_random(&[2, 2 * gh], seed + 20)
+                .into_dimensionality()
+                .unwrap();
+            let weights =
+                LayerWeights::prepare(&spec, w.view(), r.view(), Some(bias.view()), None).unwrap();
+            let x_bt: Array3<f32> = pseudo_random(&[b, t, i], seed + 30)
+                .into_dimensionality()
+                .unwrap();
+            let h0: Array3<f32> = pseudo_random(&[2, b, h], seed + 40)
+                .into_dimensionality()
+                .unwrap();
+            let lengths = [23, 1, 17, 23, 9];
+            let x_tb = x_bt
+                .view()
+                .permuted_axes([1, 0, 2])
+                .as_standard_layout()
+                .into_owned();
+            let time_major = run_layer(
+                &spec,
+                &weights,
+                x_tb.view(),
+                Some(&lengths),
+                Some(h0.view()),
+                None,
+            );
+            let batch_first = run_layer_batch_first(
+                &spec,
+                &weights,
+                x_bt.view(),
+                Some(&lengths),
+                Some(h0.view()),
+                None,
+            );
+            let y_tm = time_major.y.into_shape_with_order((t, 2, b, h)).unwrap();
+            let y_bf = batch_first.y.into_shape_with_order((b, t, 2, h)).unwrap();
+            assert_eq!(y_tm.permuted_axes([2, 0, 1, 3]), y_bf, "{:?}: Y", spec.cell);
+            assert_eq!(time_major.y_h, batch_first.y_h, "{:?}: Y_h", spec.cell);
+            assert_eq!(time_major.y_c, batch_first.y_c, "{:?}: Y_c", spec.cell);
+
+            // One step: step_layer against run_layer on the first time step.
+            let x1 = x_tb.slice(ndarray::s![0..1, .., ..]);
+            let one = run_layer(&spec, &weights, x1, None, Some(h0.view()), None);
+            let mut buffers = StepBuffers::new(&spec, b);
+            let (mut y_h, mut y_c) = (vec![0.0; 2 * b * h], vec![0.0; 2 * b * h]);
+            for _ in 0..2 {
+                step_layer(
+                    &spec,
+                    &weights,
+                    x1.as_standard_layout().as_slice().unwrap(),
+                    [Some(h0.as_slice().unwrap()), None],
+                    &mut buffers,
+                    &mut y_h,
+                    &mut y_c,
+                );
+                assert_eq!(
+                    one.y_h.as_slice().unwrap(),
+                    &y_h[..],
+                    "{:?}: step",
+                    spec.cell
+                );
+                assert_eq!(
+                    one.y_c.as_slice().unwrap(),
+                    &y_c[..],
+                    "{:?}: step",
+                    spec.cell
+                );
+            }
+        }
     }
 }
