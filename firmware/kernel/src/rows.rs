@@ -94,3 +94,160 @@ pub fn dot<W: Copy + Into<i32>>(w: &[W], x: &[i16]) -> i64 {
     }
     acc
 }
+
+/// Words of packed scratch a vector of `n` int16 values takes (pairs, the last one
+/// zero-padded): [`pack16`] and [`pack8`] both fill `words(n)` words.
+pub const fn words(n: usize) -> usize {
+    n.div_ceil(2)
+}
+
+/// Packs `x` two values to a word (`x[2k]` in the low half, as int16 weights pair in memory),
+/// zero-padded to the end of `out`: the layout [`dot16`] multiplies with int16 rows.
+#[inline(always)]
+pub fn pack16(x: &[i16], out: &mut [u32]) {
+    let mut it = x.chunks_exact(2);
+    let mut k = 0;
+    for (o, p) in out.iter_mut().zip(&mut it) {
+        *o = p[0] as u16 as u32 | (p[1] as u16 as u32) << 16;
+        k += 1;
+    }
+    if let (Some(o), [last]) = (out.get_mut(k), it.remainder()) {
+        *o = *last as u16 as u32;
+        k += 1;
+    }
+    out.iter_mut().skip(k).for_each(|o| *o = 0);
+}
+
+/// Packs `x` for [`dot8`]: each group of four values as the two words `(x0, x2)` and
+/// `(x1, x3)` (the halves SXTB16 takes from four int8 weights), a last group of two as
+/// `(x0, x1)`, zero-padded like [`pack16`].
+#[inline(always)]
+pub fn pack8(x: &[i16], out: &mut [u32]) {
+    let pair = |a: i16, b: i16| a as u16 as u32 | (b as u16 as u32) << 16;
+    let at = |i: usize| x.get(i).copied().unwrap_or(0);
+    let n = out.len();
+    let mut k = 0;
+    while k + 1 < n {
+        let i = 2 * k;
+        out[k] = pair(at(i), at(i + 2));
+        out[k + 1] = pair(at(i + 1), at(i + 3));
+        k += 2;
+    }
+    if k < n {
+        out[k] = pair(at(2 * k), at(2 * k + 1));
+    }
+}
+
+/// `Σ` over the words of `w` and `x` of `lo·lo + hi·hi` (int16 halves): the exact product of
+/// an int16 row (as words) with a [`pack16`] vector.
+#[inline(always)]
+pub fn dot16(w: &[u32], x: &[u32]) -> i64 {
+    #[cfg(recur_dsp)]
+    {
+        crate::arm::dot16(w, x)
+    }
+    #[cfg(not(recur_dsp))]
+    {
+        let mut acc = 0i64;
+        for (&a, &b) in w.iter().zip(x) {
+            let lo = a as i16 as i32 * b as i16 as i32;
+            let hi = (a >> 16) as i16 as i32 * (b >> 16) as i16 as i32;
+            acc += lo as i64 + hi as i64;
+        }
+        acc
+    }
+}
+
+/// The exact product of an int8 row (its even length in bytes) with a [`pack8`] vector.
+#[inline(always)]
+pub fn dot8(w: &[i8], x: &[u32]) -> i64 {
+    #[cfg(recur_dsp)]
+    {
+        crate::arm::dot8(w, x)
+    }
+    #[cfg(not(recur_dsp))]
+    {
+        let mut acc = 0i64;
+        let mut xs = x.iter();
+        let mut groups = w.chunks_exact(4);
+        for g in &mut groups {
+            let (Some(&x02), Some(&x13)) = (xs.next(), xs.next()) else {
+                return acc;
+            };
+            let h = |v: u32, hi: bool| (if hi { v >> 16 } else { v }) as i16 as i32;
+            let s = g[0] as i32 * h(x02, false)
+                + g[2] as i32 * h(x02, true)
+                + (g[1] as i32 * h(x13, false) + g[3] as i32 * h(x13, true));
+            acc += s as i64;
+        }
+        if let ([a, b], Some(&x01)) = (groups.remainder(), xs.next()) {
+            acc += (*a as i32 * x01 as i16 as i32 + *b as i32 * (x01 >> 16) as i16 as i32) as i64;
+        }
+        acc
+    }
+}
+
+/// One gate row's preactivation on the fast path: `(rq(W[j]·x) + rq(R[j]·h))` saturating-plus
+/// `bias`, for rows `out.len()` rows from the start of the matrices (see
+/// [`crate::blob::Params::fast`] for why this equals `sat32(ax + ah + bias)`). `xs`/`hs` are
+/// the packed input and state ([`pack16`] or [`pack8`], matching the weights). Returns `false`
+/// (and computes nothing) when a matrix is not laid out as the parser guarantees.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn preact_fast(
+    p: &crate::blob::Params,
+    ws: usize,
+    rs: usize,
+    xs: &[u32],
+    hs: &[u32],
+    out: &mut [i32],
+) -> bool {
+    use crate::fixed::requant32;
+    let rows = out.len();
+    let (mx, sx, mh, sh, bias) = (p.mx, p.sx, p.mh, p.sh, p.bias);
+    if mx.len() < rows || sx.len() < rows || mh.len() < rows || sh.len() < rows {
+        return false;
+    }
+    if bias.len() < rows {
+        return false;
+    }
+    // Per-row multipliers, shifts and bias zipped (no index, no bounds check per row).
+    let per_row = || mx.iter().zip(sx).zip(mh.iter().zip(sh)).zip(bias);
+    match (&p.w, &p.r) {
+        (Weights::I16(w), Weights::I16(r)) => {
+            let (Ok(w), Ok(r)) = (
+                bytemuck::try_cast_slice::<i16, u32>(w),
+                bytemuck::try_cast_slice::<i16, u32>(r),
+            ) else {
+                return false;
+            };
+            let (wsw, rsw) = (ws / 2, rs / 2);
+            if wsw == 0 || rsw == 0 || w.len() < rows * wsw || r.len() < rows * rsw {
+                return false;
+            }
+            let mats = w.chunks_exact(wsw).zip(r.chunks_exact(rsw));
+            for ((o, (wr, rr)), (((&mx, &sx), (&mh, &sh)), &b)) in
+                out.iter_mut().zip(mats).zip(per_row())
+            {
+                let ax = requant32(dot16(wr, xs), mx, sx);
+                let ah = requant32(dot16(rr, hs), mh, sh);
+                *o = (ax + ah).saturating_add(b);
+            }
+        }
+        (Weights::I8(w), Weights::I8(r)) => {
+            if ws == 0 || rs == 0 || w.len() < rows * ws || r.len() < rows * rs {
+                return false;
+            }
+            let mats = w.chunks_exact(ws).zip(r.chunks_exact(rs));
+            for ((o, (wr, rr)), (((&mx, &sx), (&mh, &sh)), &b)) in
+                out.iter_mut().zip(mats).zip(per_row())
+            {
+                let ax = requant32(dot8(wr, xs), mx, sx);
+                let ah = requant32(dot8(rr, hs), mh, sh);
+                *o = (ax + ah).saturating_add(b);
+            }
+        }
+        _ => return false,
+    }
+    true
+}

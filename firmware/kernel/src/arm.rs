@@ -1,0 +1,152 @@
+//! Cortex-M4 (ARMv7E-M with the DSP extension) inner loops in `asm!`: the dual
+//! multiply-accumulate products and the int32 requantisation. Each function computes exactly
+//! what its portable counterpart computes ([`crate::rows::dot16`], [`crate::rows::dot8`],
+//! [`crate::fixed::requant32`]); the host builds only those, and the QEMU tests compare
+//! the firmware's outputs with the host's bit for bit.
+//!
+//! Register lists of LDM must be ascending, so the data registers are named (r2-r5, r12, lr);
+//! pointers, counters and accumulators are left to the compiler. No function here touches the
+//! stack or writes memory.
+
+#![allow(unsafe_code)]
+
+use core::arch::asm;
+
+/// `Σ lo·lo + hi·hi` over the int16 halves of `min(w.len(), x.len())` word pairs (SMLALD).
+#[inline(always)]
+pub fn dot16(w: &[u32], x: &[u32]) -> i64 {
+    let n = w.len().min(x.len());
+    let (mut lo, mut hi) = (0u32, 0u32);
+    // SAFETY: reads exactly `n` words from `w` and from `x` (`n` is at most either length),
+    // with LDM/LDR on `&[u32]` data, hence word-aligned as LDM requires. The four-word loop
+    // runs n / 4 times, then bit 1 and bit 0 of `n` (the low bits of n - 4·(n/4) - 4, which
+    // `n` holds on leaving the loop) select a two-word and a one-word tail. Only the declared
+    // registers are written; no memory is written and the stack is not used.
+    unsafe {
+        asm!(
+            "subs {n}, {n}, #4",
+            "blt 3f",
+            "2:",
+            "ldm {pw}!, {{r2, r3, r4, r5}}",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r2, r12",
+            "smlald {lo}, {hi}, r3, lr",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r4, r12",
+            "smlald {lo}, {hi}, r5, lr",
+            "subs {n}, {n}, #4",
+            "bge 2b",
+            "3:",
+            "lsls {n}, {n}, #31", // C = bit 1 (two words left), N = bit 0 (one word left)
+            "bcc 4f",
+            "ldm {pw}!, {{r2, r3}}",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r2, r12",
+            "smlald {lo}, {hi}, r3, lr",
+            "4:",
+            "bpl 5f",
+            "ldr r2, [{pw}]",
+            "ldr r12, [{px}]",
+            "smlald {lo}, {hi}, r2, r12",
+            "5:",
+            n = inout(reg) n => _,
+            pw = inout(reg) w.as_ptr() => _,
+            px = inout(reg) x.as_ptr() => _,
+            lo = inout(reg) lo,
+            hi = inout(reg) hi,
+            out("r2") _, out("r3") _, out("r4") _, out("r5") _, out("r12") _, out("lr") _,
+            options(pure, readonly, nostack),
+        );
+    }
+    ((hi as u64) << 32 | lo as u64) as i64
+}
+
+/// The exact product of an int8 row with a [`crate::rows::pack8`] vector: per four weights
+/// one LDR, two SXTB16 (bytes 0, 2 and 1, 3 as int16 pairs) and two SMLALD; a last pair of
+/// weights (rows of 4k + 2) with two LDRSB and PKHBT.
+#[inline(always)]
+pub fn dot8(w: &[i8], x: &[u32]) -> i64 {
+    // Same extent as the portable form: whole groups while `x` has their two words, then the
+    // last pair only if every group was taken and `x` has one more word.
+    let groups = (w.len() / 4).min(x.len() / 2);
+    let tail = groups == w.len() / 4 && w.len() % 4 == 2 && x.len() > 2 * groups;
+    let (mut lo, mut hi) = (0u32, 0u32);
+    // SAFETY: reads `4 * groups` bytes of `w` and `2 * groups` words of `x` in the loop, then,
+    // when `tail`, two more bytes of `w` and one more word of `x`: all within the slices by
+    // the computation above. The weight LDR may be unaligned (rows of 4k + 2 bytes), which
+    // ARMv7-M allows for LDR on normal memory (flash, RAM) unless CCR.UNALIGN_TRP is set,
+    // which nothing here sets; LDM on `x` (`&[u32]`) is word-aligned. Only the declared
+    // registers are written; no memory is written and the stack is not used.
+    unsafe {
+        asm!(
+            "cmp {g}, #0",
+            "beq 3f",
+            "2:",
+            "ldr r2, [{pw}], #4",
+            "ldm {px}!, {{r12, lr}}",
+            "sxtb16 r3, r2",
+            "sxtb16 r2, r2, ror #8",
+            "smlald {lo}, {hi}, r3, r12",
+            "smlald {lo}, {hi}, r2, lr",
+            "subs {g}, {g}, #1",
+            "bne 2b",
+            "3:",
+            "cmp {t}, #0",
+            "beq 4f",
+            "ldrsb r2, [{pw}]",
+            "ldrsb r3, [{pw}, #1]",
+            "pkhbt r2, r2, r3, lsl #16",
+            "ldr r12, [{px}]",
+            "smlald {lo}, {hi}, r2, r12",
+            "4:",
+            g = inout(reg) groups => _,
+            t = in(reg) tail as u32,
+            pw = inout(reg) w.as_ptr() => _,
+            px = inout(reg) x.as_ptr() => _,
+            lo = inout(reg) lo,
+            hi = inout(reg) hi,
+            out("r2") _, out("r3") _, out("r12") _, out("lr") _,
+            options(pure, readonly, nostack),
+        );
+    }
+    ((hi as u64) << 32 | lo as u64) as i64
+}
+
+/// [`crate::fixed::requant32`]: `(floor(acc·m / 2^(s-1)) + 1) >> 1` with `s` in 1..=62.
+#[inline(always)]
+pub fn requant32(acc: i64, m: i32, s: u8) -> i32 {
+    let (lo, hi) = (acc as u32, (acc >> 32) as u32);
+    let r: u32;
+    // SAFETY: register arithmetic only (no memory, no stack). acc = H·2^32 + (lo as i32) with
+    // H = hi + lo[31]; |acc| < 2^40 gives |H·m| < 2^31, so SMULL + MLA form p = acc·m exactly
+    // (|p| < 2^62). Register-specified LSL/LSR by 32 give 0 (s = 1), as the formula needs.
+    unsafe {
+        asm!(
+            "add {t}, {hi}, {lo}, lsr #31",
+            "smull {pl}, {ph}, {lo}, {m}",
+            "mla {ph}, {t}, {m}, {ph}",
+            "rsbs {t}, {s}, #33", // 32 - (s - 1)
+            "bgt 2f",
+            "negs {t}, {t}", // (s - 1) - 32 >= 0: floor(p / 2^(s-1)) = ph >> that
+            "asr {pl}, {ph}, {t}",
+            "b 3f",
+            "2:",
+            "lsl {ph}, {ph}, {t}",
+            "sub {t}, {s}, #1",
+            "lsr {pl}, {pl}, {t}",
+            "orr {pl}, {pl}, {ph}", // s - 1 < 32: the two words' bits around bit s - 1
+            "3:",
+            "adds {pl}, {pl}, #1",
+            "asrs {pl}, {pl}, #1",
+            lo = in(reg) lo,
+            hi = in(reg) hi,
+            m = in(reg) m,
+            s = in(reg) s as u32,
+            t = out(reg) _,
+            pl = out(reg) r,
+            ph = out(reg) _,
+            options(pure, nomem, nostack),
+        );
+    }
+    r as i32
+}
