@@ -51,15 +51,30 @@ fn step_fast(
     if !rows::preact_fast(p, layer.w_stride(), layer.r_stride(), xs, hs, gates) {
         return false;
     }
-    // Gates in int32. sigmoid/tanh take the int32 preactivation (sat32 was the identity).
-    // |f·c|, |i·g| < 2^30 and the rounding constants are at most 2^29 (30 - frac_c >= 15),
-    // so both shr_round terms fit; their sum is below 2^17. tanh(c·2^(20 - frac_c)): tanh_q20
-    // holds its end values from ±2^23 on (8.0 in Q20), so clamping c to ±2^(23 - sh) first
-    // (sh = 20 - frac_c <= 20, so the clamped value fits int32) gives what the int64 shift and
-    // sat32 gave. |o·tc| < 2^30.
+    // The clip test is resolved once per step, not once per gate.
+    if layer.clip_q20 > 0 {
+        cell_update::<true>(layer, gates, h, c);
+    } else {
+        cell_update::<false>(layer, gates, h, c);
+    }
+    true
+}
+
+/// The fast path's element-wise part: gates and cell update in int32, `CLIP` telling whether
+/// `layer.clip_q20` clamps the preactivations (it is > 0).
+///
+/// sigmoid/tanh take the int32 preactivation (sat32 was the identity). |f·c|, |i·g| < 2^30
+/// and the rounding constants are at most 2^29 (30 - frac_c >= 15), so both shr_round terms
+/// fit; their sum is below 2^17. tanh(c·2^(20 - frac_c)): tanh_q20 holds its end values from
+/// ±2^23 on (8.0 in Q20), so clamping c to ±2^(23 - sh) first (sh = 20 - frac_c <= 20, so the
+/// clamped value fits int32) gives what the int64 shift and sat32 gave. |o·tc| < 2^30.
+#[inline(always)]
+fn cell_update<const CLIP: bool>(layer: &Layer, gates: &[i32], h: &mut [i16], c: &mut [i16]) {
+    let n = layer.out_dim;
+    let lim_clip = layer.clip_q20;
     let clip = |v: i32| -> i32 {
-        if layer.clip_q20 > 0 {
-            v.clamp(-layer.clip_q20, layer.clip_q20)
+        if CLIP {
+            v.clamp(-lim_clip, lim_clip)
         } else {
             v
         }
@@ -69,6 +84,9 @@ fn step_fast(
     let lim = 1i32 << (23 - sh);
     let input_forget = layer.has(flags::INPUT_FORGET);
     let r32 = |v: i32, s: u32| (v + (1 << (s - 1))) >> s;
+    if gates.len() < 4 * n {
+        return;
+    }
     let (gi, rest) = gates.split_at(n);
     let (go, rest) = rest.split_at(n);
     let (gf, gg) = rest.split_at(n);
@@ -93,7 +111,6 @@ fn step_fast(
         *hk = r32(o * tc, 15).clamp(-32768, 32767) as i16;
         *ck = c_new as i16;
     }
-    true
 }
 
 /// The general path (peepholes, or rows whose bounds the parser could not prove for int32):

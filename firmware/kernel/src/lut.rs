@@ -41,9 +41,21 @@ fn interp(table: &[i16; TABLE_LEN], lo_q20: i32, v: i32) -> i16 {
 }
 
 /// tanh of a Q20 value, in Q15.
+///
+/// Branch-free form of `interp(&TANH_Q15, -8 << 20, v)`: `v` clamped to `[-2^23, 2^23 - 1]`
+/// (one SSAT on Cortex-M4) puts `pos = v + 2^23` in `0..2^24`, so `idx <= 511` always has a
+/// next entry. Same values: below the table `pos = 0` gives `TANH_Q15[0]` (frac 0); above
+/// it the clamped point interpolates between `TANH_Q15[511]` and `TANH_Q15[512]`, which are
+/// equal (tanh saturates to 32767 there), so it gives `TANH_Q15[512]` as `interp` does
+/// (`int32_interpolation_equals_int64` checks every boundary).
 #[inline(always)]
 pub fn tanh_q20(v: i32) -> i16 {
-    interp(&TANH_Q15, -8 << 20, v)
+    const _: () = assert!(TANH_Q15[TABLE_LEN - 1] == TANH_Q15[TABLE_LEN - 2]);
+    let pos = (v.clamp(-(1 << 23), (1 << 23) - 1) + (1 << 23)) as u32;
+    let idx = (pos >> 15) as usize & (TABLE_LEN - 2); // 0..=511 (the mask is a no-op)
+    let frac = (pos & 0x7fff) as i32;
+    let (a, b) = (TANH_Q15[idx] as i32, TANH_Q15[idx + 1] as i32);
+    (a + (((b - a) * frac + (1 << 14)) >> 15)) as i16
 }
 
 /// Logistic sigmoid of a Q20 value, in Q15 (0..=32767).
