@@ -150,3 +150,106 @@ pub fn requant32(acc: i64, m: i32, s: u8) -> i32 {
     }
     r as i32
 }
+
+/// [`crate::rows::dot8_32`]: the product of an int8 row with a [`crate::rows::pack8`] vector
+/// accumulated in int32 with SMLAD, two groups of four weights per loop pass (two LDR, one
+/// four-register LDM, four SXTB16, four SMLAD), then an odd group and a last pair.
+#[inline(always)]
+pub fn dot8_32(w: &[i8], x: &[u32]) -> i32 {
+    let groups = (w.len() / 4).min(x.len() / 2);
+    let tail = groups == w.len() / 4 && w.len() % 4 == 2 && x.len() > 2 * groups;
+    // bit 0: one group after the pairs of groups; bit 1: the last pair of weights.
+    let rest = (groups & 1) as u32 | (tail as u32) << 1;
+    let mut acc = 0i32;
+    // SAFETY: reads `4 * groups` bytes of `w` and `2 * groups` words of `x` (`groups / 2`
+    // passes of eight bytes and four words, then one more group when `groups` is odd), then,
+    // when `tail`, two more bytes of `w` and one more word of `x`: all within the slices by
+    // the computation above. The weight LDRs may be unaligned, which ARMv7-M allows for LDR
+    // on normal memory unless CCR.UNALIGN_TRP is set, which nothing here sets; LDM on `x`
+    // (`&[u32]`) is word-aligned. `lsls #31` puts bit 0 of `rest` in N and bit 1 in C; no
+    // instruction after it sets the flags (SMLAD sets only Q). SMLAD wraps modulo 2^32; the
+    // callers use it only where the parser proved every partial sum below 2^31
+    // ([`crate::blob::Params::acc32`]), so the sum is exact. Only the declared registers are
+    // written; no memory is written and the stack is not used.
+    unsafe {
+        asm!(
+            "lsrs {g}, {g}, #1",
+            "beq 3f",
+            "2:",
+            "ldr r2, [{pw}], #4",
+            "ldr r3, [{pw}], #4",
+            "ldm {px}!, {{r4, r5, r12, lr}}",
+            "sxtb16 {t}, r2",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {acc}, {t}, r4, {acc}",
+            "smlad {acc}, r2, r5, {acc}",
+            "sxtb16 {t}, r3",
+            "sxtb16 r3, r3, ror #8",
+            "smlad {acc}, {t}, r12, {acc}",
+            "smlad {acc}, r3, lr, {acc}",
+            "subs {g}, {g}, #1",
+            "bne 2b",
+            "3:",
+            "lsls {r}, {r}, #31",
+            "bpl 4f",
+            "ldr r2, [{pw}], #4",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r2",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {acc}, {t}, r4, {acc}",
+            "smlad {acc}, r2, r5, {acc}",
+            "4:",
+            "bcc 5f",
+            "ldrsb r2, [{pw}]",
+            "ldrsb r3, [{pw}, #1]",
+            "pkhbt r2, r2, r3, lsl #16",
+            "ldr r4, [{px}]",
+            "smlad {acc}, r2, r4, {acc}",
+            "5:",
+            g = inout(reg) groups => _,
+            r = inout(reg) rest => _,
+            pw = inout(reg) w.as_ptr() => _,
+            px = inout(reg) x.as_ptr() => _,
+            acc = inout(reg) acc,
+            t = out(reg) _,
+            out("r2") _, out("r3") _, out("r4") _, out("r5") _, out("r12") _, out("lr") _,
+            options(pure, readonly, nostack),
+        );
+    }
+    acc
+}
+
+/// [`crate::fixed::requant32_i32`]: [`requant32`] of an int32 accumulator, the product by
+/// one SMULL.
+#[inline(always)]
+pub fn requant32_i32(acc: i32, m: i32, s: u8) -> i32 {
+    let r: u32;
+    // SAFETY: register arithmetic only (no memory, no stack). SMULL forms p = acc·m exactly
+    // (|p| < 2^53); the shift is requant32's (register-specified LSL/LSR by 32 give 0).
+    unsafe {
+        asm!(
+            "smull {pl}, {ph}, {a}, {m}",
+            "rsbs {t}, {s}, #33", // 32 - (s - 1)
+            "bgt 2f",
+            "negs {t}, {t}", // (s - 1) - 32 >= 0: floor(p / 2^(s-1)) = ph >> that
+            "asr {pl}, {ph}, {t}",
+            "b 3f",
+            "2:",
+            "lsl {ph}, {ph}, {t}",
+            "sub {t}, {s}, #1",
+            "lsr {pl}, {pl}, {t}",
+            "orr {pl}, {pl}, {ph}", // s - 1 < 32: the two words' bits around bit s - 1
+            "3:",
+            "adds {pl}, {pl}, #1",
+            "asrs {pl}, {pl}, #1",
+            a = in(reg) acc,
+            m = in(reg) m,
+            s = in(reg) s as u32,
+            t = out(reg) _,
+            pl = out(reg) r,
+            ph = out(reg) _,
+            options(pure, nomem, nostack),
+        );
+    }
+    r as i32
+}

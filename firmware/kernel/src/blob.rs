@@ -258,6 +258,11 @@ pub struct Params<'a> {
     /// `ax + ah` is exact in int32 and `sat32(ax + ah + bias)` equals
     /// `(ax + ah).saturating_add(bias)`.
     pub fast: bool,
+    /// Set by the parser, with `fast`, when `w` and `r` are int8 and every row's `Σ|w|` in
+    /// each is below 2^16: then with `|x|, |h| <= 2^15` every partial sum of a row's products
+    /// is below 2^31 in magnitude, so the products accumulate exactly in int32
+    /// ([`crate::rows::dot8_32`], SMLAD on Cortex-M4).
+    pub acc32: bool,
 }
 
 /// One entry of the layer chain, its parameters read in place.
@@ -382,6 +387,20 @@ fn fits_fast_path(p: &Params, ws: usize, rs: usize) -> bool {
         let bh = requant_bound(abs_sum(&p.r, j, rs) << 15, p.mh[j], sh);
         sx >= 1 && sh >= 1 && bx <= LIMIT && bh <= LIMIT
     })
+}
+
+/// Whether `p`'s int8 rows accumulate exactly in int32 (see [`Params::acc32`]).
+fn fits_acc32(p: &Params, ws: usize, rs: usize) -> bool {
+    const LIMIT: u64 = 1 << 16;
+    let (Weights::I8(w), Weights::I8(r)) = (p.w, p.r) else {
+        return false;
+    };
+    let ok = |m: &[i8], stride: usize| {
+        stride > 0
+            && m.chunks(stride)
+                .all(|row| row.iter().map(|v| v.unsigned_abs() as u64).sum::<u64>() < LIMIT)
+    };
+    ok(w, ws) && ok(r, rs)
 }
 
 /// Rounds up to an even count.
@@ -817,6 +836,7 @@ fn parse_layer<'a>(
                     (p.mp, p.sp) = cur.multipliers(3)?;
                 }
                 p.fast = fits_fast_path(p, even(in_dim), even(h));
+                p.acc32 = p.fast && fits_acc32(p, even(in_dim), even(h));
             }
         }
     }

@@ -55,6 +55,20 @@ pub fn requant32(acc: i64, m: i32, s: u8) -> i32 {
     }
 }
 
+/// [`requant32`] of an int32 accumulator (same value as `requant32(acc as i64, m, s)`): one
+/// 32×32 multiply on Cortex-M4.
+#[inline(always)]
+pub fn requant32_i32(acc: i32, m: i32, s: u8) -> i32 {
+    #[cfg(recur_dsp)]
+    {
+        crate::arm::requant32_i32(acc, m, s)
+    }
+    #[cfg(not(recur_dsp))]
+    {
+        requant32(acc as i64, m, s)
+    }
+}
+
 /// Product of two Q15 numbers (or a Q15 gate and any int16 value), back to the second
 /// operand's format, rounded half up and saturated.
 #[inline(always)]

@@ -187,6 +187,20 @@ pub fn dot8(w: &[i8], x: &[u32]) -> i64 {
     }
 }
 
+/// [`dot8`] accumulated in int32 (wrapping, which never happens where it is used: rows the
+/// parser proved below 2^31, [`crate::blob::Params::acc32`]).
+#[inline(always)]
+pub fn dot8_32(w: &[i8], x: &[u32]) -> i32 {
+    #[cfg(recur_dsp)]
+    {
+        crate::arm::dot8_32(w, x)
+    }
+    #[cfg(not(recur_dsp))]
+    {
+        dot8(w, x) as i32
+    }
+}
+
 /// One gate row's preactivation on the fast path: `(rq(W[j]·x) + rq(R[j]·h))` saturating-plus
 /// `bias`, for rows `out.len()` rows from the start of the matrices (see
 /// [`crate::blob::Params::fast`] for why this equals `sat32(ax + ah + bias)`). `xs`/`hs` are
@@ -202,7 +216,7 @@ pub fn preact_fast(
     hs: &[u32],
     out: &mut [i32],
 ) -> bool {
-    use crate::fixed::requant32;
+    use crate::fixed::{requant32, requant32_i32};
     let rows = out.len();
     let (mx, sx, mh, sh, bias) = (p.mx, p.sx, p.mh, p.sh, p.bias);
     if mx.len() < rows || sx.len() < rows || mh.len() < rows || sh.len() < rows {
@@ -211,8 +225,13 @@ pub fn preact_fast(
     if bias.len() < rows {
         return false;
     }
-    // Per-row multipliers, shifts and bias zipped (no index, no bounds check per row).
-    let per_row = || mx.iter().zip(sx).zip(mh.iter().zip(sh)).zip(bias);
+    let q = RowParams {
+        mx,
+        sx,
+        mh,
+        sh,
+        bias,
+    };
     match (&p.w, &p.r) {
         (Weights::I16(w), Weights::I16(r)) => {
             let (Ok(w), Ok(r)) = (
@@ -225,29 +244,57 @@ pub fn preact_fast(
             if wsw == 0 || rsw == 0 || w.len() < rows * wsw || r.len() < rows * rsw {
                 return false;
             }
-            let mats = w.chunks_exact(wsw).zip(r.chunks_exact(rsw));
-            for ((o, (wr, rr)), (((&mx, &sx), (&mh, &sh)), &b)) in
-                out.iter_mut().zip(mats).zip(per_row())
-            {
-                let ax = requant32(dot16(wr, xs), mx, sx);
-                let ah = requant32(dot16(rr, hs), mh, sh);
-                *o = (ax + ah).saturating_add(b);
-            }
+            gate_rows(w, wsw, r, rsw, &q, out, |wr, rr, (mx, sx), (mh, sh)| {
+                requant32(dot16(wr, xs), mx, sx) + requant32(dot16(rr, hs), mh, sh)
+            });
         }
         (Weights::I8(w), Weights::I8(r)) => {
             if ws == 0 || rs == 0 || w.len() < rows * ws || r.len() < rows * rs {
                 return false;
             }
-            let mats = w.chunks_exact(ws).zip(r.chunks_exact(rs));
-            for ((o, (wr, rr)), (((&mx, &sx), (&mh, &sh)), &b)) in
-                out.iter_mut().zip(mats).zip(per_row())
-            {
-                let ax = requant32(dot8(wr, xs), mx, sx);
-                let ah = requant32(dot8(rr, hs), mh, sh);
-                *o = (ax + ah).saturating_add(b);
+            if p.acc32 {
+                gate_rows(w, ws, r, rs, &q, out, |wr, rr, (mx, sx), (mh, sh)| {
+                    requant32_i32(dot8_32(wr, xs), mx, sx) + requant32_i32(dot8_32(rr, hs), mh, sh)
+                });
+            } else {
+                gate_rows(w, ws, r, rs, &q, out, |wr, rr, (mx, sx), (mh, sh)| {
+                    requant32(dot8(wr, xs), mx, sx) + requant32(dot8(rr, hs), mh, sh)
+                });
             }
         }
         _ => return false,
     }
     true
+}
+
+/// Per-row requantisation parameters and bias of a gate matrix pair.
+struct RowParams<'a> {
+    mx: &'a [i32],
+    sx: &'a [u8],
+    mh: &'a [i32],
+    sh: &'a [u8],
+    bias: &'a [i32],
+}
+
+/// `out[j] = row(W[j], R[j], (mx, sx), (mh, sh)).saturating_add(bias[j])` for every row of
+/// `out` (rows zipped with their parameters: no index, no bounds check per row). A function
+/// of its own per weight type, so that the row loop gets all the registers.
+#[inline(never)]
+fn gate_rows<T>(
+    w: &[T],
+    ws: usize,
+    r: &[T],
+    rs: usize,
+    q: &RowParams,
+    out: &mut [i32],
+    row: impl Fn(&[T], &[T], (i32, u8), (i32, u8)) -> i32,
+) {
+    if ws == 0 || rs == 0 {
+        return;
+    }
+    let mats = w.chunks_exact(ws).zip(r.chunks_exact(rs));
+    let per_row = q.mx.iter().zip(q.sx).zip(q.mh.iter().zip(q.sh)).zip(q.bias);
+    for ((o, (wr, rr)), (((&mx, &sx), (&mh, &sh)), &b)) in out.iter_mut().zip(mats).zip(per_row) {
+        *o = row(wr, rr, (mx, sx), (mh, sh)).saturating_add(b);
+    }
 }
