@@ -253,3 +253,193 @@ pub fn requant32_i32(acc: i32, m: i32, s: u8) -> i32 {
     }
     r as i32
 }
+
+/// The int16 fast path's whole gate-row loop in one block (no spills between the products,
+/// the requantisations and the row bookkeeping): for every row `j` of `out`,
+/// `out[j] = (requant32(dot16(W[j], xs), mx[j], sx[j]) + requant32(dot16(R[j], hs), mh[j],
+/// sh[j])).saturating_add(bias[j])`, the same sequence of instructions as [`dot16`] and
+/// [`requant32`]. `w` and `r` hold rows of `wsw` and `rsw` words back to back. `false` (and
+/// nothing written) when a slice is shorter than that needs.
+#[allow(clippy::too_many_arguments)]
+pub fn gate_rows16(
+    w: &[u32],
+    wsw: usize,
+    r: &[u32],
+    rsw: usize,
+    xs: &[u32],
+    hs: &[u32],
+    q: (&[i32], &[u8], &[i32], &[u8], &[i32]),
+    out: &mut [i32],
+) -> bool {
+    let (mx, sx, mh, sh, bias) = q;
+    let rows = out.len();
+    let short = |len: usize| len < rows;
+    if rows == 0 || rows > u32::MAX as usize || xs.len() < wsw || hs.len() < rsw {
+        return rows == 0;
+    }
+    if short(mx.len()) || short(sx.len()) || short(mh.len()) || short(sh.len()) {
+        return false;
+    }
+    if short(bias.len()) || w.len() / rows < wsw || r.len() / rows < rsw {
+        return false;
+    }
+    // The loop's state, read and advanced in memory (the dot products need every register).
+    let mut ctx: [u32; 14] = [
+        xs.as_ptr() as u32,
+        wsw as u32,
+        hs.as_ptr() as u32,
+        rsw as u32,
+        w.as_ptr() as u32,
+        r.as_ptr() as u32,
+        mx.as_ptr() as u32,
+        sx.as_ptr() as u32,
+        mh.as_ptr() as u32,
+        sh.as_ptr() as u32,
+        bias.as_ptr() as u32,
+        out.as_mut_ptr() as u32,
+        rows as u32,
+        0,
+    ];
+    // SAFETY: `rows >= 1` passes; each reads `wsw` words of `w` and of `xs` and `rsw` words of
+    // `r` and of `hs` (the product loops of [`dot16`], with the one-word tail post-indexed so
+    // that the matrix pointer ends at the next row), one element of `mx`, `sx`, `mh`, `sh`,
+    // `bias`, and writes one element of `out`: all in bounds by the checks above (row `j`
+    // reads words `j·wsw..(j+1)·wsw` of `w`, which `w.len() >= rows·wsw` covers; likewise `r`).
+    // All loads are word loads of `&[u32]`/`&[i32]` data or byte loads, so aligned as LDM and
+    // LDRD need. `ctx` (14 words, a local) is the only other memory read or written. Labels are
+    // local to this block. The requantisations are [`requant32`]'s instructions (exact by its
+    // argument, the parser's bound [`crate::blob::Params::fast`] holding); `ax + ah` cannot
+    // overflow (each is at most 2^29 in magnitude) and QADD saturates the bias addition.
+    // Only the declared registers are written; the stack is not used.
+    unsafe {
+        asm!(
+            "20:",
+            // input product
+            "ldr {pm}, [{ctx}, #16]",
+            "ldrd {px}, {n}, [{ctx}, #0]",
+            "movs {lo}, #0",
+            "movs {hi}, #0",
+            "subs {n}, {n}, #4",
+            "blt 3f",
+            "2:",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r2, r12",
+            "smlald {lo}, {hi}, r3, lr",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r4, r12",
+            "smlald {lo}, {hi}, r5, lr",
+            "subs {n}, {n}, #4",
+            "bge 2b",
+            "3:",
+            "lsls {n}, {n}, #31",
+            "bcc 4f",
+            "ldm {pm}!, {{r2, r3}}",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r2, r12",
+            "smlald {lo}, {hi}, r3, lr",
+            "4:",
+            "bpl 5f",
+            "ldr r2, [{pm}], #4",
+            "ldr r12, [{px}]",
+            "smlald {lo}, {hi}, r2, r12",
+            "5:",
+            "str {pm}, [{ctx}, #16]",
+            // ax = requant32(lo:hi, mx[j], sx[j]) -> ctx[13]
+            "ldrd r2, r3, [{ctx}, #24]",
+            "ldr r4, [r2], #4",
+            "ldrb r5, [r3], #1",
+            "strd r2, r3, [{ctx}, #24]",
+            "add r12, {hi}, {lo}, lsr #31",
+            "smull r2, r3, {lo}, r4",
+            "mla r3, r12, r4, r3",
+            "rsbs r12, r5, #33",
+            "bgt 22f",
+            "negs r12, r12",
+            "asr r2, r3, r12",
+            "b 23f",
+            "22:",
+            "lsl r3, r3, r12",
+            "sub r12, r5, #1",
+            "lsr r2, r2, r12",
+            "orr r2, r2, r3",
+            "23:",
+            "adds r2, r2, #1",
+            "asrs r2, r2, #1",
+            "str r2, [{ctx}, #52]",
+            // recurrent product
+            "ldr {pm}, [{ctx}, #20]",
+            "ldrd {px}, {n}, [{ctx}, #8]",
+            "movs {lo}, #0",
+            "movs {hi}, #0",
+            "subs {n}, {n}, #4",
+            "blt 7f",
+            "6:",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r2, r12",
+            "smlald {lo}, {hi}, r3, lr",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r4, r12",
+            "smlald {lo}, {hi}, r5, lr",
+            "subs {n}, {n}, #4",
+            "bge 6b",
+            "7:",
+            "lsls {n}, {n}, #31",
+            "bcc 8f",
+            "ldm {pm}!, {{r2, r3}}",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r2, r12",
+            "smlald {lo}, {hi}, r3, lr",
+            "8:",
+            "bpl 9f",
+            "ldr r2, [{pm}], #4",
+            "ldr r12, [{px}]",
+            "smlald {lo}, {hi}, r2, r12",
+            "9:",
+            "str {pm}, [{ctx}, #20]",
+            // ah = requant32(lo:hi, mh[j], sh[j])
+            "ldrd r2, r3, [{ctx}, #32]",
+            "ldr r4, [r2], #4",
+            "ldrb r5, [r3], #1",
+            "strd r2, r3, [{ctx}, #32]",
+            "add r12, {hi}, {lo}, lsr #31",
+            "smull r2, r3, {lo}, r4",
+            "mla r3, r12, r4, r3",
+            "rsbs r12, r5, #33",
+            "bgt 24f",
+            "negs r12, r12",
+            "asr r2, r3, r12",
+            "b 25f",
+            "24:",
+            "lsl r3, r3, r12",
+            "sub r12, r5, #1",
+            "lsr r2, r2, r12",
+            "orr r2, r2, r3",
+            "25:",
+            "adds r2, r2, #1",
+            "asrs {px}, r2, #1",
+            // out[j] = (ax + ah) +sat bias[j]
+            "ldr {n}, [{ctx}, #52]",
+            "add {px}, {px}, {n}",
+            "ldrd r2, r3, [{ctx}, #40]",
+            "ldr r4, [r2], #4",
+            "qadd {px}, {px}, r4",
+            "str {px}, [r3], #4",
+            "strd r2, r3, [{ctx}, #40]",
+            "ldr {n}, [{ctx}, #48]",
+            "subs {n}, {n}, #1",
+            "str {n}, [{ctx}, #48]",
+            "bne 20b",
+            ctx = in(reg) ctx.as_mut_ptr(),
+            pm = out(reg) _,
+            px = out(reg) _,
+            n = out(reg) _,
+            lo = out(reg) _,
+            hi = out(reg) _,
+            out("r2") _, out("r3") _, out("r4") _, out("r5") _, out("r12") _, out("lr") _,
+            options(nostack),
+        );
+    }
+    true
+}

@@ -244,6 +244,12 @@ pub fn preact_fast(
             if wsw == 0 || rsw == 0 || w.len() < rows * wsw || r.len() < rows * rsw {
                 return false;
             }
+            #[cfg(recur_dsp)]
+            {
+                let q = (q.mx, q.sx, q.mh, q.sh, q.bias);
+                return crate::arm::gate_rows16(w, wsw, r, rsw, xs, hs, q, out);
+            }
+            #[cfg(not(recur_dsp))]
             gate_rows(w, wsw, r, rsw, &q, out, |wr, rr, (mx, sx), (mh, sh)| {
                 requant32(dot16(wr, xs), mx, sx) + requant32(dot16(rr, hs), mh, sh)
             });
