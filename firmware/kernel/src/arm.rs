@@ -268,10 +268,10 @@ pub fn gate_rows16(
     rsw: usize,
     xs: &[u32],
     hs: &[u32],
-    q: (&[i32], &[u8], &[i32], &[u8], &[i32]),
+    q: &crate::rows::RowParams,
     out: &mut [i32],
 ) -> bool {
-    let (mx, sx, mh, sh, bias) = q;
+    let (mx, sx, mh, sh, bias) = (q.mx, q.sx, q.mh, q.sh, q.bias);
     let rows = out.len();
     let short = |len: usize| len < rows;
     if rows == 0 || rows > u32::MAX as usize || xs.len() < wsw || hs.len() < rsw {
@@ -437,6 +437,214 @@ pub fn gate_rows16(
             n = out(reg) _,
             lo = out(reg) _,
             hi = out(reg) _,
+            out("r2") _, out("r3") _, out("r4") _, out("r5") _, out("r12") _, out("lr") _,
+            options(nostack),
+        );
+    }
+    true
+}
+
+/// [`gate_rows16`] for int8 rows that accumulate in int32 ([`crate::blob::Params::acc32`]):
+/// [`dot8_32`]'s and [`requant32_i32`]'s instructions, rows of `ws` and `rs` bytes (even)
+/// back to back. `false` (and nothing written) when a slice is shorter than that needs.
+#[allow(clippy::too_many_arguments)]
+pub fn gate_rows8(
+    w: &[i8],
+    ws: usize,
+    r: &[i8],
+    rs: usize,
+    xs: &[u32],
+    hs: &[u32],
+    q: &crate::rows::RowParams,
+    out: &mut [i32],
+) -> bool {
+    let (mx, sx, mh, sh, bias) = (q.mx, q.sx, q.mh, q.sh, q.bias);
+    let rows = out.len();
+    let short = |len: usize| len < rows;
+    if rows == 0 || rows > u32::MAX as usize || !ws.is_multiple_of(2) || !rs.is_multiple_of(2) {
+        return rows == 0;
+    }
+    if xs.len() < ws / 2 || hs.len() < rs / 2 {
+        return false;
+    }
+    if short(mx.len()) || short(sx.len()) || short(mh.len()) || short(sh.len()) {
+        return false;
+    }
+    if short(bias.len()) || w.len() / rows < ws || r.len() / rows < rs {
+        return false;
+    }
+    // Per row: `ws / 4` groups of four weights (taken two groups per pass), then bit 0 of
+    // `rest`: one more group, bit 1: a last pair (rows of 4k + 2 bytes). As in `dot8_32`, whose
+    // `groups` and `tail` these equal since `xs` has `ws / 2` words (likewise `hs`).
+    let rest = |s: usize| ((s / 4) & 1) as u32 | ((s % 4 == 2) as u32) << 1;
+    let mut ctx: [u32; 16] = [
+        xs.as_ptr() as u32,
+        (ws / 8) as u32,
+        hs.as_ptr() as u32,
+        (rs / 8) as u32,
+        w.as_ptr() as u32,
+        r.as_ptr() as u32,
+        mx.as_ptr() as u32,
+        sx.as_ptr() as u32,
+        mh.as_ptr() as u32,
+        sh.as_ptr() as u32,
+        bias.as_ptr() as u32,
+        out.as_mut_ptr() as u32,
+        rows as u32,
+        0,
+        rest(ws),
+        rest(rs),
+    ];
+    // SAFETY: `rows >= 1` passes; each reads `ws` bytes of `w` (8 per pair of groups, 4 for an
+    // odd group, 2 post-indexed for the last pair, so the pointer ends at the next row) and
+    // `ws / 2` words of `xs` (likewise `rs` bytes of `r`, `rs / 2` words of `hs`), one element
+    // of `mx`, `sx`, `mh`, `sh`, `bias`, and writes one element of `out`: all in bounds by the
+    // checks above. Weight LDRs may be unaligned, which ARMv7-M allows for LDR on normal memory
+    // unless CCR.UNALIGN_TRP is set, which nothing here sets; LDM/LDRD/LDR on `&[u32]`/`&[i32]`
+    // data and the `ctx` local are aligned. `ctx` (16 words) is the only other memory read or
+    // written. SMLAD is exact (the parser's `acc32` bound), the requantisations are
+    // [`requant32_i32`]'s instructions, `ax + ah` cannot overflow (each at most 2^29) and
+    // QADD saturates the bias addition. Flags after `lsls #31` are only read by the next two
+    // branches (no instruction between sets them). Only the declared registers are written;
+    // the stack is not used.
+    unsafe {
+        asm!(
+            "20:",
+            // input product
+            "ldr {pm}, [{ctx}, #16]",
+            "ldrd {px}, {g}, [{ctx}, #0]",
+            "movs {acc}, #0",
+            "cmp {g}, #0",
+            "beq 3f",
+            "2:",
+            "ldr r2, [{pm}], #4",
+            "ldr r3, [{pm}], #4",
+            "ldm {px}!, {{r4, r5, r12, lr}}",
+            "sxtb16 {t}, r2",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {acc}, {t}, r4, {acc}",
+            "smlad {acc}, r2, r5, {acc}",
+            "sxtb16 {t}, r3",
+            "sxtb16 r3, r3, ror #8",
+            "smlad {acc}, {t}, r12, {acc}",
+            "smlad {acc}, r3, lr, {acc}",
+            "subs {g}, {g}, #1",
+            "bne 2b",
+            "3:",
+            "ldr {g}, [{ctx}, #56]",
+            "lsls {g}, {g}, #31",
+            "bpl 4f",
+            "ldr r2, [{pm}], #4",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r2",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {acc}, {t}, r4, {acc}",
+            "smlad {acc}, r2, r5, {acc}",
+            "4:",
+            "bcc 5f",
+            "ldrsb r2, [{pm}], #1",
+            "ldrsb r3, [{pm}], #1",
+            "pkhbt r2, r2, r3, lsl #16",
+            "ldr r4, [{px}]",
+            "smlad {acc}, r2, r4, {acc}",
+            "5:",
+            "str {pm}, [{ctx}, #16]",
+            // ax = requant32_i32(acc, mx[j], sx[j]) -> ctx[13]
+            "ldrd r2, r3, [{ctx}, #24]",
+            "ldr r4, [r2], #4",
+            "ldrb r5, [r3], #1",
+            "strd r2, r3, [{ctx}, #24]",
+            "smull r2, r3, {acc}, r4",
+            "rsbs r12, r5, #33",
+            "bgt 22f",
+            "negs r12, r12",
+            "asr r2, r3, r12",
+            "b 23f",
+            "22:",
+            "lsl r3, r3, r12",
+            "sub r12, r5, #1",
+            "lsr r2, r2, r12",
+            "orr r2, r2, r3",
+            "23:",
+            "adds r2, r2, #1",
+            "asrs r2, r2, #1",
+            "str r2, [{ctx}, #52]",
+            // recurrent product
+            "ldr {pm}, [{ctx}, #20]",
+            "ldrd {px}, {g}, [{ctx}, #8]",
+            "movs {acc}, #0",
+            "cmp {g}, #0",
+            "beq 7f",
+            "6:",
+            "ldr r2, [{pm}], #4",
+            "ldr r3, [{pm}], #4",
+            "ldm {px}!, {{r4, r5, r12, lr}}",
+            "sxtb16 {t}, r2",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {acc}, {t}, r4, {acc}",
+            "smlad {acc}, r2, r5, {acc}",
+            "sxtb16 {t}, r3",
+            "sxtb16 r3, r3, ror #8",
+            "smlad {acc}, {t}, r12, {acc}",
+            "smlad {acc}, r3, lr, {acc}",
+            "subs {g}, {g}, #1",
+            "bne 6b",
+            "7:",
+            "ldr {g}, [{ctx}, #60]",
+            "lsls {g}, {g}, #31",
+            "bpl 8f",
+            "ldr r2, [{pm}], #4",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r2",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {acc}, {t}, r4, {acc}",
+            "smlad {acc}, r2, r5, {acc}",
+            "8:",
+            "bcc 9f",
+            "ldrsb r2, [{pm}], #1",
+            "ldrsb r3, [{pm}], #1",
+            "pkhbt r2, r2, r3, lsl #16",
+            "ldr r4, [{px}]",
+            "smlad {acc}, r2, r4, {acc}",
+            "9:",
+            "str {pm}, [{ctx}, #20]",
+            // ah = requant32_i32(acc, mh[j], sh[j])
+            "ldrd r2, r3, [{ctx}, #32]",
+            "ldr r4, [r2], #4",
+            "ldrb r5, [r3], #1",
+            "strd r2, r3, [{ctx}, #32]",
+            "smull r2, r3, {acc}, r4",
+            "rsbs r12, r5, #33",
+            "bgt 24f",
+            "negs r12, r12",
+            "asr r2, r3, r12",
+            "b 25f",
+            "24:",
+            "lsl r3, r3, r12",
+            "sub r12, r5, #1",
+            "lsr r2, r2, r12",
+            "orr r2, r2, r3",
+            "25:",
+            "adds r2, r2, #1",
+            "asrs {px}, r2, #1",
+            // out[j] = (ax + ah) +sat bias[j]
+            "ldr {g}, [{ctx}, #52]",
+            "add {px}, {px}, {g}",
+            "ldrd r2, r3, [{ctx}, #40]",
+            "ldr r4, [r2], #4",
+            "qadd {px}, {px}, r4",
+            "str {px}, [r3], #4",
+            "strd r2, r3, [{ctx}, #40]",
+            "ldr {g}, [{ctx}, #48]",
+            "subs {g}, {g}, #1",
+            "str {g}, [{ctx}, #48]",
+            "bne 20b",
+            ctx = in(reg) ctx.as_mut_ptr(),
+            pm = out(reg) _,
+            px = out(reg) _,
+            g = out(reg) _,
+            acc = out(reg) _,
+            t = out(reg) _,
             out("r2") _, out("r3") _, out("r4") _, out("r5") _, out("r12") _, out("lr") _,
             options(nostack),
         );

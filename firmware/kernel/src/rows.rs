@@ -216,7 +216,7 @@ pub fn preact_fast(
     hs: &[u32],
     out: &mut [i32],
 ) -> bool {
-    use crate::fixed::{requant32, requant32_i32};
+    use crate::fixed::requant32;
     let rows = out.len();
     let (mx, sx, mh, sh, bias) = (p.mx, p.sx, p.mh, p.sh, p.bias);
     if mx.len() < rows || sx.len() < rows || mh.len() < rows || sh.len() < rows {
@@ -245,10 +245,7 @@ pub fn preact_fast(
                 return false;
             }
             #[cfg(recur_dsp)]
-            {
-                let q = (q.mx, q.sx, q.mh, q.sh, q.bias);
-                return crate::arm::gate_rows16(w, wsw, r, rsw, xs, hs, q, out);
-            }
+            return crate::arm::gate_rows16(w, wsw, r, rsw, xs, hs, &q, out);
             #[cfg(not(recur_dsp))]
             gate_rows(w, wsw, r, rsw, &q, out, |wr, rr, (mx, sx), (mh, sh)| {
                 requant32(dot16(wr, xs), mx, sx) + requant32(dot16(rr, hs), mh, sh)
@@ -259,8 +256,12 @@ pub fn preact_fast(
                 return false;
             }
             if p.acc32 {
+                #[cfg(recur_dsp)]
+                return crate::arm::gate_rows8(w, ws, r, rs, xs, hs, &q, out);
+                #[cfg(not(recur_dsp))]
                 gate_rows(w, ws, r, rs, &q, out, |wr, rr, (mx, sx), (mh, sh)| {
-                    requant32_i32(dot8_32(wr, xs), mx, sx) + requant32_i32(dot8_32(rr, hs), mh, sh)
+                    crate::fixed::requant32_i32(dot8_32(wr, xs), mx, sx)
+                        + crate::fixed::requant32_i32(dot8_32(rr, hs), mh, sh)
                 });
             } else {
                 gate_rows(w, ws, r, rs, &q, out, |wr, rr, (mx, sx), (mh, sh)| {
@@ -274,12 +275,12 @@ pub fn preact_fast(
 }
 
 /// Per-row requantisation parameters and bias of a gate matrix pair.
-struct RowParams<'a> {
-    mx: &'a [i32],
-    sx: &'a [u8],
-    mh: &'a [i32],
-    sh: &'a [u8],
-    bias: &'a [i32],
+pub(crate) struct RowParams<'a> {
+    pub(crate) mx: &'a [i32],
+    pub(crate) sx: &'a [u8],
+    pub(crate) mh: &'a [i32],
+    pub(crate) sh: &'a [u8],
+    pub(crate) bias: &'a [i32],
 }
 
 /// `out[j] = row(W[j], R[j], (mx, sx), (mh, sh)).saturating_add(bias[j])` for every row of
