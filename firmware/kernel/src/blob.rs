@@ -343,7 +343,13 @@ impl Layer<'_> {
                     + crate::rows::words(self.in_dim)
                     + crate::rows::words(self.out_dim)
             }
-            LayerKind::Gru => 4 * self.out_dim,
+            // 4H preactivations (z, r, the h gate's input and recurrent parts), then x and h
+            // packed for the fast path.
+            LayerKind::Gru => {
+                4 * self.out_dim
+                    + crate::rows::words(self.in_dim)
+                    + crate::rows::words(self.out_dim)
+            }
             LayerKind::Rnn => self.out_dim,
             _ => 0,
         }

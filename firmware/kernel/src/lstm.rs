@@ -74,7 +74,7 @@ fn cell_update<const CLIP: bool>(layer: &Layer, gates: &[i32], h: &mut [i16], c:
     let lim_clip = layer.clip_q20;
     let clip = |v: i32| -> i32 {
         if CLIP {
-            v.clamp(-lim_clip, lim_clip)
+            v.max(-lim_clip).min(lim_clip)
         } else {
             v
         }
@@ -107,7 +107,7 @@ fn cell_update<const CLIP: bool>(layer: &Layer, gates: &[i32], h: &mut [i16], c:
         let c_prev = *ck as i32;
         let c_new = (r32(f * c_prev, 15) + r32(i * g, 30 - fc)).clamp(-32768, 32767);
         let o = sigmoid_q20(clip(op)) as i32;
-        let tc = tanh_q20(c_new.clamp(-lim, lim) << sh) as i32;
+        let tc = tanh_q20(c_new.max(-lim).min(lim) << sh) as i32;
         *hk = r32(o * tc, 15).clamp(-32768, 32767) as i16;
         *ck = c_new as i16;
     }

@@ -201,6 +201,46 @@ pub fn dot8_32(w: &[i8], x: &[u32]) -> i32 {
     }
 }
 
+/// `f(j, W[j]·x)` for `j` in `rows`, the products on a packed copy `xs` of `x` ([`pack16`]
+/// or [`pack8`], matching the weights; rows of `stride` elements, `xs` of `stride / 2`
+/// words): the same exact sums as [`each`] gives on an `x` of the matrix's input width.
+/// `false` (no call made) when the matrix or `xs` is not laid out so.
+#[inline(always)]
+pub fn each_packed(
+    w: &Weights,
+    stride: usize,
+    xs: &[u32],
+    rows: Range<usize>,
+    mut f: impl FnMut(usize, i64),
+) -> bool {
+    if stride == 0 || !stride.is_multiple_of(2) || xs.len() != stride / 2 {
+        return false;
+    }
+    match w {
+        Weights::I16(m) => {
+            let Ok(m) = bytemuck::try_cast_slice::<i16, u32>(m) else {
+                return false;
+            };
+            let sw = stride / 2;
+            if m.len() / sw < rows.end {
+                return false;
+            }
+            for (j, row) in rows.clone().zip(m.chunks_exact(sw).skip(rows.start)) {
+                f(j, dot16(row, xs));
+            }
+        }
+        Weights::I8(m) => {
+            if m.len() / stride < rows.end {
+                return false;
+            }
+            for (j, row) in rows.clone().zip(m.chunks_exact(stride).skip(rows.start)) {
+                f(j, dot8(row, xs));
+            }
+        }
+    }
+    true
+}
+
 /// One gate row's preactivation on the fast path: `(rq(W[j]·x) + rq(R[j]·h))` saturating-plus
 /// `bias`, for rows `out.len()` rows from the start of the matrices (see
 /// [`crate::blob::Params::fast`] for why this equals `sat32(ax + ah + bias)`). `xs`/`hs` are
