@@ -651,3 +651,43 @@ pub fn gate_rows8(
     }
     true
 }
+
+/// Copies `min(x.len() / 2, out.len())` pairs of `x` into words of `out` (`x[2k]` in the low
+/// half: the little-endian bytes as they are) and returns that count: [`crate::rows::pack16`]
+/// without the library `memcpy` LLVM calls for it.
+#[inline(always)]
+pub fn copy_pairs(x: &[i16], out: &mut [u32]) -> usize {
+    let n = (x.len() / 2).min(out.len());
+    // SAFETY: reads `4 * n` bytes from `x` (its first `2 * n` elements, `n <= x.len() / 2`)
+    // and writes `n` words of `out` (`n <= out.len()`): `n / 2` passes of two words, then
+    // one more word when `n` is odd. The loads may be unaligned (`x` is 2-byte aligned),
+    // which ARMv7-M allows for LDR on normal memory unless CCR.UNALIGN_TRP is set, which
+    // nothing here sets; the STM writes `&mut [u32]` memory, word-aligned. The two slices
+    // cannot overlap (`out` is borrowed mutably). Only the declared registers are written;
+    // the stack is not used.
+    unsafe {
+        asm!(
+            "lsrs {c}, {n}, #1",
+            "beq 3f",
+            "2:",
+            "ldr r2, [{px}], #4",
+            "ldr r3, [{px}], #4",
+            "stm {po}!, {{r2, r3}}",
+            "subs {c}, {c}, #1",
+            "bne 2b",
+            "3:",
+            "tst {n}, #1",
+            "beq 4f",
+            "ldr r2, [{px}]",
+            "str r2, [{po}]",
+            "4:",
+            n = in(reg) n,
+            c = out(reg) _,
+            px = inout(reg) x.as_ptr() => _,
+            po = inout(reg) out.as_mut_ptr() => _,
+            out("r2") _, out("r3") _,
+            options(nostack),
+        );
+    }
+    n
+}

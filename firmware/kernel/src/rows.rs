@@ -105,13 +105,19 @@ pub const fn words(n: usize) -> usize {
 /// zero-padded to the end of `out`: the layout [`dot16`] multiplies with int16 rows.
 #[inline(always)]
 pub fn pack16(x: &[i16], out: &mut [u32]) {
-    let mut it = x.chunks_exact(2);
-    let mut k = 0;
-    for (o, p) in out.iter_mut().zip(&mut it) {
-        *o = p[0] as u16 as u32 | (p[1] as u16 as u32) << 16;
-        k += 1;
-    }
-    if let (Some(o), [last]) = (out.get_mut(k), it.remainder()) {
+    #[cfg(recur_dsp)]
+    let mut k = crate::arm::copy_pairs(x, out);
+    #[cfg(not(recur_dsp))]
+    let mut k = {
+        let mut k = 0;
+        for (o, p) in out.iter_mut().zip(x.chunks_exact(2)) {
+            *o = p[0] as u16 as u32 | (p[1] as u16 as u32) << 16;
+            k += 1;
+        }
+        k
+    };
+    // An odd last value, when every pair found its word and a word is left.
+    if let (Some(o), [last]) = (out.get_mut(k), x.chunks_exact(2).remainder()) {
         *o = *last as u16 as u32;
         k += 1;
     }
@@ -126,7 +132,15 @@ pub fn pack8(x: &[i16], out: &mut [u32]) {
     let pair = |a: i16, b: i16| a as u16 as u32 | (b as u16 as u32) << 16;
     let at = |i: usize| x.get(i).copied().unwrap_or(0);
     let n = out.len();
-    let mut k = 0;
+    // Whole groups of four values first (no per-value range test), then the same loop as
+    // before over what is left: the values at and past the end of `x` read as 0 there.
+    let mut full = 0;
+    for (o, g) in out.chunks_exact_mut(2).zip(x.chunks_exact(4)) {
+        o[0] = pair(g[0], g[2]);
+        o[1] = pair(g[1], g[3]);
+        full += 1;
+    }
+    let mut k = 2 * full;
     while k + 1 < n {
         let i = 2 * k;
         out[k] = pair(at(i), at(i + 2));
@@ -343,5 +357,82 @@ fn gate_rows<T>(
     let per_row = q.mx.iter().zip(q.sx).zip(q.mh.iter().zip(q.sh)).zip(q.bias);
     for ((o, (wr, rr)), (((&mx, &sx), (&mh, &sh)), &b)) in out.iter_mut().zip(mats).zip(per_row) {
         *o = row(wr, rr, (mx, sx), (mh, sh)).saturating_add(b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `pack16`/`pack8` against their definitions, value by value, for every length of `x`
+    /// and `out` up to 12 (including mismatched ones), and the packed products against `dot`.
+    #[test]
+    fn packing_and_packed_products() {
+        let half = |w: u32, hi: bool| (if hi { w >> 16 } else { w }) as u16 as i16;
+        for len in 0..12usize {
+            let x: [i16; 12] =
+                core::array::from_fn(|i| (i as i16).wrapping_mul(7919).wrapping_sub(20000) | 1);
+            let x = &x[..len];
+            let at = |i: usize| x.get(i).copied().unwrap_or(0);
+            for words in 0..8usize {
+                let mut o16 = [0xdead_beefu32; 8];
+                pack16(x, &mut o16[..words]);
+                let mut o8 = [0xdead_beefu32; 8];
+                pack8(x, &mut o8[..words]);
+                for k in 0..words {
+                    assert_eq!(
+                        half(o16[k], false),
+                        at(2 * k),
+                        "pack16 len {len} words {words}"
+                    );
+                    assert_eq!(
+                        half(o16[k], true),
+                        at(2 * k + 1),
+                        "pack16 len {len} words {words}"
+                    );
+                    let (a, b) = if k % 2 == 0 && k + 1 < words {
+                        (2 * k, 2 * k + 2)
+                    } else if k % 2 == 1 {
+                        (2 * k - 1, 2 * k + 1)
+                    } else {
+                        (2 * k, 2 * k + 1)
+                    };
+                    assert_eq!(
+                        half(o8[k], false),
+                        at(a),
+                        "pack8 len {len} words {words} k {k}"
+                    );
+                    assert_eq!(
+                        half(o8[k], true),
+                        at(b),
+                        "pack8 len {len} words {words} k {k}"
+                    );
+                }
+                assert!(o16[words..]
+                    .iter()
+                    .chain(&o8[words..])
+                    .all(|&w| w == 0xdead_beef));
+            }
+            // Products on an x of the row's width: rows of even(len) weights.
+            let ws = len + (len & 1);
+            let w16: [i16; 12] =
+                core::array::from_fn(|i| (i as i16).wrapping_mul(3001).wrapping_sub(16000) ^ 5);
+            let w8: [i8; 12] = core::array::from_fn(|i| (i as i8).wrapping_mul(37) ^ 3);
+            let mut xs = [0u32; 6];
+            pack16(x, &mut xs[..words(len)]);
+            let w16w: [u32; 6] = core::array::from_fn(|k| {
+                w16[2 * k] as u16 as u32 | (w16[2 * k + 1] as u16 as u32) << 16
+            });
+            assert_eq!(
+                dot16(&w16w[..ws / 2], &xs[..words(len)]),
+                dot(&w16[..ws], x)
+            );
+            pack8(x, &mut xs[..words(len)]);
+            assert_eq!(dot8(&w8[..ws], &xs[..words(len)]), dot(&w8[..ws], x));
+            assert_eq!(
+                dot8_32(&w8[..ws], &xs[..words(len)]) as i64,
+                dot(&w8[..ws], x)
+            );
+        }
     }
 }
