@@ -9,7 +9,7 @@
 
 use crate::blob::{flags, Layer, Params};
 use crate::fixed::{requant, sat16, sat32, shr_round};
-use crate::lut::{sigmoid_q20, tanh_q20};
+use crate::lut::{sigmoid_q20, sigmoid_q20_i32, tanh_q20, tanh_q20_i32};
 use crate::rows;
 
 /// Advances `h` and `c` (each `[H]`) by one step on input `x`; `acc` holds
@@ -97,17 +97,17 @@ fn cell_update<const CLIP: bool>(layer: &Layer, gates: &[i32], h: &mut [i16], c:
         .zip(gg)
         .zip(h.iter_mut().zip(c.iter_mut()));
     for ((((&ip, &op), &fp), &gp), (hk, ck)) in units {
-        let i = sigmoid_q20(clip(ip)) as i32;
+        let i = sigmoid_q20_i32(clip(ip));
         let f = if input_forget {
             32767 - i
         } else {
-            sigmoid_q20(clip(fp)) as i32
+            sigmoid_q20_i32(clip(fp))
         };
-        let g = tanh_q20(clip(gp)) as i32;
+        let g = tanh_q20_i32(clip(gp));
         let c_prev = *ck as i32;
         let c_new = (r32(f * c_prev, 15) + r32(i * g, 30 - fc)).clamp(-32768, 32767);
-        let o = sigmoid_q20(clip(op)) as i32;
-        let tc = tanh_q20(c_new.max(-lim).min(lim) << sh) as i32;
+        let o = sigmoid_q20_i32(clip(op));
+        let tc = tanh_q20_i32(c_new.max(-lim).min(lim) << sh);
         *hk = r32(o * tc, 15).clamp(-32768, 32767) as i16;
         *ck = c_new as i16;
     }

@@ -50,19 +50,31 @@ fn interp(table: &[i16; TABLE_LEN], lo_q20: i32, v: i32) -> i16 {
 /// (`int32_interpolation_equals_int64` checks every boundary).
 #[inline(always)]
 pub fn tanh_q20(v: i32) -> i16 {
+    tanh_q20_i32(v) as i16
+}
+
+/// [`tanh_q20`] as int32 (its value lies between two int16 table entries, so the cast to
+/// int16 changes nothing; int32 callers skip the sign extension).
+#[inline(always)]
+pub fn tanh_q20_i32(v: i32) -> i32 {
     const _: () = assert!(TANH_Q15[TABLE_LEN - 1] == TANH_Q15[TABLE_LEN - 2]);
     let pos = (v.clamp(-(1 << 23), (1 << 23) - 1) + (1 << 23)) as u32;
     let idx = (pos >> 15) as usize & (TABLE_LEN - 2); // 0..=511 (the mask is a no-op)
     let frac = (pos & 0x7fff) as i32;
     let (a, b) = (TANH_Q15[idx] as i32, TANH_Q15[idx + 1] as i32);
-    (a + (((b - a) * frac + (1 << 14)) >> 15)) as i16
+    a + (((b - a) * frac + (1 << 14)) >> 15)
 }
 
 /// Logistic sigmoid of a Q20 value, in Q15 (0..=32767).
 #[inline(always)]
 pub fn sigmoid_q20(v: i32) -> i16 {
-    let t = tanh_q20(v >> 1) as i32;
-    ((t + 32768) >> 1) as i16
+    sigmoid_q20_i32(v) as i16
+}
+
+/// [`sigmoid_q20`] as int32 (0..=32767).
+#[inline(always)]
+pub fn sigmoid_q20_i32(v: i32) -> i32 {
+    (tanh_q20_i32(v >> 1) + 32768) >> 1
 }
 
 /// exp of a Q20 value ≤ 0 (positive values give exp(0)), in Q15.
@@ -148,6 +160,18 @@ mod tests {
             0,
         ] {
             check(v);
+        }
+    }
+
+    #[test]
+    fn int32_variants_equal_int16_ones() {
+        let mut v = i32::MIN as i64;
+        while v <= i32::MAX as i64 {
+            let x = v as i32;
+            assert_eq!(tanh_q20_i32(x), tanh_q20(x) as i32, "{x}");
+            assert_eq!(sigmoid_q20_i32(x), sigmoid_q20(x) as i32, "{x}");
+            assert!((-32767..=32767).contains(&tanh_q20_i32(x)));
+            v += 1021;
         }
     }
 
