@@ -6,8 +6,8 @@
 //! `tmp`. Then `h = n + z·(h - n)`. `acc` holds `4H` int32, `tmp` `H` int16.
 
 use crate::blob::{flags, Layer, Params};
-use crate::fixed::{mul_q15, requant, sat16, sat32, shr_round};
-use crate::lut::{sigmoid_q20, tanh_q20};
+use crate::fixed::{mul_q15, requant, sat32, shr_round};
+use crate::lut::{sigmoid_q20_i32, tanh_q20_i32};
 use crate::rows;
 
 /// Advances `h` (`[H]`) by one step on input `x`.
@@ -40,9 +40,16 @@ pub fn step(layer: &Layer, p: &Params, x: &[i16], h: &mut [i16], acc: &mut [i32]
             });
         }
     }
-    // z and r, activated in place (Q15 values held in int32).
-    for a in acc.iter_mut().take(2 * n) {
-        *a = sigmoid_q20(clip(*a)) as i32;
+    // z and r, activated in place (Q15 values held in int32); the clip test once, not per
+    // value.
+    if layer.clip_q20 > 0 {
+        for a in acc.iter_mut().take(2 * n) {
+            *a = sigmoid_q20_i32(clip(*a));
+        }
+    } else {
+        for a in acc.iter_mut().take(2 * n) {
+            *a = sigmoid_q20_i32(*a);
+        }
     }
     if lbr {
         for k in 0..n {
@@ -59,10 +66,14 @@ pub fn step(layer: &Layer, p: &Params, x: &[i16], h: &mut [i16], acc: &mut [i32]
             acc[j] = sat32(acc[j] as i64 + ah);
         });
     }
-    for k in 0..n {
-        let z = acc[k] as i64;
-        let nn = tanh_q20(clip(acc[2 * n + k])) as i64;
-        h[k] = sat16(nn + shr_round(z * (h[k] as i64 - nn), 15));
+    // h = n + z·(h - n) in int32: z in 0..=32767 and |h - n| <= 65534, so the product plus
+    // the rounding constant is below 32767·65534 + 2^14 < 2^31, and the sum fits as well.
+    let (z, rest) = acc.split_at(n.min(acc.len()));
+    let gn = rest.get(n..2 * n).unwrap_or(&[]);
+    for ((hk, &z), &g) in h.iter_mut().zip(z).zip(gn) {
+        let nn = tanh_q20_i32(clip(g));
+        let d = *hk as i32 - nn;
+        *hk = (nn + ((z * d + (1 << 14)) >> 15)).clamp(-32768, 32767) as i16;
     }
 }
 
