@@ -6,7 +6,7 @@
 //! `tmp`. Then `h = n + z·(h - n)`. `acc` holds `4H` int32, `tmp` `H` int16.
 
 use crate::blob::{flags, Layer, Params};
-use crate::fixed::{mul_q15, requant, sat32, shr_round};
+use crate::fixed::{mul_q15, requant, requant32, sat32, shr_round};
 use crate::lut::{sigmoid_q20_i32, tanh_q20_i32};
 use crate::rows;
 
@@ -110,16 +110,18 @@ fn products_fast(layer: &Layer, p: &Params, x: &[i16], h: &[i16], acc: &mut [i32
         return false;
     }
     let (gn, gh) = gates[2 * n..].split_at_mut(n);
+    // `Params::fast` covers every row of the three gates: |rq(W[j]·x)|, |rq(R[j]·h)| <= 2^29
+    // and both shifts >= 1, so requant32 equals requant and sat32(a + b) is a.saturating_add(b).
     let ok = rows::each_packed(&p.w, ws, xs, 2 * n..3 * n, |j, dx| {
-        gn[j - 2 * n] = sat32(requant(dx, p.mx[j], p.sx[j]) + p.bias[j] as i64);
+        gn[j - 2 * n] = requant32(dx, p.mx[j], p.sx[j]).saturating_add(p.bias[j]);
     });
     if !ok {
         return false;
     }
     if lbr {
         let ok = rows::each_packed(&p.r, rs, hs, 2 * n..3 * n, |j, dh| {
-            let ah = requant(dh, p.mh[j], p.sh[j]);
-            gh[j - 2 * n] = sat32(ah + p.rbn[j - 2 * n] as i64);
+            let ah = requant32(dh, p.mh[j], p.sh[j]);
+            gh[j - 2 * n] = ah.saturating_add(p.rbn[j - 2 * n]);
         });
         if !ok {
             return false;
