@@ -6,7 +6,8 @@
 //! which also serves bidirectional layers), in memory the caller provides.
 //!
 //! Numbers: int16 activations and states, int8 or int16 weights with one scale per output
-//! row, int64 accumulators, requantisation by an integer multiplier and a rounding shift,
+//! row, int64 accumulators (int32 where the parser proves the bounds: [`blob::Params::fast`],
+//! [`blob::Params::acc32`]), requantisation by an integer multiplier and a rounding shift,
 //! sigmoid/tanh/exp from 513-entry int16 tables with linear interpolation ([`lut`]), and
 //! saturation wherever a value could leave its range. Nothing in the step path uses floats,
 //! allocates or can panic: every blob is validated once by the parser, so the arithmetic can
