@@ -32,7 +32,7 @@ rustup target add thumbv7em-none-eabihf >/dev/null 2>&1 || true
 
 echo "== building the QEMU plugin and the firmware ($(qemu-system-arm --version | head -1))"
 make -s -C firmware/qemu-plugin
-(cd "$BOARD" && cargo build --release --quiet)
+(cd "$BOARD" && env -u CARGO_TARGET_DIR cargo build --release --quiet)
 ELF_DIR=$BOARD/target/thumbv7em-none-eabihf/release
 
 case "${1:-bench}" in

@@ -252,6 +252,17 @@ pub struct Params<'a> {
     pub mp: &'a [i32],
     /// Shift per peephole gate.
     pub sp: &'a [u8],
+    /// Set by the parser when every gate row's requantised products provably fit the
+    /// int32 fast path ([`crate::fixed::requant32`]): for each row `j`, with `|x|, |h| <=
+    /// 2^15`, `|rq(W[j]·x)| <= 2^29` and `|rq(R[j]·h)| <= 2^29`, and both shifts >= 1. Then
+    /// `ax + ah` is exact in int32 and `sat32(ax + ah + bias)` equals
+    /// `(ax + ah).saturating_add(bias)`.
+    pub fast: bool,
+    /// Set by the parser, with `fast`, when `w` and `r` are int8 and every row's `Σ|w|` in
+    /// each is below 2^16: then with `|x|, |h| <= 2^15` every partial sum of a row's products
+    /// is below 2^31 in magnitude, so the products accumulate exactly in int32
+    /// ([`crate::rows::dot8_32`], SMLAD on Cortex-M4).
+    pub acc32: bool,
 }
 
 /// One entry of the layer chain, its parameters read in place.
@@ -326,8 +337,19 @@ impl Layer<'_> {
     /// int32 accumulators a step needs.
     pub fn acc_len(&self) -> usize {
         match self.kind {
-            LayerKind::Lstm => 4 * self.out_dim,
-            LayerKind::Gru => 4 * self.out_dim,
+            // 4H preactivations, then x and h packed two to a word for the fast path.
+            LayerKind::Lstm => {
+                4 * self.out_dim
+                    + crate::rows::words(self.in_dim)
+                    + crate::rows::words(self.out_dim)
+            }
+            // 4H preactivations (z, r, the h gate's input and recurrent parts), then x and h
+            // packed for the fast path.
+            LayerKind::Gru => {
+                4 * self.out_dim
+                    + crate::rows::words(self.in_dim)
+                    + crate::rows::words(self.out_dim)
+            }
             LayerKind::Rnn => self.out_dim,
             _ => 0,
         }
@@ -343,6 +365,48 @@ impl Layer<'_> {
         }
         n
     }
+}
+
+/// Largest `|requant(acc, m, s)|` over `|acc| <= a` (`a < 2^40`, `|m| < 2^22`: the product
+/// is below 2^62).
+fn requant_bound(a: u64, m: i32, s: u8) -> u64 {
+    (a * m.unsigned_abs() as u64 + ((1u64 << s) >> 1)) >> s
+}
+
+/// Whether every gate row of `p` passes the int32 fast path's bounds (see [`Params::fast`]).
+/// `|dot| <= 2^15 · Σ|w|` over the whole padded row: with int16 operands bounded by 2^15
+/// in magnitude, that holds whatever the inputs and state are.
+fn fits_fast_path(p: &Params, ws: usize, rs: usize) -> bool {
+    const LIMIT: u64 = 1 << 29;
+    let rows = p.mx.len();
+    if ws == 0 || rs == 0 || p.mh.len() != rows || p.bias.len() != rows {
+        return false;
+    }
+    let abs_sum = |w: &Weights, j: usize, stride: usize| -> u64 {
+        (j * stride..(j + 1) * stride)
+            .map(|i| w.get(i).unsigned_abs() as u64)
+            .sum()
+    };
+    (0..rows).all(|j| {
+        let (sx, sh) = (p.sx[j], p.sh[j]);
+        let bx = requant_bound(abs_sum(&p.w, j, ws) << 15, p.mx[j], sx);
+        let bh = requant_bound(abs_sum(&p.r, j, rs) << 15, p.mh[j], sh);
+        sx >= 1 && sh >= 1 && bx <= LIMIT && bh <= LIMIT
+    })
+}
+
+/// Whether `p`'s int8 rows accumulate exactly in int32 (see [`Params::acc32`]).
+fn fits_acc32(p: &Params, ws: usize, rs: usize) -> bool {
+    const LIMIT: u64 = 1 << 16;
+    let (Weights::I8(w), Weights::I8(r)) = (p.w, p.r) else {
+        return false;
+    };
+    let ok = |m: &[i8], stride: usize| {
+        stride > 0
+            && m.chunks(stride)
+                .all(|row| row.iter().map(|v| v.unsigned_abs() as u64).sum::<u64>() < LIMIT)
+    };
+    ok(w, ws) && ok(r, rs)
 }
 
 /// Rounds up to an even count.
@@ -777,6 +841,8 @@ fn parse_layer<'a>(
                     p.p = cur.i16s(3 * h)?;
                     (p.mp, p.sp) = cur.multipliers(3)?;
                 }
+                p.fast = fits_fast_path(p, even(in_dim), even(h));
+                p.acc32 = p.fast && fits_acc32(p, even(in_dim), even(h));
             }
         }
     }

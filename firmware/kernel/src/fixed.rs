@@ -34,6 +34,41 @@ pub fn requant(acc: i64, m: i32, s: u8) -> i64 {
     shr_round(acc * m as i64, s)
 }
 
+/// [`requant`] in int32, for rows the parser proved small ([`crate::blob::Params::fast`]):
+/// equal to `requant(acc, m, s)` whenever `s >= 1` and that result is at most 2^29 in
+/// magnitude.
+///
+/// Why: `shr_round(p, s) = floor((p + 2^(s-1)) / 2^s) = floor((floor(p / 2^(s-1)) + 1) / 2)`
+/// (halving the floor of a real number's double commutes with taking floors). With `|r| <=
+/// 2^29`, `t = floor(p / 2^(s-1))` is at most 2^30 + 1 in magnitude, so it is exact as int32
+/// and `t + 1` cannot overflow.
+#[inline(always)]
+pub fn requant32(acc: i64, m: i32, s: u8) -> i32 {
+    #[cfg(recur_dsp)]
+    {
+        crate::arm::requant32(acc, m, s)
+    }
+    #[cfg(not(recur_dsp))]
+    {
+        let t = ((acc * m as i64) >> (s - 1)) as i32;
+        (t + 1) >> 1
+    }
+}
+
+/// [`requant32`] of an int32 accumulator (same value as `requant32(acc as i64, m, s)`): one
+/// 32×32 multiply on Cortex-M4.
+#[inline(always)]
+pub fn requant32_i32(acc: i32, m: i32, s: u8) -> i32 {
+    #[cfg(recur_dsp)]
+    {
+        crate::arm::requant32_i32(acc, m, s)
+    }
+    #[cfg(not(recur_dsp))]
+    {
+        requant32(acc as i64, m, s)
+    }
+}
+
 /// Product of two Q15 numbers (or a Q15 gate and any int16 value), back to the second
 /// operand's format, rounded half up and saturated.
 #[inline(always)]
@@ -53,5 +88,45 @@ mod tests {
         assert_eq!(sat16(-(1 << 20)), i16::MIN);
         assert_eq!(mul_q15(i16::MIN, i16::MIN), i16::MAX);
         assert_eq!(requant(1 << 40, (1 << 22) - 1, 62), 1);
+    }
+
+    #[test]
+    fn requant32_equals_requant_within_its_bound() {
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut checked = 0;
+        while checked < 200_000 {
+            let s = 1 + (next() % 62) as u8;
+            let m = (next() % (1 << 23)) as i32 - (1 << 22) + 1;
+            let acc = ((next() as i64) >> (next() % 64)) >> 24; // |acc| < 2^40
+            let want = requant(acc, m, s);
+            if want.abs() > 1 << 29 {
+                continue;
+            }
+            assert_eq!(requant32(acc, m, s) as i64, want, "acc {acc} m {m} s {s}");
+            checked += 1;
+        }
+        for (acc, m, s) in [
+            (0, 5, 1),
+            (-1, 1, 1),
+            (1, 1, 1),
+            (-3, 1, 1),
+            ((1i64 << 39) - 1, 1, 10),
+            (-(1i64 << 39), 1, 10),
+            (-(1i64 << 39), -(1 << 22) + 1, 62),
+            (3, -1, 2),
+            (-2, 1, 2),
+        ] {
+            assert_eq!(
+                requant32(acc, m, s) as i64,
+                requant(acc, m, s),
+                "acc {acc} m {m} s {s}"
+            );
+        }
     }
 }

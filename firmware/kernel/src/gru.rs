@@ -6,8 +6,8 @@
 //! `tmp`. Then `h = n + z·(h - n)`. `acc` holds `4H` int32, `tmp` `H` int16.
 
 use crate::blob::{flags, Layer, Params};
-use crate::fixed::{mul_q15, requant, sat16, sat32, shr_round};
-use crate::lut::{sigmoid_q20, tanh_q20};
+use crate::fixed::{mul_q15, requant, requant32, sat32, shr_round};
+use crate::lut::{sigmoid_q20_i32, tanh_q20_i32};
 use crate::rows;
 
 /// Advances `h` (`[H]`) by one step on input `x`.
@@ -24,23 +24,32 @@ pub fn step(layer: &Layer, p: &Params, x: &[i16], h: &mut [i16], acc: &mut [i32]
     };
     // z and r: input and recurrent products; the h gate's input product alone (its
     // recurrent product comes after the reset gate, or into acc[3n..] with lbr).
-    rows::each2(&p.w, ws, x, &p.r, rs, h, 0..2 * n, |j, dx, dh| {
-        let ax = requant(dx, p.mx[j], p.sx[j]);
-        let ah = requant(dh, p.mh[j], p.sh[j]);
-        acc[j] = sat32(ax + ah + p.bias[j] as i64);
-    });
-    rows::each(&p.w, ws, x, 2 * n..3 * n, |j, dx| {
-        acc[j] = sat32(requant(dx, p.mx[j], p.sx[j]) + p.bias[j] as i64);
-    });
-    if lbr {
-        rows::each(&p.r, rs, h, 2 * n..3 * n, |j, dh| {
+    if !(p.fast && products_fast(layer, p, x, h, acc)) {
+        rows::each2(&p.w, ws, x, &p.r, rs, h, 0..2 * n, |j, dx, dh| {
+            let ax = requant(dx, p.mx[j], p.sx[j]);
             let ah = requant(dh, p.mh[j], p.sh[j]);
-            acc[j + n] = sat32(ah + p.rbn[j - 2 * n] as i64);
+            acc[j] = sat32(ax + ah + p.bias[j] as i64);
         });
+        rows::each(&p.w, ws, x, 2 * n..3 * n, |j, dx| {
+            acc[j] = sat32(requant(dx, p.mx[j], p.sx[j]) + p.bias[j] as i64);
+        });
+        if lbr {
+            rows::each(&p.r, rs, h, 2 * n..3 * n, |j, dh| {
+                let ah = requant(dh, p.mh[j], p.sh[j]);
+                acc[j + n] = sat32(ah + p.rbn[j - 2 * n] as i64);
+            });
+        }
     }
-    // z and r, activated in place (Q15 values held in int32).
-    for a in acc.iter_mut().take(2 * n) {
-        *a = sigmoid_q20(clip(*a)) as i32;
+    // z and r, activated in place (Q15 values held in int32); the clip test once, not per
+    // value.
+    if layer.clip_q20 > 0 {
+        for a in acc.iter_mut().take(2 * n) {
+            *a = sigmoid_q20_i32(clip(*a));
+        }
+    } else {
+        for a in acc.iter_mut().take(2 * n) {
+            *a = sigmoid_q20_i32(*a);
+        }
     }
     if lbr {
         for k in 0..n {
@@ -57,9 +66,66 @@ pub fn step(layer: &Layer, p: &Params, x: &[i16], h: &mut [i16], acc: &mut [i32]
             acc[j] = sat32(acc[j] as i64 + ah);
         });
     }
-    for k in 0..n {
-        let z = acc[k] as i64;
-        let nn = tanh_q20(clip(acc[2 * n + k])) as i64;
-        h[k] = sat16(nn + shr_round(z * (h[k] as i64 - nn), 15));
+    // h = n + z·(h - n) in int32: z in 0..=32767 and |h - n| <= 65534, so the product plus
+    // the rounding constant is below 32767·65534 + 2^14 < 2^31, and the sum fits as well.
+    let (z, rest) = acc.split_at(n.min(acc.len()));
+    let gn = rest.get(n..2 * n).unwrap_or(&[]);
+    for ((hk, &z), &g) in h.iter_mut().zip(z).zip(gn) {
+        let nn = tanh_q20_i32(clip(g));
+        let d = *hk as i32 - nn;
+        *hk = (nn + ((z * d + (1 << 14)) >> 15)).clamp(-32768, 32767) as i16;
     }
+}
+
+/// The products of [`step`] before the reset gate on the fast path: `x` and `h` packed into
+/// `acc[4H..]`, z and r rows by [`rows::preact_fast`] (int32, the parser's bound), the h
+/// gate's input product (and with linear_before_reset its recurrent one) on the packed
+/// vectors with the same int64 requantisation as the general path. Same values in
+/// `acc[..4H]` as the general path; `false` when a buffer or matrix is not laid out as
+/// expected (then the general path recomputes everything; `h` is not touched here).
+fn products_fast(layer: &Layer, p: &Params, x: &[i16], h: &[i16], acc: &mut [i32]) -> bool {
+    let n = layer.out_dim;
+    let (wx, wh) = (rows::words(layer.in_dim), rows::words(n));
+    let (ws, rs) = (layer.w_stride(), layer.r_stride());
+    if acc.len() < 4 * n + wx + wh || h.len() < n || x.len() != layer.in_dim {
+        return false;
+    }
+    if p.mx.len() < 3 * n || p.sx.len() < 3 * n || p.bias.len() < 3 * n {
+        return false;
+    }
+    let lbr = layer.has(flags::LINEAR_BEFORE_RESET);
+    if lbr && (p.mh.len() < 3 * n || p.sh.len() < 3 * n || p.rbn.len() < n) {
+        return false;
+    }
+    let (gates, scratch) = acc.split_at_mut(4 * n);
+    let scratch: &mut [u32] = bytemuck::cast_slice_mut(&mut scratch[..wx + wh]);
+    let (xs, hs) = scratch.split_at_mut(wx);
+    let pack = match p.w {
+        crate::blob::Weights::I8(_) => rows::pack8,
+        crate::blob::Weights::I16(_) => rows::pack16,
+    };
+    pack(x, xs);
+    pack(&h[..n], hs);
+    if !rows::preact_fast(p, ws, rs, xs, hs, &mut gates[..2 * n]) {
+        return false;
+    }
+    let (gn, gh) = gates[2 * n..].split_at_mut(n);
+    // `Params::fast` covers every row of the three gates: |rq(W[j]·x)|, |rq(R[j]·h)| <= 2^29
+    // and both shifts >= 1, so requant32 equals requant and sat32(a + b) is a.saturating_add(b).
+    let ok = rows::each_packed(&p.w, ws, xs, 2 * n..3 * n, |j, dx| {
+        gn[j - 2 * n] = requant32(dx, p.mx[j], p.sx[j]).saturating_add(p.bias[j]);
+    });
+    if !ok {
+        return false;
+    }
+    if lbr {
+        let ok = rows::each_packed(&p.r, rs, hs, 2 * n..3 * n, |j, dh| {
+            let ah = requant32(dh, p.mh[j], p.sh[j]);
+            gh[j - 2 * n] = ah.saturating_add(p.rbn[j - 2 * n]);
+        });
+        if !ok {
+            return false;
+        }
+    }
+    true
 }

@@ -6,7 +6,8 @@
 //! which also serves bidirectional layers), in memory the caller provides.
 //!
 //! Numbers: int16 activations and states, int8 or int16 weights with one scale per output
-//! row, int64 accumulators, requantisation by an integer multiplier and a rounding shift,
+//! row, int64 accumulators (int32 where the parser proves the bounds: [`blob::Params::fast`],
+//! [`blob::Params::acc32`]), requantisation by an integer multiplier and a rounding shift,
 //! sigmoid/tanh/exp from 513-entry int16 tables with linear interpolation ([`lut`]), and
 //! saturation wherever a value could leave its range. Nothing in the step path uses floats,
 //! allocates or can panic: every blob is validated once by the parser, so the arithmetic can
@@ -14,7 +15,8 @@
 //! they agree bit for bit.
 
 #![no_std]
-#![forbid(unsafe_code)]
+// `unsafe` only in `arm` (the Cortex-M4 `asm!` loops), each block with its SAFETY comment.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 // Gate loops index several parallel arrays by row; index loops read like the math.
 #![allow(clippy::needless_range_loop)]
@@ -24,6 +26,8 @@ compile_error!(
     "the .rcm blob is little-endian and read in place: big-endian targets are not supported"
 );
 
+#[cfg(recur_dsp)]
+mod arm;
 pub mod blob;
 pub mod dense;
 pub mod fixed;

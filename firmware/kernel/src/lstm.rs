@@ -9,11 +9,113 @@
 
 use crate::blob::{flags, Layer, Params};
 use crate::fixed::{requant, sat16, sat32, shr_round};
-use crate::lut::{sigmoid_q20, tanh_q20};
+use crate::lut::{sigmoid_q20, sigmoid_q20_i32, tanh_q20, tanh_q20_i32};
 use crate::rows;
 
-/// Advances `h` and `c` (each `[H]`) by one step on input `x`; `acc` holds `4H` int32.
+/// Advances `h` and `c` (each `[H]`) by one step on input `x`; `acc` holds
+/// [`Layer::acc_len`] int32 (`4H` preactivations, then the packed copies of `x` and `h`).
 pub fn step(layer: &Layer, p: &Params, x: &[i16], h: &mut [i16], c: &mut [i16], acc: &mut [i32]) {
+    if p.fast && !layer.has(flags::PEEPHOLES) && step_fast(layer, p, x, h, c, acc) {
+        return;
+    }
+    step_i64(layer, p, x, h, c, acc);
+}
+
+/// The fast path: the products on word-packed copies of `x` and `h` (dual MACs on Cortex-M4),
+/// requantised in int32 ([`crate::fixed::requant32`], bounds proven by the parser), gates in
+/// int32. Every value equals [`step_i64`]'s (the argument at each step below). `false` when
+/// `acc` or a matrix is not as the parser and [`Layer::acc_len`] guarantee (nothing changed).
+#[inline(always)]
+fn step_fast(
+    layer: &Layer,
+    p: &Params,
+    x: &[i16],
+    h: &mut [i16],
+    c: &mut [i16],
+    acc: &mut [i32],
+) -> bool {
+    let n = layer.out_dim;
+    let (wx, wh) = (rows::words(layer.in_dim), rows::words(n));
+    if acc.len() < 4 * n + wx + wh || h.len() < n || c.len() < n || x.len() < layer.in_dim {
+        return false;
+    }
+    let (gates, scratch) = acc.split_at_mut(4 * n);
+    let scratch: &mut [u32] = bytemuck::cast_slice_mut(&mut scratch[..wx + wh]);
+    let (xs, hs) = scratch.split_at_mut(wx);
+    let pack = match p.w {
+        crate::blob::Weights::I8(_) => rows::pack8,
+        crate::blob::Weights::I16(_) => rows::pack16,
+    };
+    pack(&x[..layer.in_dim], xs);
+    pack(&h[..n], hs);
+    if !rows::preact_fast(p, layer.w_stride(), layer.r_stride(), xs, hs, gates) {
+        return false;
+    }
+    // The clip test is resolved once per step, not once per gate.
+    if layer.clip_q20 > 0 {
+        cell_update::<true>(layer, gates, h, c);
+    } else {
+        cell_update::<false>(layer, gates, h, c);
+    }
+    true
+}
+
+/// The fast path's element-wise part: gates and cell update in int32, `CLIP` telling whether
+/// `layer.clip_q20` clamps the preactivations (it is > 0).
+///
+/// sigmoid/tanh take the int32 preactivation (sat32 was the identity). |f·c|, |i·g| < 2^30
+/// and the rounding constants are at most 2^29 (30 - frac_c >= 15), so both shr_round terms
+/// fit; their sum is below 2^17. tanh(c·2^(20 - frac_c)): tanh_q20 holds its end values from
+/// ±2^23 on (8.0 in Q20), so clamping c to ±2^(23 - sh) first (sh = 20 - frac_c <= 20, so the
+/// clamped value fits int32) gives what the int64 shift and sat32 gave. |o·tc| < 2^30.
+#[inline(always)]
+fn cell_update<const CLIP: bool>(layer: &Layer, gates: &[i32], h: &mut [i16], c: &mut [i16]) {
+    let n = layer.out_dim;
+    let lim_clip = layer.clip_q20;
+    let clip = |v: i32| -> i32 {
+        if CLIP {
+            v.max(-lim_clip).min(lim_clip)
+        } else {
+            v
+        }
+    };
+    let fc = layer.frac_c as u32;
+    let sh = 20 - fc;
+    let lim = 1i32 << (23 - sh);
+    let input_forget = layer.has(flags::INPUT_FORGET);
+    let r32 = |v: i32, s: u32| (v + (1 << (s - 1))) >> s;
+    if gates.len() < 4 * n {
+        return;
+    }
+    let (gi, rest) = gates.split_at(n);
+    let (go, rest) = rest.split_at(n);
+    let (gf, gg) = rest.split_at(n);
+    let units = gi
+        .iter()
+        .zip(go)
+        .zip(gf)
+        .zip(gg)
+        .zip(h.iter_mut().zip(c.iter_mut()));
+    for ((((&ip, &op), &fp), &gp), (hk, ck)) in units {
+        let i = sigmoid_q20_i32(clip(ip));
+        let f = if input_forget {
+            32767 - i
+        } else {
+            sigmoid_q20_i32(clip(fp))
+        };
+        let g = tanh_q20_i32(clip(gp));
+        let c_prev = *ck as i32;
+        let c_new = (r32(f * c_prev, 15) + r32(i * g, 30 - fc)).clamp(-32768, 32767);
+        let o = sigmoid_q20_i32(clip(op));
+        let tc = tanh_q20_i32(c_new.max(-lim).min(lim) << sh);
+        *hk = r32(o * tc, 15).clamp(-32768, 32767) as i16;
+        *ck = c_new as i16;
+    }
+}
+
+/// The general path (peepholes, or rows whose bounds the parser could not prove for int32):
+/// int64 throughout.
+fn step_i64(layer: &Layer, p: &Params, x: &[i16], h: &mut [i16], c: &mut [i16], acc: &mut [i32]) {
     let n = layer.out_dim;
     let (ws, rs) = (layer.w_stride(), layer.r_stride());
     rows::each2(&p.w, ws, x, &p.r, rs, h, 0..4 * n, |j, dx, dh| {

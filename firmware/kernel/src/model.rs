@@ -261,7 +261,7 @@ fn step_layer(
     tmp: &mut [i16],
 ) -> Result<(), StepError> {
     match layer.kind {
-        LayerKind::Dense => dense::dense(layer, &layer.params[0], x, own),
+        LayerKind::Dense => dense::dense(layer, &layer.params[0], x, own, acc),
         LayerKind::Embedding => {
             let token = x.first().map_or(0, |&v| v as u16 as usize);
             if !dense::embed(layer, &layer.params[0], token, own) {

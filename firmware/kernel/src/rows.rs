@@ -94,3 +94,345 @@ pub fn dot<W: Copy + Into<i32>>(w: &[W], x: &[i16]) -> i64 {
     }
     acc
 }
+
+/// Words of packed scratch a vector of `n` int16 values takes (pairs, the last one
+/// zero-padded): [`pack16`] and [`pack8`] both fill `words(n)` words.
+pub const fn words(n: usize) -> usize {
+    n.div_ceil(2)
+}
+
+/// Packs `x` two values to a word (`x[2k]` in the low half, as int16 weights pair in memory),
+/// zero-padded to the end of `out`: the layout [`dot16`] multiplies with int16 rows.
+#[inline(always)]
+pub fn pack16(x: &[i16], out: &mut [u32]) {
+    #[cfg(recur_dsp)]
+    let mut k = crate::arm::copy_pairs(x, out);
+    #[cfg(not(recur_dsp))]
+    let mut k = {
+        let mut k = 0;
+        for (o, p) in out.iter_mut().zip(x.chunks_exact(2)) {
+            *o = p[0] as u16 as u32 | (p[1] as u16 as u32) << 16;
+            k += 1;
+        }
+        k
+    };
+    // An odd last value, when every pair found its word and a word is left.
+    if let (Some(o), [last]) = (out.get_mut(k), x.chunks_exact(2).remainder()) {
+        *o = *last as u16 as u32;
+        k += 1;
+    }
+    out.iter_mut().skip(k).for_each(|o| *o = 0);
+}
+
+/// Packs `x` for [`dot8`]: each group of four values as the two words `(x0, x2)` and
+/// `(x1, x3)` (the halves SXTB16 takes from four int8 weights), a last group of two as
+/// `(x0, x1)`, zero-padded like [`pack16`].
+#[inline(always)]
+pub fn pack8(x: &[i16], out: &mut [u32]) {
+    let pair = |a: i16, b: i16| a as u16 as u32 | (b as u16 as u32) << 16;
+    let at = |i: usize| x.get(i).copied().unwrap_or(0);
+    let n = out.len();
+    // Whole groups of four values first (no per-value range test), then the same loop as
+    // before over what is left: the values at and past the end of `x` read as 0 there.
+    let mut full = 0;
+    for (o, g) in out.chunks_exact_mut(2).zip(x.chunks_exact(4)) {
+        o[0] = pair(g[0], g[2]);
+        o[1] = pair(g[1], g[3]);
+        full += 1;
+    }
+    let mut k = 2 * full;
+    while k + 1 < n {
+        let i = 2 * k;
+        out[k] = pair(at(i), at(i + 2));
+        out[k + 1] = pair(at(i + 1), at(i + 3));
+        k += 2;
+    }
+    if k < n {
+        out[k] = pair(at(2 * k), at(2 * k + 1));
+    }
+}
+
+/// `Σ` over the words of `w` and `x` of `lo·lo + hi·hi` (int16 halves): the exact product of
+/// an int16 row (as words) with a [`pack16`] vector.
+#[inline(always)]
+pub fn dot16(w: &[u32], x: &[u32]) -> i64 {
+    #[cfg(recur_dsp)]
+    {
+        crate::arm::dot16(w, x)
+    }
+    #[cfg(not(recur_dsp))]
+    {
+        let mut acc = 0i64;
+        for (&a, &b) in w.iter().zip(x) {
+            let lo = a as i16 as i32 * b as i16 as i32;
+            let hi = (a >> 16) as i16 as i32 * (b >> 16) as i16 as i32;
+            acc += lo as i64 + hi as i64;
+        }
+        acc
+    }
+}
+
+/// The exact product of an int8 row (its even length in bytes) with a [`pack8`] vector.
+#[inline(always)]
+pub fn dot8(w: &[i8], x: &[u32]) -> i64 {
+    #[cfg(recur_dsp)]
+    {
+        crate::arm::dot8(w, x)
+    }
+    #[cfg(not(recur_dsp))]
+    {
+        let mut acc = 0i64;
+        let mut xs = x.iter();
+        let mut groups = w.chunks_exact(4);
+        for g in &mut groups {
+            let (Some(&x02), Some(&x13)) = (xs.next(), xs.next()) else {
+                return acc;
+            };
+            let h = |v: u32, hi: bool| (if hi { v >> 16 } else { v }) as i16 as i32;
+            let s = g[0] as i32 * h(x02, false)
+                + g[2] as i32 * h(x02, true)
+                + (g[1] as i32 * h(x13, false) + g[3] as i32 * h(x13, true));
+            acc += s as i64;
+        }
+        if let ([a, b], Some(&x01)) = (groups.remainder(), xs.next()) {
+            acc += (*a as i32 * x01 as i16 as i32 + *b as i32 * (x01 >> 16) as i16 as i32) as i64;
+        }
+        acc
+    }
+}
+
+/// [`dot8`] accumulated in int32 (wrapping, which never happens where it is used: rows the
+/// parser proved below 2^31, [`crate::blob::Params::acc32`]).
+#[inline(always)]
+pub fn dot8_32(w: &[i8], x: &[u32]) -> i32 {
+    #[cfg(recur_dsp)]
+    {
+        crate::arm::dot8_32(w, x)
+    }
+    #[cfg(not(recur_dsp))]
+    {
+        dot8(w, x) as i32
+    }
+}
+
+/// `f(j, W[j]·x)` for `j` in `rows`, the products on a packed copy `xs` of `x` ([`pack16`]
+/// or [`pack8`], matching the weights; rows of `stride` elements, `xs` of `stride / 2`
+/// words): the same exact sums as [`each`] gives on an `x` of the matrix's input width.
+/// `false` (no call made) when the matrix or `xs` is not laid out so.
+#[inline(always)]
+pub fn each_packed(
+    w: &Weights,
+    stride: usize,
+    xs: &[u32],
+    rows: Range<usize>,
+    mut f: impl FnMut(usize, i64),
+) -> bool {
+    if stride == 0 || !stride.is_multiple_of(2) || xs.len() != stride / 2 {
+        return false;
+    }
+    match w {
+        Weights::I16(m) => {
+            let Ok(m) = bytemuck::try_cast_slice::<i16, u32>(m) else {
+                return false;
+            };
+            let sw = stride / 2;
+            if m.len() / sw < rows.end {
+                return false;
+            }
+            for (j, row) in rows.clone().zip(m.chunks_exact(sw).skip(rows.start)) {
+                f(j, dot16(row, xs));
+            }
+        }
+        Weights::I8(m) => {
+            if m.len() / stride < rows.end {
+                return false;
+            }
+            for (j, row) in rows.clone().zip(m.chunks_exact(stride).skip(rows.start)) {
+                f(j, dot8(row, xs));
+            }
+        }
+    }
+    true
+}
+
+/// One gate row's preactivation on the fast path: `(rq(W[j]·x) + rq(R[j]·h))` saturating-plus
+/// `bias`, for rows `out.len()` rows from the start of the matrices (see
+/// [`crate::blob::Params::fast`] for why this equals `sat32(ax + ah + bias)`). `xs`/`hs` are
+/// the packed input and state ([`pack16`] or [`pack8`], matching the weights). Returns `false`
+/// (and computes nothing) when a matrix is not laid out as the parser guarantees.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn preact_fast(
+    p: &crate::blob::Params,
+    ws: usize,
+    rs: usize,
+    xs: &[u32],
+    hs: &[u32],
+    out: &mut [i32],
+) -> bool {
+    use crate::fixed::requant32;
+    let rows = out.len();
+    let (mx, sx, mh, sh, bias) = (p.mx, p.sx, p.mh, p.sh, p.bias);
+    if mx.len() < rows || sx.len() < rows || mh.len() < rows || sh.len() < rows {
+        return false;
+    }
+    if bias.len() < rows {
+        return false;
+    }
+    let q = RowParams {
+        mx,
+        sx,
+        mh,
+        sh,
+        bias,
+    };
+    match (&p.w, &p.r) {
+        (Weights::I16(w), Weights::I16(r)) => {
+            let (Ok(w), Ok(r)) = (
+                bytemuck::try_cast_slice::<i16, u32>(w),
+                bytemuck::try_cast_slice::<i16, u32>(r),
+            ) else {
+                return false;
+            };
+            let (wsw, rsw) = (ws / 2, rs / 2);
+            if wsw == 0 || rsw == 0 || w.len() < rows * wsw || r.len() < rows * rsw {
+                return false;
+            }
+            #[cfg(recur_dsp)]
+            return crate::arm::gate_rows16(w, wsw, r, rsw, xs, hs, &q, out);
+            #[cfg(not(recur_dsp))]
+            gate_rows(w, wsw, r, rsw, &q, out, |wr, rr, (mx, sx), (mh, sh)| {
+                requant32(dot16(wr, xs), mx, sx) + requant32(dot16(rr, hs), mh, sh)
+            });
+        }
+        (Weights::I8(w), Weights::I8(r)) => {
+            if ws == 0 || rs == 0 || w.len() < rows * ws || r.len() < rows * rs {
+                return false;
+            }
+            if p.acc32 {
+                #[cfg(recur_dsp)]
+                return crate::arm::gate_rows8(w, ws, r, rs, xs, hs, &q, out);
+                #[cfg(not(recur_dsp))]
+                gate_rows(w, ws, r, rs, &q, out, |wr, rr, (mx, sx), (mh, sh)| {
+                    crate::fixed::requant32_i32(dot8_32(wr, xs), mx, sx)
+                        + crate::fixed::requant32_i32(dot8_32(rr, hs), mh, sh)
+                });
+            } else {
+                gate_rows(w, ws, r, rs, &q, out, |wr, rr, (mx, sx), (mh, sh)| {
+                    requant32(dot8(wr, xs), mx, sx) + requant32(dot8(rr, hs), mh, sh)
+                });
+            }
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// Per-row requantisation parameters and bias of a gate matrix pair.
+pub(crate) struct RowParams<'a> {
+    pub(crate) mx: &'a [i32],
+    pub(crate) sx: &'a [u8],
+    pub(crate) mh: &'a [i32],
+    pub(crate) sh: &'a [u8],
+    pub(crate) bias: &'a [i32],
+}
+
+/// `out[j] = row(W[j], R[j], (mx, sx), (mh, sh)).saturating_add(bias[j])` for every row of
+/// `out` (rows zipped with their parameters: no index, no bounds check per row). A function
+/// of its own per weight type, so that the row loop gets all the registers.
+#[inline(never)]
+fn gate_rows<T>(
+    w: &[T],
+    ws: usize,
+    r: &[T],
+    rs: usize,
+    q: &RowParams,
+    out: &mut [i32],
+    row: impl Fn(&[T], &[T], (i32, u8), (i32, u8)) -> i32,
+) {
+    if ws == 0 || rs == 0 {
+        return;
+    }
+    let mats = w.chunks_exact(ws).zip(r.chunks_exact(rs));
+    let per_row = q.mx.iter().zip(q.sx).zip(q.mh.iter().zip(q.sh)).zip(q.bias);
+    for ((o, (wr, rr)), (((&mx, &sx), (&mh, &sh)), &b)) in out.iter_mut().zip(mats).zip(per_row) {
+        *o = row(wr, rr, (mx, sx), (mh, sh)).saturating_add(b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `pack16`/`pack8` against their definitions, value by value, for every length of `x`
+    /// and `out` up to 12 (including mismatched ones), and the packed products against `dot`.
+    #[test]
+    fn packing_and_packed_products() {
+        let half = |w: u32, hi: bool| (if hi { w >> 16 } else { w }) as u16 as i16;
+        for len in 0..12usize {
+            let x: [i16; 12] =
+                core::array::from_fn(|i| (i as i16).wrapping_mul(7919).wrapping_sub(20000) | 1);
+            let x = &x[..len];
+            let at = |i: usize| x.get(i).copied().unwrap_or(0);
+            for words in 0..8usize {
+                let mut o16 = [0xdead_beefu32; 8];
+                pack16(x, &mut o16[..words]);
+                let mut o8 = [0xdead_beefu32; 8];
+                pack8(x, &mut o8[..words]);
+                for k in 0..words {
+                    assert_eq!(
+                        half(o16[k], false),
+                        at(2 * k),
+                        "pack16 len {len} words {words}"
+                    );
+                    assert_eq!(
+                        half(o16[k], true),
+                        at(2 * k + 1),
+                        "pack16 len {len} words {words}"
+                    );
+                    let (a, b) = if k % 2 == 0 && k + 1 < words {
+                        (2 * k, 2 * k + 2)
+                    } else if k % 2 == 1 {
+                        (2 * k - 1, 2 * k + 1)
+                    } else {
+                        (2 * k, 2 * k + 1)
+                    };
+                    assert_eq!(
+                        half(o8[k], false),
+                        at(a),
+                        "pack8 len {len} words {words} k {k}"
+                    );
+                    assert_eq!(
+                        half(o8[k], true),
+                        at(b),
+                        "pack8 len {len} words {words} k {k}"
+                    );
+                }
+                assert!(o16[words..]
+                    .iter()
+                    .chain(&o8[words..])
+                    .all(|&w| w == 0xdead_beef));
+            }
+            // Products on an x of the row's width: rows of even(len) weights.
+            let ws = len + (len & 1);
+            let w16: [i16; 12] =
+                core::array::from_fn(|i| (i as i16).wrapping_mul(3001).wrapping_sub(16000) ^ 5);
+            let w8: [i8; 12] = core::array::from_fn(|i| (i as i8).wrapping_mul(37) ^ 3);
+            let mut xs = [0u32; 6];
+            pack16(x, &mut xs[..words(len)]);
+            let w16w: [u32; 6] = core::array::from_fn(|k| {
+                w16[2 * k] as u16 as u32 | (w16[2 * k + 1] as u16 as u32) << 16
+            });
+            assert_eq!(
+                dot16(&w16w[..ws / 2], &xs[..words(len)]),
+                dot(&w16[..ws], x)
+            );
+            pack8(x, &mut xs[..words(len)]);
+            assert_eq!(dot8(&w8[..ws], &xs[..words(len)]), dot(&w8[..ws], x));
+            assert_eq!(
+                dot8_32(&w8[..ws], &xs[..words(len)]) as i64,
+                dot(&w8[..ws], x)
+            );
+        }
+    }
+}

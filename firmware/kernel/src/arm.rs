@@ -1,0 +1,693 @@
+//! Cortex-M4 (ARMv7E-M with the DSP extension) inner loops in `asm!`: the dual
+//! multiply-accumulate products and the int32 requantisation. Each function computes exactly
+//! what its portable counterpart computes ([`crate::rows::dot16`], [`crate::rows::dot8`],
+//! [`crate::fixed::requant32`]); the host builds only those, and the QEMU tests compare
+//! the firmware's outputs with the host's bit for bit.
+//!
+//! Register lists of LDM must be ascending, so the data registers are named (r2-r5, r12, lr);
+//! pointers, counters and accumulators are left to the compiler. No function here touches the
+//! stack or writes memory.
+
+#![allow(unsafe_code)]
+
+use core::arch::asm;
+
+/// `Σ lo·lo + hi·hi` over the int16 halves of `min(w.len(), x.len())` word pairs (SMLALD).
+#[inline(always)]
+pub fn dot16(w: &[u32], x: &[u32]) -> i64 {
+    let n = w.len().min(x.len());
+    let (mut lo, mut hi) = (0u32, 0u32);
+    // SAFETY: reads exactly `n` words from `w` and from `x` (`n` is at most either length),
+    // with LDM/LDR on `&[u32]` data, hence word-aligned as LDM requires. The four-word loop
+    // runs n / 4 times, then bit 1 and bit 0 of `n` (the low bits of n - 4·(n/4) - 4, which
+    // `n` holds on leaving the loop) select a two-word and a one-word tail. Only the declared
+    // registers are written; no memory is written and the stack is not used.
+    unsafe {
+        asm!(
+            "subs {n}, {n}, #4",
+            "blt 3f",
+            "2:",
+            "ldm {pw}!, {{r2, r3, r4, r5}}",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r2, r12",
+            "smlald {lo}, {hi}, r3, lr",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r4, r12",
+            "smlald {lo}, {hi}, r5, lr",
+            "subs {n}, {n}, #4",
+            "bge 2b",
+            "3:",
+            "lsls {n}, {n}, #31", // C = bit 1 (two words left), N = bit 0 (one word left)
+            "bcc 4f",
+            "ldm {pw}!, {{r2, r3}}",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r2, r12",
+            "smlald {lo}, {hi}, r3, lr",
+            "4:",
+            "bpl 5f",
+            "ldr r2, [{pw}]",
+            "ldr r12, [{px}]",
+            "smlald {lo}, {hi}, r2, r12",
+            "5:",
+            n = inout(reg) n => _,
+            pw = inout(reg) w.as_ptr() => _,
+            px = inout(reg) x.as_ptr() => _,
+            lo = inout(reg) lo,
+            hi = inout(reg) hi,
+            out("r2") _, out("r3") _, out("r4") _, out("r5") _, out("r12") _, out("lr") _,
+            options(pure, readonly, nostack),
+        );
+    }
+    ((hi as u64) << 32 | lo as u64) as i64
+}
+
+/// The exact product of an int8 row with a [`crate::rows::pack8`] vector: per four weights
+/// one LDR, two SXTB16 (bytes 0, 2 and 1, 3 as int16 pairs) and two SMLALD; a last pair of
+/// weights (rows of 4k + 2) with two LDRSB and PKHBT.
+#[inline(always)]
+pub fn dot8(w: &[i8], x: &[u32]) -> i64 {
+    // Same extent as the portable form: whole groups while `x` has their two words, then the
+    // last pair only if every group was taken and `x` has one more word.
+    let groups = (w.len() / 4).min(x.len() / 2);
+    let tail = groups == w.len() / 4 && w.len() % 4 == 2 && x.len() > 2 * groups;
+    let (mut lo, mut hi) = (0u32, 0u32);
+    // SAFETY: reads `4 * groups` bytes of `w` and `2 * groups` words of `x` in the loop, then,
+    // when `tail`, two more bytes of `w` and one more word of `x`: all within the slices by
+    // the computation above. The weight LDR may be unaligned (rows of 4k + 2 bytes), which
+    // ARMv7-M allows for LDR on normal memory (flash, RAM) unless CCR.UNALIGN_TRP is set,
+    // which nothing here sets; LDM on `x` (`&[u32]`) is word-aligned. Only the declared
+    // registers are written; no memory is written and the stack is not used.
+    unsafe {
+        asm!(
+            "cmp {g}, #0",
+            "beq 3f",
+            "2:",
+            "ldr r2, [{pw}], #4",
+            "ldm {px}!, {{r12, lr}}",
+            "sxtb16 r3, r2",
+            "sxtb16 r2, r2, ror #8",
+            "smlald {lo}, {hi}, r3, r12",
+            "smlald {lo}, {hi}, r2, lr",
+            "subs {g}, {g}, #1",
+            "bne 2b",
+            "3:",
+            "cmp {t}, #0",
+            "beq 4f",
+            "ldrsb r2, [{pw}]",
+            "ldrsb r3, [{pw}, #1]",
+            "pkhbt r2, r2, r3, lsl #16",
+            "ldr r12, [{px}]",
+            "smlald {lo}, {hi}, r2, r12",
+            "4:",
+            g = inout(reg) groups => _,
+            t = in(reg) tail as u32,
+            pw = inout(reg) w.as_ptr() => _,
+            px = inout(reg) x.as_ptr() => _,
+            lo = inout(reg) lo,
+            hi = inout(reg) hi,
+            out("r2") _, out("r3") _, out("r12") _, out("lr") _,
+            options(pure, readonly, nostack),
+        );
+    }
+    ((hi as u64) << 32 | lo as u64) as i64
+}
+
+/// [`crate::fixed::requant32`]: `(floor(acc·m / 2^(s-1)) + 1) >> 1` with `s` in 1..=62.
+#[inline(always)]
+pub fn requant32(acc: i64, m: i32, s: u8) -> i32 {
+    let (lo, hi) = (acc as u32, (acc >> 32) as u32);
+    let r: u32;
+    // SAFETY: register arithmetic only (no memory, no stack). acc = H·2^32 + (lo as i32) with
+    // H = hi + lo[31]; |acc| < 2^40 gives |H·m| < 2^31, so SMULL + MLA form p = acc·m exactly
+    // (|p| < 2^62). Register-specified LSL/LSR by 32 give 0 (s = 1), as the formula needs.
+    unsafe {
+        asm!(
+            "add {t}, {hi}, {lo}, lsr #31",
+            "smull {pl}, {ph}, {lo}, {m}",
+            "mla {ph}, {t}, {m}, {ph}",
+            "rsbs {t}, {s}, #33", // 32 - (s - 1)
+            "bgt 2f",
+            "negs {t}, {t}", // (s - 1) - 32 >= 0: floor(p / 2^(s-1)) = ph >> that
+            "asr {pl}, {ph}, {t}",
+            "b 3f",
+            "2:",
+            "lsl {ph}, {ph}, {t}",
+            "sub {t}, {s}, #1",
+            "lsr {pl}, {pl}, {t}",
+            "orr {pl}, {pl}, {ph}", // s - 1 < 32: the two words' bits around bit s - 1
+            "3:",
+            "adds {pl}, {pl}, #1",
+            "asrs {pl}, {pl}, #1",
+            lo = in(reg) lo,
+            hi = in(reg) hi,
+            m = in(reg) m,
+            s = in(reg) s as u32,
+            t = out(reg) _,
+            pl = out(reg) r,
+            ph = out(reg) _,
+            options(pure, nomem, nostack),
+        );
+    }
+    r as i32
+}
+
+/// [`crate::rows::dot8_32`]: the product of an int8 row with a [`crate::rows::pack8`] vector
+/// accumulated in int32 with SMLAD, two groups of four weights per loop pass (two LDR, one
+/// four-register LDM, four SXTB16, four SMLAD), then an odd group and a last pair.
+#[inline(always)]
+pub fn dot8_32(w: &[i8], x: &[u32]) -> i32 {
+    let groups = (w.len() / 4).min(x.len() / 2);
+    let tail = groups == w.len() / 4 && w.len() % 4 == 2 && x.len() > 2 * groups;
+    // bit 0: one group after the pairs of groups; bit 1: the last pair of weights.
+    let rest = (groups & 1) as u32 | (tail as u32) << 1;
+    let mut acc = 0i32;
+    // SAFETY: reads `4 * groups` bytes of `w` and `2 * groups` words of `x` (`groups / 2`
+    // passes of eight bytes and four words, then one more group when `groups` is odd), then,
+    // when `tail`, two more bytes of `w` and one more word of `x`: all within the slices by
+    // the computation above. The weight LDRs may be unaligned, which ARMv7-M allows for LDR
+    // on normal memory unless CCR.UNALIGN_TRP is set, which nothing here sets; LDM on `x`
+    // (`&[u32]`) is word-aligned. `lsls #31` puts bit 0 of `rest` in N and bit 1 in C; no
+    // instruction after it sets the flags (SMLAD sets only Q). SMLAD wraps modulo 2^32; the
+    // callers use it only where the parser proved every partial sum below 2^31
+    // ([`crate::blob::Params::acc32`]), so the sum is exact. Only the declared registers are
+    // written; no memory is written and the stack is not used.
+    unsafe {
+        asm!(
+            "lsrs {g}, {g}, #1",
+            "beq 3f",
+            "2:",
+            "ldr r2, [{pw}], #4",
+            "ldr r3, [{pw}], #4",
+            "ldm {px}!, {{r4, r5, r12, lr}}",
+            "sxtb16 {t}, r2",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {acc}, {t}, r4, {acc}",
+            "smlad {acc}, r2, r5, {acc}",
+            "sxtb16 {t}, r3",
+            "sxtb16 r3, r3, ror #8",
+            "smlad {acc}, {t}, r12, {acc}",
+            "smlad {acc}, r3, lr, {acc}",
+            "subs {g}, {g}, #1",
+            "bne 2b",
+            "3:",
+            "lsls {r}, {r}, #31",
+            "bpl 4f",
+            "ldr r2, [{pw}], #4",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r2",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {acc}, {t}, r4, {acc}",
+            "smlad {acc}, r2, r5, {acc}",
+            "4:",
+            "bcc 5f",
+            "ldrsb r2, [{pw}]",
+            "ldrsb r3, [{pw}, #1]",
+            "pkhbt r2, r2, r3, lsl #16",
+            "ldr r4, [{px}]",
+            "smlad {acc}, r2, r4, {acc}",
+            "5:",
+            g = inout(reg) groups => _,
+            r = inout(reg) rest => _,
+            pw = inout(reg) w.as_ptr() => _,
+            px = inout(reg) x.as_ptr() => _,
+            acc = inout(reg) acc,
+            t = out(reg) _,
+            out("r2") _, out("r3") _, out("r4") _, out("r5") _, out("r12") _, out("lr") _,
+            options(pure, readonly, nostack),
+        );
+    }
+    acc
+}
+
+/// [`crate::fixed::requant32_i32`]: [`requant32`] of an int32 accumulator, the product by
+/// one SMULL.
+#[inline(always)]
+pub fn requant32_i32(acc: i32, m: i32, s: u8) -> i32 {
+    let r: u32;
+    // SAFETY: register arithmetic only (no memory, no stack). SMULL forms p = acc·m exactly
+    // (|p| < 2^53); the shift is requant32's (register-specified LSL/LSR by 32 give 0).
+    unsafe {
+        asm!(
+            "smull {pl}, {ph}, {a}, {m}",
+            "rsbs {t}, {s}, #33", // 32 - (s - 1)
+            "bgt 2f",
+            "negs {t}, {t}", // (s - 1) - 32 >= 0: floor(p / 2^(s-1)) = ph >> that
+            "asr {pl}, {ph}, {t}",
+            "b 3f",
+            "2:",
+            "lsl {ph}, {ph}, {t}",
+            "sub {t}, {s}, #1",
+            "lsr {pl}, {pl}, {t}",
+            "orr {pl}, {pl}, {ph}", // s - 1 < 32: the two words' bits around bit s - 1
+            "3:",
+            "adds {pl}, {pl}, #1",
+            "asrs {pl}, {pl}, #1",
+            a = in(reg) acc,
+            m = in(reg) m,
+            s = in(reg) s as u32,
+            t = out(reg) _,
+            pl = out(reg) r,
+            ph = out(reg) _,
+            options(pure, nomem, nostack),
+        );
+    }
+    r as i32
+}
+
+/// The int16 fast path's whole gate-row loop in one block (no spills between the products,
+/// the requantisations and the row bookkeeping): for every row `j` of `out`,
+/// `out[j] = (requant32(dot16(W[j], xs), mx[j], sx[j]) + requant32(dot16(R[j], hs), mh[j],
+/// sh[j])).saturating_add(bias[j])`, the same sequence of instructions as [`dot16`] and
+/// [`requant32`]. `w` and `r` hold rows of `wsw` and `rsw` words back to back. `false` (and
+/// nothing written) when a slice is shorter than that needs.
+#[allow(clippy::too_many_arguments)]
+pub fn gate_rows16(
+    w: &[u32],
+    wsw: usize,
+    r: &[u32],
+    rsw: usize,
+    xs: &[u32],
+    hs: &[u32],
+    q: &crate::rows::RowParams,
+    out: &mut [i32],
+) -> bool {
+    let (mx, sx, mh, sh, bias) = (q.mx, q.sx, q.mh, q.sh, q.bias);
+    let rows = out.len();
+    let short = |len: usize| len < rows;
+    if rows == 0 || rows > u32::MAX as usize || xs.len() < wsw || hs.len() < rsw {
+        return rows == 0;
+    }
+    if short(mx.len()) || short(sx.len()) || short(mh.len()) || short(sh.len()) {
+        return false;
+    }
+    if short(bias.len()) || w.len() / rows < wsw || r.len() / rows < rsw {
+        return false;
+    }
+    // The loop's state, read and advanced in memory (the dot products need every register).
+    let mut ctx: [u32; 14] = [
+        xs.as_ptr() as u32,
+        wsw as u32,
+        hs.as_ptr() as u32,
+        rsw as u32,
+        w.as_ptr() as u32,
+        r.as_ptr() as u32,
+        mx.as_ptr() as u32,
+        sx.as_ptr() as u32,
+        mh.as_ptr() as u32,
+        sh.as_ptr() as u32,
+        bias.as_ptr() as u32,
+        out.as_mut_ptr() as u32,
+        rows as u32,
+        0,
+    ];
+    // SAFETY: `rows >= 1` passes; each reads `wsw` words of `w` and of `xs` and `rsw` words of
+    // `r` and of `hs` (the product loops of [`dot16`], with the one-word tail post-indexed so
+    // that the matrix pointer ends at the next row), one element of `mx`, `sx`, `mh`, `sh`,
+    // `bias`, and writes one element of `out`: all in bounds by the checks above (row `j`
+    // reads words `j·wsw..(j+1)·wsw` of `w`, which `w.len() >= rows·wsw` covers; likewise `r`).
+    // All loads are word loads of `&[u32]`/`&[i32]` data or byte loads, so aligned as LDM and
+    // LDRD need. `ctx` (14 words, a local) is the only other memory read or written. Labels are
+    // local to this block. The requantisations are [`requant32`]'s instructions (exact by its
+    // argument, the parser's bound [`crate::blob::Params::fast`] holding); `ax + ah` cannot
+    // overflow (each is at most 2^29 in magnitude) and QADD saturates the bias addition.
+    // Only the declared registers are written; the stack is not used.
+    unsafe {
+        asm!(
+            "20:",
+            // input product
+            "ldr {pm}, [{ctx}, #16]",
+            "ldrd {px}, {n}, [{ctx}, #0]",
+            "movs {lo}, #0",
+            "movs {hi}, #0",
+            "subs {n}, {n}, #4",
+            "blt 3f",
+            "2:",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r2, r12",
+            "smlald {lo}, {hi}, r3, lr",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r4, r12",
+            "smlald {lo}, {hi}, r5, lr",
+            "subs {n}, {n}, #4",
+            "bge 2b",
+            "3:",
+            "lsls {n}, {n}, #31",
+            "bcc 4f",
+            "ldm {pm}!, {{r2, r3}}",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r2, r12",
+            "smlald {lo}, {hi}, r3, lr",
+            "4:",
+            "bpl 5f",
+            "ldr r2, [{pm}], #4",
+            "ldr r12, [{px}]",
+            "smlald {lo}, {hi}, r2, r12",
+            "5:",
+            "str {pm}, [{ctx}, #16]",
+            // ax = requant32(lo:hi, mx[j], sx[j]) -> ctx[13]
+            "ldrd r2, r3, [{ctx}, #24]",
+            "ldr r4, [r2], #4",
+            "ldrb r5, [r3], #1",
+            "strd r2, r3, [{ctx}, #24]",
+            "add r12, {hi}, {lo}, lsr #31",
+            "smull r2, r3, {lo}, r4",
+            "mla r3, r12, r4, r3",
+            "rsbs r12, r5, #33",
+            "bgt 22f",
+            "negs r12, r12",
+            "asr r2, r3, r12",
+            "b 23f",
+            "22:",
+            "lsl r3, r3, r12",
+            "sub r12, r5, #1",
+            "lsr r2, r2, r12",
+            "orr r2, r2, r3",
+            "23:",
+            "adds r2, r2, #1",
+            "asrs r2, r2, #1",
+            "str r2, [{ctx}, #52]",
+            // recurrent product
+            "ldr {pm}, [{ctx}, #20]",
+            "ldrd {px}, {n}, [{ctx}, #8]",
+            "movs {lo}, #0",
+            "movs {hi}, #0",
+            "subs {n}, {n}, #4",
+            "blt 7f",
+            "6:",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r2, r12",
+            "smlald {lo}, {hi}, r3, lr",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r4, r12",
+            "smlald {lo}, {hi}, r5, lr",
+            "subs {n}, {n}, #4",
+            "bge 6b",
+            "7:",
+            "lsls {n}, {n}, #31",
+            "bcc 8f",
+            "ldm {pm}!, {{r2, r3}}",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r2, r12",
+            "smlald {lo}, {hi}, r3, lr",
+            "8:",
+            "bpl 9f",
+            "ldr r2, [{pm}], #4",
+            "ldr r12, [{px}]",
+            "smlald {lo}, {hi}, r2, r12",
+            "9:",
+            "str {pm}, [{ctx}, #20]",
+            // ah = requant32(lo:hi, mh[j], sh[j])
+            "ldrd r2, r3, [{ctx}, #32]",
+            "ldr r4, [r2], #4",
+            "ldrb r5, [r3], #1",
+            "strd r2, r3, [{ctx}, #32]",
+            "add r12, {hi}, {lo}, lsr #31",
+            "smull r2, r3, {lo}, r4",
+            "mla r3, r12, r4, r3",
+            "rsbs r12, r5, #33",
+            "bgt 24f",
+            "negs r12, r12",
+            "asr r2, r3, r12",
+            "b 25f",
+            "24:",
+            "lsl r3, r3, r12",
+            "sub r12, r5, #1",
+            "lsr r2, r2, r12",
+            "orr r2, r2, r3",
+            "25:",
+            "adds r2, r2, #1",
+            "asrs {px}, r2, #1",
+            // out[j] = (ax + ah) +sat bias[j]
+            "ldr {n}, [{ctx}, #52]",
+            "add {px}, {px}, {n}",
+            "ldrd r2, r3, [{ctx}, #40]",
+            "ldr r4, [r2], #4",
+            "qadd {px}, {px}, r4",
+            "str {px}, [r3], #4",
+            "strd r2, r3, [{ctx}, #40]",
+            "ldr {n}, [{ctx}, #48]",
+            "subs {n}, {n}, #1",
+            "str {n}, [{ctx}, #48]",
+            "bne 20b",
+            ctx = in(reg) ctx.as_mut_ptr(),
+            pm = out(reg) _,
+            px = out(reg) _,
+            n = out(reg) _,
+            lo = out(reg) _,
+            hi = out(reg) _,
+            out("r2") _, out("r3") _, out("r4") _, out("r5") _, out("r12") _, out("lr") _,
+            options(nostack),
+        );
+    }
+    true
+}
+
+/// [`gate_rows16`] for int8 rows that accumulate in int32 ([`crate::blob::Params::acc32`]):
+/// [`dot8_32`]'s and [`requant32_i32`]'s instructions, rows of `ws` and `rs` bytes (even)
+/// back to back. `false` (and nothing written) when a slice is shorter than that needs.
+#[allow(clippy::too_many_arguments)]
+pub fn gate_rows8(
+    w: &[i8],
+    ws: usize,
+    r: &[i8],
+    rs: usize,
+    xs: &[u32],
+    hs: &[u32],
+    q: &crate::rows::RowParams,
+    out: &mut [i32],
+) -> bool {
+    let (mx, sx, mh, sh, bias) = (q.mx, q.sx, q.mh, q.sh, q.bias);
+    let rows = out.len();
+    let short = |len: usize| len < rows;
+    if rows == 0 || rows > u32::MAX as usize || !ws.is_multiple_of(2) || !rs.is_multiple_of(2) {
+        return rows == 0;
+    }
+    if xs.len() < ws / 2 || hs.len() < rs / 2 {
+        return false;
+    }
+    if short(mx.len()) || short(sx.len()) || short(mh.len()) || short(sh.len()) {
+        return false;
+    }
+    if short(bias.len()) || w.len() / rows < ws || r.len() / rows < rs {
+        return false;
+    }
+    // Per row: `ws / 4` groups of four weights (taken two groups per pass), then bit 0 of
+    // `rest`: one more group, bit 1: a last pair (rows of 4k + 2 bytes). As in `dot8_32`, whose
+    // `groups` and `tail` these equal since `xs` has `ws / 2` words (likewise `hs`).
+    let rest = |s: usize| ((s / 4) & 1) as u32 | ((s % 4 == 2) as u32) << 1;
+    let mut ctx: [u32; 16] = [
+        xs.as_ptr() as u32,
+        (ws / 8) as u32,
+        hs.as_ptr() as u32,
+        (rs / 8) as u32,
+        w.as_ptr() as u32,
+        r.as_ptr() as u32,
+        mx.as_ptr() as u32,
+        sx.as_ptr() as u32,
+        mh.as_ptr() as u32,
+        sh.as_ptr() as u32,
+        bias.as_ptr() as u32,
+        out.as_mut_ptr() as u32,
+        rows as u32,
+        0,
+        rest(ws),
+        rest(rs),
+    ];
+    // SAFETY: `rows >= 1` passes; each reads `ws` bytes of `w` (8 per pair of groups, 4 for an
+    // odd group, 2 post-indexed for the last pair, so the pointer ends at the next row) and
+    // `ws / 2` words of `xs` (likewise `rs` bytes of `r`, `rs / 2` words of `hs`), one element
+    // of `mx`, `sx`, `mh`, `sh`, `bias`, and writes one element of `out`: all in bounds by the
+    // checks above. Weight LDRs may be unaligned, which ARMv7-M allows for LDR on normal memory
+    // unless CCR.UNALIGN_TRP is set, which nothing here sets; LDM/LDRD/LDR on `&[u32]`/`&[i32]`
+    // data and the `ctx` local are aligned. `ctx` (16 words) is the only other memory read or
+    // written. SMLAD is exact (the parser's `acc32` bound), the requantisations are
+    // [`requant32_i32`]'s instructions, `ax + ah` cannot overflow (each at most 2^29) and
+    // QADD saturates the bias addition. Flags after `lsls #31` are only read by the next two
+    // branches (no instruction between sets them). Only the declared registers are written;
+    // the stack is not used.
+    unsafe {
+        asm!(
+            "20:",
+            // input product
+            "ldr {pm}, [{ctx}, #16]",
+            "ldrd {px}, {g}, [{ctx}, #0]",
+            "movs {acc}, #0",
+            "cmp {g}, #0",
+            "beq 3f",
+            "2:",
+            "ldr r2, [{pm}], #4",
+            "ldr r3, [{pm}], #4",
+            "ldm {px}!, {{r4, r5, r12, lr}}",
+            "sxtb16 {t}, r2",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {acc}, {t}, r4, {acc}",
+            "smlad {acc}, r2, r5, {acc}",
+            "sxtb16 {t}, r3",
+            "sxtb16 r3, r3, ror #8",
+            "smlad {acc}, {t}, r12, {acc}",
+            "smlad {acc}, r3, lr, {acc}",
+            "subs {g}, {g}, #1",
+            "bne 2b",
+            "3:",
+            "ldr {g}, [{ctx}, #56]",
+            "lsls {g}, {g}, #31",
+            "bpl 4f",
+            "ldr r2, [{pm}], #4",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r2",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {acc}, {t}, r4, {acc}",
+            "smlad {acc}, r2, r5, {acc}",
+            "4:",
+            "bcc 5f",
+            "ldrsb r2, [{pm}], #1",
+            "ldrsb r3, [{pm}], #1",
+            "pkhbt r2, r2, r3, lsl #16",
+            "ldr r4, [{px}]",
+            "smlad {acc}, r2, r4, {acc}",
+            "5:",
+            "str {pm}, [{ctx}, #16]",
+            // ax = requant32_i32(acc, mx[j], sx[j]) -> ctx[13]
+            "ldrd r2, r3, [{ctx}, #24]",
+            "ldr r4, [r2], #4",
+            "ldrb r5, [r3], #1",
+            "strd r2, r3, [{ctx}, #24]",
+            "smull r2, r3, {acc}, r4",
+            "rsbs r12, r5, #33",
+            "bgt 22f",
+            "negs r12, r12",
+            "asr r2, r3, r12",
+            "b 23f",
+            "22:",
+            "lsl r3, r3, r12",
+            "sub r12, r5, #1",
+            "lsr r2, r2, r12",
+            "orr r2, r2, r3",
+            "23:",
+            "adds r2, r2, #1",
+            "asrs r2, r2, #1",
+            "str r2, [{ctx}, #52]",
+            // recurrent product
+            "ldr {pm}, [{ctx}, #20]",
+            "ldrd {px}, {g}, [{ctx}, #8]",
+            "movs {acc}, #0",
+            "cmp {g}, #0",
+            "beq 7f",
+            "6:",
+            "ldr r2, [{pm}], #4",
+            "ldr r3, [{pm}], #4",
+            "ldm {px}!, {{r4, r5, r12, lr}}",
+            "sxtb16 {t}, r2",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {acc}, {t}, r4, {acc}",
+            "smlad {acc}, r2, r5, {acc}",
+            "sxtb16 {t}, r3",
+            "sxtb16 r3, r3, ror #8",
+            "smlad {acc}, {t}, r12, {acc}",
+            "smlad {acc}, r3, lr, {acc}",
+            "subs {g}, {g}, #1",
+            "bne 6b",
+            "7:",
+            "ldr {g}, [{ctx}, #60]",
+            "lsls {g}, {g}, #31",
+            "bpl 8f",
+            "ldr r2, [{pm}], #4",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r2",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {acc}, {t}, r4, {acc}",
+            "smlad {acc}, r2, r5, {acc}",
+            "8:",
+            "bcc 9f",
+            "ldrsb r2, [{pm}], #1",
+            "ldrsb r3, [{pm}], #1",
+            "pkhbt r2, r2, r3, lsl #16",
+            "ldr r4, [{px}]",
+            "smlad {acc}, r2, r4, {acc}",
+            "9:",
+            "str {pm}, [{ctx}, #20]",
+            // ah = requant32_i32(acc, mh[j], sh[j])
+            "ldrd r2, r3, [{ctx}, #32]",
+            "ldr r4, [r2], #4",
+            "ldrb r5, [r3], #1",
+            "strd r2, r3, [{ctx}, #32]",
+            "smull r2, r3, {acc}, r4",
+            "rsbs r12, r5, #33",
+            "bgt 24f",
+            "negs r12, r12",
+            "asr r2, r3, r12",
+            "b 25f",
+            "24:",
+            "lsl r3, r3, r12",
+            "sub r12, r5, #1",
+            "lsr r2, r2, r12",
+            "orr r2, r2, r3",
+            "25:",
+            "adds r2, r2, #1",
+            "asrs {px}, r2, #1",
+            // out[j] = (ax + ah) +sat bias[j]
+            "ldr {g}, [{ctx}, #52]",
+            "add {px}, {px}, {g}",
+            "ldrd r2, r3, [{ctx}, #40]",
+            "ldr r4, [r2], #4",
+            "qadd {px}, {px}, r4",
+            "str {px}, [r3], #4",
+            "strd r2, r3, [{ctx}, #40]",
+            "ldr {g}, [{ctx}, #48]",
+            "subs {g}, {g}, #1",
+            "str {g}, [{ctx}, #48]",
+            "bne 20b",
+            ctx = in(reg) ctx.as_mut_ptr(),
+            pm = out(reg) _,
+            px = out(reg) _,
+            g = out(reg) _,
+            acc = out(reg) _,
+            t = out(reg) _,
+            out("r2") _, out("r3") _, out("r4") _, out("r5") _, out("r12") _, out("lr") _,
+            options(nostack),
+        );
+    }
+    true
+}
+
+/// Copies `min(x.len() / 2, out.len())` pairs of `x` into words of `out` (`x[2k]` in the low
+/// half: the little-endian bytes as they are) and returns that count: [`crate::rows::pack16`]
+/// without the library `memcpy` LLVM calls for it.
+#[inline(always)]
+pub fn copy_pairs(x: &[i16], out: &mut [u32]) -> usize {
+    let n = (x.len() / 2).min(out.len());
+    // SAFETY: reads `4 * n` bytes from `x` (its first `2 * n` elements, `n <= x.len() / 2`)
+    // and writes `n` words of `out` (`n <= out.len()`): `n / 2` passes of two words, then
+    // one more word when `n` is odd. The loads may be unaligned (`x` is 2-byte aligned),
+    // which ARMv7-M allows for LDR on normal memory unless CCR.UNALIGN_TRP is set, which
+    // nothing here sets; the STM writes `&mut [u32]` memory, word-aligned. The two slices
+    // cannot overlap (`out` is borrowed mutably). Only the declared registers are written;
+    // the stack is not used.
+    unsafe {
+        asm!(
+            "lsrs {c}, {n}, #1",
+            "beq 3f",
+            "2:",
+            "ldr r2, [{px}], #4",
+            "ldr r3, [{px}], #4",
+            "stm {po}!, {{r2, r3}}",
+            "subs {c}, {c}, #1",
+            "bne 2b",
+            "3:",
+            "tst {n}, #1",
+            "beq 4f",
+            "ldr r2, [{px}]",
+            "str r2, [{po}]",
+            "4:",
+            n = in(reg) n,
+            c = out(reg) _,
+            px = inout(reg) x.as_ptr() => _,
+            po = inout(reg) out.as_mut_ptr() => _,
+            out("r2") _, out("r3") _,
+            options(nostack),
+        );
+    }
+    n
+}
