@@ -4,13 +4,13 @@
 //! A streamed step does a few microseconds of arithmetic, so the general executor's per-run
 //! costs (a fresh array for every value, constants copied into the value slots, a layer's
 //! buffers allocated per call) dominate it. Here every value's shape is known when the
-//! program is built, each value has a buffer of its own that lives as long as the program,
-//! shape-only ops (Reshape, Squeeze, Unsqueeze, Flatten, order-keeping Transpose) copy a few
-//! floats, and recurrent nodes step through [`crate::kernels::step_layer`] with their state
+//! program is built, each value has a buffer that lives as long as the program, shape-only
+//! ops (Reshape, Squeeze, Unsqueeze, Flatten, order-keeping Transpose) share their input's
+//! buffer, and recurrent nodes step through [`crate::kernels::step_layer`] with their state
 //! buffers kept. A run allocates only the output tensors it returns.
 //!
-//! Data movement (Gather with constant indices, Slice, Transpose, Concat) becomes a map from
-//! output element to input element, computed once.
+//! Data movement (Gather with constant indices, Slice, Transpose, Concat) and broadcasting
+//! become maps from output element to input element, computed once.
 //!
 //! Built for the input shapes of the last run; a graph with an op or a shape outside this set
 //! (integer values computed at run time, Shape, ConstantOfShape, a sequence longer than one
