@@ -35,7 +35,7 @@ impl Act {
 fn tanh_family(values: &mut [f32], sigmoid: bool) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if super::avx2_fma() {
             // SAFETY: the CPU supports the features the function is compiled for.
             unsafe { avx2::tanh_family(values, sigmoid) };
             return;
@@ -53,27 +53,38 @@ fn tanh_family_scalar(values: &mut [f32], sigmoid: bool) {
     }
 }
 
+/// [`fast_tanh`]'s input range: it clamps outside, where tanh is ±1 within 5e-7.
+const TANH_CLAMP: f32 = 7.905_311;
+
+/// [`fast_tanh`]'s numerator `x · p(x²)`: the coefficients of p, highest power first.
+#[allow(clippy::excessive_precision)] // coefficients kept as fitted
+const TANH_P: [f32; 7] = [
+    -2.760_768_5e-16,
+    2.000_187_9e-13,
+    -8.604_671_5e-11,
+    5.122_297e-8,
+    1.485_722_4e-5,
+    6.372_619_3e-4,
+    4.893_524_6e-3,
+];
+
+/// [`fast_tanh`]'s denominator `q(x²)`, highest power first.
+#[allow(clippy::excessive_precision)]
+const TANH_Q: [f32; 4] = [
+    1.198_258_4e-6,
+    1.185_347_1e-4,
+    2.268_434_6e-3,
+    4.893_525_2e-3,
+];
+
 /// tanh(x) as a rational function of degree 13/6 on [-7.9, 7.9] (clamped outside), absolute error
 /// below 5e-7 against f64 tanh (checked by a test).
 #[inline(always)]
-#[allow(clippy::excessive_precision)] // coefficients kept as fitted
 pub fn fast_tanh(x: f32) -> f32 {
-    const CLAMP: f32 = 7.905_311;
-    const A1: f32 = 4.893_524_6e-3;
-    const A3: f32 = 6.372_619_3e-4;
-    const A5: f32 = 1.485_722_4e-5;
-    const A7: f32 = 5.122_297e-8;
-    const A9: f32 = -8.604_671_5e-11;
-    const A11: f32 = 2.000_187_9e-13;
-    const A13: f32 = -2.760_768_5e-16;
-    const B0: f32 = 4.893_525_2e-3;
-    const B2: f32 = 2.268_434_6e-3;
-    const B4: f32 = 1.185_347_1e-4;
-    const B6: f32 = 1.198_258_4e-6;
-    let x = x.clamp(-CLAMP, CLAMP);
+    let x = x.clamp(-TANH_CLAMP, TANH_CLAMP);
     let x2 = x * x;
-    let p = x2 * (x2 * (x2 * (x2 * (x2 * (x2 * A13 + A11) + A9) + A7) + A5) + A3) + A1;
-    let q = x2 * (x2 * (x2 * B6 + B4) + B2) + B0;
+    let p = TANH_P[1..].iter().fold(TANH_P[0], |p, &k| p * x2 + k);
+    let q = TANH_Q[1..].iter().fold(TANH_Q[0], |q, &k| q * x2 + k);
     (x * p) / q
 }
 
@@ -91,25 +102,18 @@ mod avx2 {
     /// from the scalar function in the last bit).
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    #[allow(clippy::excessive_precision)]
     pub unsafe fn tanh8(x: __m256) -> __m256 {
+        use super::{TANH_CLAMP, TANH_P, TANH_Q};
         let c = |x: f32| _mm256_set1_ps(x);
         // min/max return the second operand for NaN: keep NaN by putting x second.
-        let x = _mm256_max_ps(c(-7.905_311), _mm256_min_ps(c(7.905_311), x));
+        let x = _mm256_max_ps(c(-TANH_CLAMP), _mm256_min_ps(c(TANH_CLAMP), x));
         let x2 = _mm256_mul_ps(x, x);
-        let mut p = c(-2.760_768_5e-16);
-        for k in [
-            2.000_187_9e-13,
-            -8.604_671_5e-11,
-            5.122_297e-8,
-            1.485_722_4e-5,
-            6.372_619_3e-4,
-            4.893_524_6e-3,
-        ] {
+        let mut p = c(TANH_P[0]);
+        for &k in &TANH_P[1..] {
             p = _mm256_fmadd_ps(p, x2, c(k));
         }
-        let mut q = c(1.198_258_4e-6);
-        for k in [1.185_347_1e-4, 2.268_434_6e-3, 4.893_525_2e-3] {
+        let mut q = c(TANH_Q[0]);
+        for &k in &TANH_Q[1..] {
             q = _mm256_fmadd_ps(q, x2, c(k));
         }
         _mm256_div_ps(_mm256_mul_ps(x, p), q)
@@ -154,7 +158,7 @@ mod avx2 {
             _mm256_storeu_ps(h.as_mut_ptr().add(k), _mm256_mul_ps(o, tanh8(c_new)));
             k += 8;
         }
-        super::lstm_default_cell_scalar(&gates[k..], n, k, c, h);
+        super::lstm_default_cell_scalar(gates, k, c, h);
     }
 }
 
@@ -171,26 +175,25 @@ pub fn lstm_default_cell(gates: &[f32], c: &mut [f32], h: &mut [f32]) {
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if super::avx2_fma() {
             // SAFETY: the CPU supports the features the function is compiled for; the sizes
             // were checked above.
             unsafe { avx2::lstm_default_cell(gates, c, h) };
             return;
         }
     }
-    lstm_default_cell_scalar(gates, h.len(), 0, c, h);
+    lstm_default_cell_scalar(gates, 0, c, h);
 }
 
-/// Units `from..` of [`lstm_default_cell`]; `gates` starts at unit `from` of the i block, and
-/// each gate block is `n` long.
+/// Units `from..` of [`lstm_default_cell`], one at a time.
 #[inline(always)]
-fn lstm_default_cell_scalar(gates: &[f32], n: usize, from: usize, c: &mut [f32], h: &mut [f32]) {
+fn lstm_default_cell_scalar(gates: &[f32], from: usize, c: &mut [f32], h: &mut [f32]) {
+    let n = h.len();
     for k in from..n {
-        let at = k - from;
-        let i = fast_sigmoid(gates[at]);
-        let o = fast_sigmoid(gates[n + at]);
-        let f = fast_sigmoid(gates[2 * n + at]);
-        let g = fast_tanh(gates[3 * n + at]);
+        let i = fast_sigmoid(gates[k]);
+        let o = fast_sigmoid(gates[n + k]);
+        let f = fast_sigmoid(gates[2 * n + k]);
+        let g = fast_tanh(gates[3 * n + k]);
         c[k] = f * c[k] + i * g;
         h[k] = o * fast_tanh(c[k]);
     }

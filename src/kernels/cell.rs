@@ -206,8 +206,13 @@ impl<'a> Step<'a> {
     }
 }
 
-/// GRU's new state: `h = (1 - z) ⊙ h~ + z ⊙ h`.
 impl Step<'_> {
+    /// Whether [`Self::run_batch`] applies: a default LSTM (see `default_lstm`) on a CPU with
+    /// the blocked matrix product.
+    pub fn runs_batched(&self) -> bool {
+        self.default_lstm && super::linalg::has_blocked_matmul()
+    }
+
     /// Advances every active batch entry of a default LSTM (see `default_lstm`) by one step
     /// with one blocked matrix product for the whole batch (`H · Rᵀ`, R read once instead of
     /// once per entry), when the CPU has the kernel for it. `gates` holds each entry's input
@@ -238,6 +243,7 @@ impl Step<'_> {
     }
 }
 
+/// GRU's new state: `h = (1 - z) ⊙ h~ + z ⊙ h`.
 #[inline(always)]
 fn gru_blend(h_prev: &mut [f32], z: &[f32], h_new: &[f32]) {
     for ((h, &z), &n) in h_prev.iter_mut().zip(z).zip(h_new) {

@@ -67,7 +67,7 @@ pub fn matvec_packed_ordered(out: &mut [f32], v: &[f32], m: &Packed, backwards: 
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if super::avx2_fma() {
             // SAFETY: the CPU supports the features the function is compiled for, and the
             // sizes were checked above.
             unsafe { avx2::matvec_packed(out, v, m, backwards) };
@@ -75,6 +75,18 @@ pub fn matvec_packed_ordered(out: &mut [f32], v: &[f32], m: &Packed, backwards: 
         }
     }
     packed_generic(out, v, m);
+}
+
+/// Whether [`matmul_packed`] has a kernel on this CPU.
+pub fn has_blocked_matmul() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::avx2_fma()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// `out[r, j] += Σ_k x[r, k] · m[k, j]` for every row `r` of `x` (`[rows, m.rows()]`, `out`
@@ -91,19 +103,16 @@ pub fn matmul_packed(out: &mut [f32], x: &[f32], m: &Packed) -> bool {
         x.len(),
         out.len()
     );
-    #[cfg(target_arch = "x86_64")]
-    {
-        if m.rows > 0
-            && std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports the features the function is compiled for, and the
-            // sizes were checked above.
-            unsafe { avx2::matmul_packed(out, x, rows, m) };
-            return true;
-        }
+    if m.rows == 0 || !has_blocked_matmul() {
+        return false;
     }
-    false
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU supports the features the function is compiled for (checked just
+    // above), and the sizes were checked at the top.
+    unsafe {
+        avx2::matmul_packed(out, x, rows, m)
+    };
+    true
 }
 
 fn packed_generic(out: &mut [f32], v: &[f32], m: &Packed) {

@@ -21,6 +21,14 @@ pub use tract_loop::register as register_loop;
 
 use crate::ir::{Activation, Cell, Direction, RecurrentLayer, RecurrentWeights};
 
+/// Whether this CPU runs the kernels compiled for AVX2 + FMA (x86-64, detected at run time
+/// once and cached by the standard library).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
 /// What a recurrent layer computes, independent of its weights' values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerSpec {
@@ -398,7 +406,7 @@ impl Steps<'_> {
     ) {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if avx2_fma() {
                 // SAFETY: the CPU supports the features the function is compiled for.
                 unsafe { self.run_avx2(state, scratch, y, last) };
                 return;
@@ -428,39 +436,29 @@ impl Steps<'_> {
         mut last: Option<&mut Array2<f32>>,
     ) {
         let h = y.dim().2;
-        let (t_len, dirs, d) = (self.t_len, self.dirs, self.direction);
         let batch = self.lengths.len();
         let gh = self.gates_width;
         let y = y.as_slice_mut().expect("standard layout");
         // Several sequences at once: one matrix product per step for the whole batch where
         // the cell allows it (default LSTM, no Keras mask).
-        let mut batch_gates = vec![];
+        let batched = self.mask.is_none() && batch >= 4 && self.step.runs_batched();
+        let mut batch_gates = vec![0.0; if batched { batch * gh } else { 0 }];
         let mut active = vec![false; batch];
-        let batched = self.mask.is_none() && batch >= 4;
-        for s in 0..t_len {
-            let t = if self.reverse { t_len - 1 - s } else { s };
+        for s in 0..self.t_len {
+            let t = if self.reverse { self.t_len - 1 - s } else { s };
             if batched {
-                batch_gates.resize(batch * gh, 0.0);
                 for (b, (g, on)) in batch_gates
                     .chunks_exact_mut(gh)
                     .zip(active.iter_mut())
                     .enumerate()
                 {
-                    let row = if self.batch_major_x {
-                        b * t_len + t
-                    } else {
-                        t * batch + b
-                    };
+                    let row = self.xproj_row(t, b);
                     g.copy_from_slice(&self.xproj[row * gh..(row + 1) * gh]);
                     *on = t < self.lengths[b];
                 }
                 if self.step.run_batch(&mut batch_gates, state, &active) {
                     for (b, _) in active.iter().enumerate().filter(|(_, on)| **on) {
-                        let at = if self.batch_major_y {
-                            ((b * t_len + t) * dirs + d) * h
-                        } else {
-                            ((t * dirs + d) * batch + b) * h
-                        };
+                        let at = self.y_offset(t, b, h);
                         y[at..at + h].copy_from_slice(state.h_row(b));
                     }
                     continue;
@@ -470,33 +468,44 @@ impl Steps<'_> {
                 if t >= len {
                     continue;
                 }
-                // Step (t, b): its mask entry, its input projection row, its place in Y.
-                let mask_row = t * batch + b;
-                let row = if self.batch_major_x {
-                    b * t_len + t
-                } else {
-                    mask_row
-                };
-                let at = if self.batch_major_y {
-                    ((b * t_len + t) * dirs + d) * h
-                } else {
-                    ((t * dirs + d) * batch + b) * h
-                };
+                // Step (t, b): its input projection row and its place in Y.
+                let row = self.xproj_row(t, b);
+                let pre = &self.xproj[row * gh..(row + 1) * gh];
+                let at = self.y_offset(t, b, h);
                 if let (Some(mask), Some(last)) = (self.mask, last.as_deref_mut()) {
                     let last =
                         &mut last.as_slice_mut().expect("standard layout")[b * h..(b + 1) * h];
-                    if mask[mask_row] {
-                        self.step
-                            .run(&self.xproj[row * gh..(row + 1) * gh], state, b, scratch);
+                    if mask[t * batch + b] {
+                        self.step.run(pre, state, b, scratch);
                         last.copy_from_slice(state.h_row(b));
                     }
                     y[at..at + h].copy_from_slice(last);
                     continue;
                 }
-                self.step
-                    .run(&self.xproj[row * gh..(row + 1) * gh], state, b, scratch);
+                self.step.run(pre, state, b, scratch);
                 y[at..at + h].copy_from_slice(state.h_row(b));
             }
+        }
+    }
+
+    /// The row of `xproj` that holds step `t` of sequence `b`.
+    #[inline(always)]
+    fn xproj_row(&self, t: usize, b: usize) -> usize {
+        if self.batch_major_x {
+            b * self.t_len + t
+        } else {
+            t * self.lengths.len() + b
+        }
+    }
+
+    /// Where step `t` of sequence `b` of this direction starts in Y (`h` values long).
+    #[inline(always)]
+    fn y_offset(&self, t: usize, b: usize, h: usize) -> usize {
+        let (dirs, d) = (self.dirs, self.direction);
+        if self.batch_major_y {
+            ((b * self.t_len + t) * dirs + d) * h
+        } else {
+            ((t * dirs + d) * self.lengths.len() + b) * h
         }
     }
 }
@@ -593,7 +602,7 @@ pub fn step_layer(
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if avx2_fma() {
             // SAFETY: the CPU supports the features the function is compiled for.
             unsafe { step_layer_avx2(spec, weights, x, initial, buffers, y_h, y_c) };
             return;
@@ -657,7 +666,6 @@ fn step_layer_body(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::ActivationKind;
     use ndarray::{Array, Array3};
 
     fn pseudo_random(shape: &[usize], seed: u32) -> ndarray::ArrayD<f32> {
@@ -685,20 +693,10 @@ mod tests {
             Cell::Rnn,
         ];
         for (n, cell) in cells.into_iter().enumerate() {
-            // ONNX's default activations of the cell.
-            let kinds: &[ActivationKind] = match cell {
-                Cell::Lstm { .. } => &[
-                    ActivationKind::Sigmoid,
-                    ActivationKind::Tanh,
-                    ActivationKind::Tanh,
-                ],
-                Cell::Gru { .. } => &[ActivationKind::Sigmoid, ActivationKind::Tanh],
-                Cell::Rnn => &[ActivationKind::Tanh],
-            };
             let spec = LayerSpec {
                 direction: Direction::Bidirectional,
                 hidden: h,
-                activations: vec![kinds.iter().map(|&k| Activation::plain(k)).collect(); 2],
+                activations: vec![cell.default_activations(); 2],
                 clip: None,
                 cell,
             };
