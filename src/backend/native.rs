@@ -283,7 +283,7 @@ impl NativePlan {
     }
 
     /// Runs the graph on the general executor (every op, any shapes).
-    pub fn run_general(&self, given: &CheckedInputs) -> Result<Vec<(String, HostTensor)>, String> {
+    fn run_general(&self, given: &CheckedInputs) -> Result<Vec<(String, HostTensor)>, String> {
         let mut values: Vec<Option<Value>> = vec![None; self.slots];
         for (slot, v) in &self.constants {
             values[*slot] = Some(v.clone());
