@@ -156,12 +156,14 @@ fn report_layout(elf: &Path, blob: &Blob, model: &recur_kernel::Model) -> Result
         layout.ram_bytes
     );
     eprintln!(
-        "model {}: {} B in the model region at {:#010x} ({} B); its session uses {} B of RAM",
+        "model {}: {} B in the model region at {:#010x} ({} B); its session uses {} B of RAM, \
+         plus {} B for the row tables the firmware keeps to step faster",
         blob.path.display(),
         blob.bytes.len(),
         layout.model_addr,
         layout.model_len,
-        model.ram_bytes()
+        model.ram_bytes(),
+        4 * model.tables_len()
     );
     Ok(layout)
 }

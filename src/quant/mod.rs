@@ -60,6 +60,9 @@ pub struct Memory {
     pub input_bytes: usize,
     /// RAM for streaming (`step`): state + scratch + input.
     pub ram_bytes: usize,
+    /// RAM a session may add for the gate rows' tables, which make each step cheaper
+    /// (recur-firmware does; `recur sim` too).
+    pub row_table_bytes: usize,
     /// Models with bidirectional layers: window buffer for `run` over the calibration length.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window_bytes: Option<usize>,
@@ -374,6 +377,7 @@ pub fn convert(
         scratch_bytes: 2 * parsed.session_len() - state + 4 * parsed.acc_len(),
         input_bytes: 2 * parsed.input_dim,
         ram_bytes: parsed.ram_bytes(),
+        row_table_bytes: 4 * parsed.tables_len(),
         window_bytes: (!parsed.is_causal()).then(|| 2 * parsed.window_len(cal_in.steps())),
     };
     let report = Report {
@@ -436,9 +440,9 @@ impl Report {
         }
         let m = &self.memory;
         s += &format!(
-            "flash {} B (blob {} B, of which parameters {} B; lookup tables {} B)\nRAM {} B (state {} B, scratch {} B, input {} B){}\n",
+            "flash {} B (blob {} B, of which parameters {} B; lookup tables {} B)\nRAM {} B (state {} B, scratch {} B, input {} B; {} B more for row tables, which make a step cheaper){}\n",
             m.flash_bytes, m.blob_bytes, m.parameter_bytes, m.lut_bytes, m.ram_bytes, m.state_bytes,
-            m.scratch_bytes, m.input_bytes,
+            m.scratch_bytes, m.input_bytes, m.row_table_bytes,
             m.window_bytes.map_or(String::new(), |w| format!(", plus a {w} B window for bidirectional layers"))
         );
         s

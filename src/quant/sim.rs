@@ -90,7 +90,8 @@ pub fn simulate(model: &Blob, input: &HostTensor, name: &str) -> Result<SimOutpu
     let bad = |r: String| RecurError::input(name, r);
     let (n, t) = input_dims(model, input, name)?;
     let mut mem = vec![0i16; model.session_len()];
-    let mut acc = vec![0i32; model.acc_len()];
+    // Room for the row tables, as the firmware gives: the same path as on the chip.
+    let mut acc = vec![0i32; model.tables_len() + model.acc_len()];
     let mut window = vec![0i16; model.window_len(t)];
     let mut x = vec![0i16; t * model.input_dim];
     let o = model.output_dim;

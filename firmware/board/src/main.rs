@@ -33,7 +33,8 @@ use recur_kernel::{BlobError, Model, Session, StepError};
 
 /// int16 words of session memory (states, layer outputs, scratch): 8 KiB.
 const MEM_WORDS: usize = 4096;
-/// int32 words of gate accumulators: 16 KiB.
+/// int32 words of gate accumulators, and the row tables in front of them when they fit
+/// (`Session::new` builds them then): 16 KiB.
 const ACC_WORDS: usize = 4096;
 /// Widest input sample: one 512-byte I/O chunk of f32.
 const MAX_INPUT: usize = 128;

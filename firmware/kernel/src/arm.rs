@@ -12,6 +12,8 @@
 
 use core::arch::asm;
 
+use crate::rowtab::ROW_WORDS;
+
 /// `Σ lo·lo + hi·hi` over the int16 halves of `min(w.len(), x.len())` word pairs (SMLALD).
 #[inline(always)]
 pub fn dot16(w: &[u32], x: &[u32]) -> i64 {
@@ -254,12 +256,13 @@ pub fn requant32_i32(acc: i32, m: i32, s: u8) -> i32 {
     r as i32
 }
 
-/// The int16 fast path's whole gate-row loop in one block (no spills between the products,
-/// the requantisations and the row bookkeeping): for every row `j` of `out`,
-/// `out[j] = (requant32(dot16(W[j], xs), mx[j], sx[j]) + requant32(dot16(R[j], hs), mh[j],
-/// sh[j])).saturating_add(bias[j])`, the same sequence of instructions as [`dot16`] and
-/// [`requant32`]. `w` and `r` hold rows of `wsw` and `rsw` words back to back. `false` (and
-/// nothing written) when a slice is shorter than that needs.
+/// The int16 fast path's whole gate-row loop in one block, parameters from a
+/// [`crate::rowtab::Form::HighWord`] row table: for every row `j` of `out`, `out[j] =
+/// (rq(W[j]·xs, e.mx', e.cx) + rq(R[j]·hs, e.mh', e.ch)).saturating_add(e.bias)` with `rq` =
+/// [`crate::rowtab::requant_high_word`] and `e` = row `j` of `table`: [`dot16`]'s products
+/// (the recurrent one eight words per pass), then one LDM for the row's four table words and
+/// two branch-free requantisations. `w` and `r` hold rows of `wsw` and `rsw` words back to
+/// back. `false` (and nothing written) when a slice is shorter than that needs.
 #[allow(clippy::too_many_arguments)]
 pub fn gate_rows16(
     w: &[u32],
@@ -268,49 +271,45 @@ pub fn gate_rows16(
     rsw: usize,
     xs: &[u32],
     hs: &[u32],
-    q: &crate::rows::RowParams,
+    table: &[i32],
     out: &mut [i32],
 ) -> bool {
-    let (mx, sx, mh, sh, bias) = (q.mx, q.sx, q.mh, q.sh, q.bias);
     let rows = out.len();
-    let short = |len: usize| len < rows;
-    if rows == 0 || rows > u32::MAX as usize || xs.len() < wsw || hs.len() < rsw {
+    if rows == 0 || rows > (u32::MAX as usize) / 16 || xs.len() < wsw || hs.len() < rsw {
         return rows == 0;
     }
-    if short(mx.len()) || short(sx.len()) || short(mh.len()) || short(sh.len()) {
+    if table.len() / ROW_WORDS < rows || w.len() / rows < wsw || r.len() / rows < rsw {
         return false;
     }
-    if short(bias.len()) || w.len() / rows < wsw || r.len() / rows < rsw {
-        return false;
-    }
-    // The loop's state, read and advanced in memory (the dot products need every register).
-    let mut ctx: [u32; 14] = [
+    // The loop's state, read and advanced in memory (the dot products need every register):
+    // vectors and their word counts, the advancing matrix, table and output pointers, where
+    // the table ends, and two words for the input product while the recurrent one runs.
+    let mut ctx: [u32; 11] = [
         xs.as_ptr() as u32,
         wsw as u32,
         hs.as_ptr() as u32,
         rsw as u32,
         w.as_ptr() as u32,
         r.as_ptr() as u32,
-        mx.as_ptr() as u32,
-        sx.as_ptr() as u32,
-        mh.as_ptr() as u32,
-        sh.as_ptr() as u32,
-        bias.as_ptr() as u32,
+        table.as_ptr() as u32,
         out.as_mut_ptr() as u32,
-        rows as u32,
+        table[rows * ROW_WORDS..].as_ptr() as u32,
+        0,
         0,
     ];
     // SAFETY: `rows >= 1` passes; each reads `wsw` words of `w` and of `xs` and `rsw` words of
-    // `r` and of `hs` (the product loops of [`dot16`], with the one-word tail post-indexed so
-    // that the matrix pointer ends at the next row), one element of `mx`, `sx`, `mh`, `sh`,
-    // `bias`, and writes one element of `out`: all in bounds by the checks above (row `j`
-    // reads words `j·wsw..(j+1)·wsw` of `w`, which `w.len() >= rows·wsw` covers; likewise `r`).
-    // All loads are word loads of `&[u32]`/`&[i32]` data or byte loads, so aligned as LDM and
-    // LDRD need. `ctx` (14 words, a local) is the only other memory read or written. Labels are
-    // local to this block. The requantisations are [`requant32`]'s instructions (exact by its
-    // argument, the parser's bound [`crate::blob::Params::fast`] holding); `ax + ah` cannot
-    // overflow (each is at most 2^29 in magnitude) and QADD saturates the bias addition.
-    // Only the declared registers are written; the stack is not used.
+    // `r` and of `hs` (four- and eight-word passes, then a two-word and a one-word tail, the
+    // latter post-indexed so that the matrix pointer ends at the next row), one four-word
+    // table row, and writes one element of `out`: all in bounds by the checks above (row `j`
+    // reads words `j·wsw..(j+1)·wsw` of `w`, which `w.len() >= rows·wsw` covers; likewise `r`,
+    // and `table` holds `rows` rows). The loop ends when the table pointer reaches the end
+    // of row `rows - 1`. All loads are word loads of `&[u32]`/`&[i32]` data, aligned as LDM
+    // and LDRD need. `ctx` (11 words, a local) is the only other memory read or written.
+    // Labels are local to this block. SMULL + MLA form the high word of `acc·m'` exactly
+    // (the product fits int64 by the fast path's bound; see `requant`), the shift amounts
+    // are table bytes (ASR reads the low byte of its register); `ax + ah` cannot overflow
+    // (each at most 2^29 in magnitude) and QADD saturates the bias addition. Only the
+    // declared registers are written; the stack is not used.
     unsafe {
         asm!(
             "20:",
@@ -332,7 +331,7 @@ pub fn gate_rows16(
             "subs {n}, {n}, #4",
             "bge 2b",
             "3:",
-            "lsls {n}, {n}, #31",
+            "lsls {n}, {n}, #31", // C = bit 1 (two words left), N = bit 0 (one word left)
             "bcc 4f",
             "ldm {pm}!, {{r2, r3}}",
             "ldm {px}!, {{r12, lr}}",
@@ -345,34 +344,13 @@ pub fn gate_rows16(
             "smlald {lo}, {hi}, r2, r12",
             "5:",
             "str {pm}, [{ctx}, #16]",
-            // ax = requant32(lo:hi, mx[j], sx[j]) -> ctx[13]
-            "ldrd r2, r3, [{ctx}, #24]",
-            "ldr r4, [r2], #4",
-            "ldrb r5, [r3], #1",
-            "strd r2, r3, [{ctx}, #24]",
-            "add r12, {hi}, {lo}, lsr #31",
-            "smull r2, r3, {lo}, r4",
-            "mla r3, r12, r4, r3",
-            "rsbs r12, r5, #33",
-            "bgt 22f",
-            "negs r12, r12",
-            "asr r2, r3, r12",
-            "b 23f",
-            "22:",
-            "lsl r3, r3, r12",
-            "sub r12, r5, #1",
-            "lsr r2, r2, r12",
-            "orr r2, r2, r3",
-            "23:",
-            "adds r2, r2, #1",
-            "asrs r2, r2, #1",
-            "str r2, [{ctx}, #52]",
-            // recurrent product
+            "strd {lo}, {hi}, [{ctx}, #36]",
+            // recurrent product, eight words per pass
             "ldr {pm}, [{ctx}, #20]",
             "ldrd {px}, {n}, [{ctx}, #8]",
             "movs {lo}, #0",
             "movs {hi}, #0",
-            "subs {n}, {n}, #4",
+            "subs {n}, {n}, #8",
             "blt 7f",
             "6:",
             "ldm {pm}!, {{r2, r3, r4, r5}}",
@@ -382,54 +360,70 @@ pub fn gate_rows16(
             "ldm {px}!, {{r12, lr}}",
             "smlald {lo}, {hi}, r4, r12",
             "smlald {lo}, {hi}, r5, lr",
-            "subs {n}, {n}, #4",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r2, r12",
+            "smlald {lo}, {hi}, r3, lr",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r4, r12",
+            "smlald {lo}, {hi}, r5, lr",
+            "subs {n}, {n}, #8",
             "bge 6b",
             "7:",
-            "lsls {n}, {n}, #31",
+            // n = words left - 8: its low three bits are the words left (0 ends the row)
+            "adds {n}, {n}, #8",
+            "beq 10f",
+            "lsls {n}, {n}, #30", // C = bit 2 (four words), N = bit 1 (two words)
             "bcc 8f",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r2, r12",
+            "smlald {lo}, {hi}, r3, lr",
+            "ldm {px}!, {{r12, lr}}",
+            "smlald {lo}, {hi}, r4, r12",
+            "smlald {lo}, {hi}, r5, lr",
+            "8:",
+            "bpl 9f",
             "ldm {pm}!, {{r2, r3}}",
             "ldm {px}!, {{r12, lr}}",
             "smlald {lo}, {hi}, r2, r12",
             "smlald {lo}, {hi}, r3, lr",
-            "8:",
-            "bpl 9f",
+            "9:",
+            "lsls {n}, {n}, #2", // C = bit 0 of the words left (one word)
+            "bcc 10f",
             "ldr r2, [{pm}], #4",
             "ldr r12, [{px}]",
             "smlald {lo}, {hi}, r2, r12",
-            "9:",
+            "10:",
             "str {pm}, [{ctx}, #20]",
-            // ah = requant32(lo:hi, mh[j], sh[j])
-            "ldrd r2, r3, [{ctx}, #32]",
-            "ldr r4, [r2], #4",
-            "ldrb r5, [r3], #1",
-            "strd r2, r3, [{ctx}, #32]",
+            // the row's table words: mx', mh', bias, cx | ch << 8
+            "ldr {pm}, [{ctx}, #24]",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "str {pm}, [{ctx}, #24]",
+            // ah = requant_high_word(lo:hi, mh', ch)
             "add r12, {hi}, {lo}, lsr #31",
-            "smull r2, r3, {lo}, r4",
-            "mla r3, r12, r4, r3",
-            "rsbs r12, r5, #33",
-            "bgt 24f",
-            "negs r12, r12",
-            "asr r2, r3, r12",
-            "b 25f",
-            "24:",
-            "lsl r3, r3, r12",
-            "sub r12, r5, #1",
-            "lsr r2, r2, r12",
-            "orr r2, r2, r3",
-            "25:",
-            "adds r2, r2, #1",
-            "asrs {px}, r2, #1",
-            // out[j] = (ax + ah) +sat bias[j]
-            "ldr {n}, [{ctx}, #52]",
-            "add {px}, {px}, {n}",
-            "ldrd r2, r3, [{ctx}, #40]",
-            "ldr r4, [r2], #4",
-            "qadd {px}, {px}, r4",
-            "str {px}, [r3], #4",
-            "strd r2, r3, [{ctx}, #40]",
-            "ldr {n}, [{ctx}, #48]",
-            "subs {n}, {n}, #1",
-            "str {n}, [{ctx}, #48]",
+            "smull {px}, {n}, {lo}, r3",
+            "mla {n}, r12, r3, {n}",
+            "lsr r12, r5, #8",
+            "asr {n}, {n}, r12",
+            "adds {n}, {n}, #1",
+            "asrs {n}, {n}, #1",
+            // ax = requant_high_word(input product, mx', cx)
+            "ldrd {lo}, {hi}, [{ctx}, #36]",
+            "add r12, {hi}, {lo}, lsr #31",
+            "smull {px}, r3, {lo}, r2",
+            "mla r3, r12, r2, r3",
+            "asr r3, r3, r5",
+            "adds r3, r3, #1",
+            "asrs r3, r3, #1",
+            // out[j] = (ax + ah) +sat bias
+            "add r3, r3, {n}",
+            "qadd r3, r3, r4",
+            "ldr {px}, [{ctx}, #28]",
+            "str r3, [{px}], #4",
+            "str {px}, [{ctx}, #28]",
+            "ldr {n}, [{ctx}, #32]",
+            "cmp {pm}, {n}",
             "bne 20b",
             ctx = in(reg) ctx.as_mut_ptr(),
             pm = out(reg) _,
@@ -444,9 +438,10 @@ pub fn gate_rows16(
     true
 }
 
-/// [`gate_rows16`] for int8 rows that accumulate in int32 ([`crate::blob::Params::acc32`]):
-/// [`dot8_32`]'s and [`requant32_i32`]'s instructions, rows of `ws` and `rs` bytes (even)
-/// back to back. `false` (and nothing written) when a slice is shorter than that needs.
+/// [`gate_rows16`] for int8 rows that accumulate in int32 ([`crate::blob::Params::acc32`]),
+/// parameters from a [`crate::rowtab::Form::TwoWord`] row table: [`dot8_32`]'s products,
+/// then [`crate::rowtab::requant_two_word`] twice. Rows of `ws` and `rs` bytes (even) back to
+/// back. `false` (and nothing written) when a slice is shorter than that needs.
 #[allow(clippy::too_many_arguments)]
 pub fn gate_rows8(
     w: &[i8],
@@ -455,58 +450,50 @@ pub fn gate_rows8(
     rs: usize,
     xs: &[u32],
     hs: &[u32],
-    q: &crate::rows::RowParams,
+    table: &[i32],
     out: &mut [i32],
 ) -> bool {
-    let (mx, sx, mh, sh, bias) = (q.mx, q.sx, q.mh, q.sh, q.bias);
     let rows = out.len();
-    let short = |len: usize| len < rows;
-    if rows == 0 || rows > u32::MAX as usize || !ws.is_multiple_of(2) || !rs.is_multiple_of(2) {
+    if rows == 0 || rows > (u32::MAX as usize) / 16 || !ws.is_multiple_of(2) {
         return rows == 0;
     }
-    if xs.len() < ws / 2 || hs.len() < rs / 2 {
+    if !rs.is_multiple_of(2) || xs.len() < ws / 2 || hs.len() < rs / 2 {
         return false;
     }
-    if short(mx.len()) || short(sx.len()) || short(mh.len()) || short(sh.len()) {
-        return false;
-    }
-    if short(bias.len()) || w.len() / rows < ws || r.len() / rows < rs {
+    if table.len() / ROW_WORDS < rows || w.len() / rows < ws || r.len() / rows < rs {
         return false;
     }
     // Per row: `ws / 4` groups of four weights (taken two groups per pass), then bit 0 of
     // `rest`: one more group, bit 1: a last pair (rows of 4k + 2 bytes). As in `dot8_32`, whose
     // `groups` and `tail` these equal since `xs` has `ws / 2` words (likewise `hs`).
     let rest = |s: usize| ((s / 4) & 1) as u32 | ((s % 4 == 2) as u32) << 1;
-    let mut ctx: [u32; 16] = [
+    let mut ctx: [u32; 12] = [
         xs.as_ptr() as u32,
         (ws / 8) as u32,
         hs.as_ptr() as u32,
         (rs / 8) as u32,
         w.as_ptr() as u32,
         r.as_ptr() as u32,
-        mx.as_ptr() as u32,
-        sx.as_ptr() as u32,
-        mh.as_ptr() as u32,
-        sh.as_ptr() as u32,
-        bias.as_ptr() as u32,
+        table.as_ptr() as u32,
         out.as_mut_ptr() as u32,
-        rows as u32,
+        table[rows * ROW_WORDS..].as_ptr() as u32,
         0,
         rest(ws),
         rest(rs),
     ];
     // SAFETY: `rows >= 1` passes; each reads `ws` bytes of `w` (8 per pair of groups, 4 for an
     // odd group, 2 post-indexed for the last pair, so the pointer ends at the next row) and
-    // `ws / 2` words of `xs` (likewise `rs` bytes of `r`, `rs / 2` words of `hs`), one element
-    // of `mx`, `sx`, `mh`, `sh`, `bias`, and writes one element of `out`: all in bounds by the
-    // checks above. Weight LDRs may be unaligned, which ARMv7-M allows for LDR on normal memory
-    // unless CCR.UNALIGN_TRP is set, which nothing here sets; LDM/LDRD/LDR on `&[u32]`/`&[i32]`
-    // data and the `ctx` local are aligned. `ctx` (16 words) is the only other memory read or
-    // written. SMLAD is exact (the parser's `acc32` bound), the requantisations are
-    // [`requant32_i32`]'s instructions, `ax + ah` cannot overflow (each at most 2^29) and
-    // QADD saturates the bias addition. Flags after `lsls #31` are only read by the next two
-    // branches (no instruction between sets them). Only the declared registers are written;
-    // the stack is not used.
+    // `ws / 2` words of `xs` (likewise `rs` bytes of `r`, `rs / 2` words of `hs`), one
+    // four-word table row, and writes one element of `out`: all in bounds by the checks
+    // above; the loop ends when the table pointer reaches the end of row `rows - 1`. Weight
+    // LDRs may be unaligned, which ARMv7-M allows for LDR on normal memory unless
+    // CCR.UNALIGN_TRP is set, which nothing here sets; LDM/LDR on `&[u32]`/`&[i32]` data and
+    // the `ctx` local are aligned. `ctx` (12 words) is the only other memory read or written.
+    // SMLAD is exact (the parser's `acc32` bound), SMULL forms `acc·m` exactly, the shift
+    // amounts are table bytes (LSR/LSL read the low byte of their register and give 0 for
+    // 32), `ax + ah` cannot overflow (each at most 2^29) and QADD saturates the bias
+    // addition. Flags after `lsls #31` are only read by the next two branches (no instruction
+    // between sets them). Only the declared registers are written; the stack is not used.
     unsafe {
         asm!(
             "20:",
@@ -531,7 +518,7 @@ pub fn gate_rows8(
             "subs {g}, {g}, #1",
             "bne 2b",
             "3:",
-            "ldr {g}, [{ctx}, #56]",
+            "ldr {g}, [{ctx}, #40]",
             "lsls {g}, {g}, #31",
             "bpl 4f",
             "ldr r2, [{pm}], #4",
@@ -549,26 +536,7 @@ pub fn gate_rows8(
             "smlad {acc}, r2, r4, {acc}",
             "5:",
             "str {pm}, [{ctx}, #16]",
-            // ax = requant32_i32(acc, mx[j], sx[j]) -> ctx[13]
-            "ldrd r2, r3, [{ctx}, #24]",
-            "ldr r4, [r2], #4",
-            "ldrb r5, [r3], #1",
-            "strd r2, r3, [{ctx}, #24]",
-            "smull r2, r3, {acc}, r4",
-            "rsbs r12, r5, #33",
-            "bgt 22f",
-            "negs r12, r12",
-            "asr r2, r3, r12",
-            "b 23f",
-            "22:",
-            "lsl r3, r3, r12",
-            "sub r12, r5, #1",
-            "lsr r2, r2, r12",
-            "orr r2, r2, r3",
-            "23:",
-            "adds r2, r2, #1",
-            "asrs r2, r2, #1",
-            "str r2, [{ctx}, #52]",
+            "str {acc}, [{ctx}, #36]",
             // recurrent product
             "ldr {pm}, [{ctx}, #20]",
             "ldrd {px}, {g}, [{ctx}, #8]",
@@ -590,7 +558,7 @@ pub fn gate_rows8(
             "subs {g}, {g}, #1",
             "bne 6b",
             "7:",
-            "ldr {g}, [{ctx}, #60]",
+            "ldr {g}, [{ctx}, #44]",
             "lsls {g}, {g}, #31",
             "bpl 8f",
             "ldr r2, [{pm}], #4",
@@ -608,36 +576,36 @@ pub fn gate_rows8(
             "smlad {acc}, r2, r4, {acc}",
             "9:",
             "str {pm}, [{ctx}, #20]",
-            // ah = requant32_i32(acc, mh[j], sh[j])
-            "ldrd r2, r3, [{ctx}, #32]",
-            "ldr r4, [r2], #4",
-            "ldrb r5, [r3], #1",
-            "strd r2, r3, [{ctx}, #32]",
-            "smull r2, r3, {acc}, r4",
-            "rsbs r12, r5, #33",
-            "bgt 24f",
-            "negs r12, r12",
-            "asr r2, r3, r12",
-            "b 25f",
-            "24:",
+            // the row's table words: mx, mh, bias, (sx-1) | (33-sx) << 8 | (sh-1) << 16 | (33-sh) << 24
+            "ldr {pm}, [{ctx}, #24]",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "str {pm}, [{ctx}, #24]",
+            // ah = requant_two_word(acc, mh, sh - 1, 33 - sh)
+            "smull {px}, {g}, {acc}, r3",
+            "lsr r12, r5, #16",
+            "lsr {px}, {px}, r12",
+            "lsr r12, r5, #24",
+            "lsl {g}, {g}, r12",
+            "orr {px}, {px}, {g}",
+            "adds {px}, {px}, #1",
+            "asrs {px}, {px}, #1",
+            // ax = requant_two_word(input product, mx, sx - 1, 33 - sx)
+            "ldr {acc}, [{ctx}, #36]",
+            "smull {g}, r3, {acc}, r2",
+            "lsr {g}, {g}, r5",
+            "lsr r12, r5, #8",
             "lsl r3, r3, r12",
-            "sub r12, r5, #1",
-            "lsr r2, r2, r12",
-            "orr r2, r2, r3",
-            "25:",
-            "adds r2, r2, #1",
-            "asrs {px}, r2, #1",
-            // out[j] = (ax + ah) +sat bias[j]
-            "ldr {g}, [{ctx}, #52]",
-            "add {px}, {px}, {g}",
-            "ldrd r2, r3, [{ctx}, #40]",
-            "ldr r4, [r2], #4",
-            "qadd {px}, {px}, r4",
-            "str {px}, [r3], #4",
-            "strd r2, r3, [{ctx}, #40]",
-            "ldr {g}, [{ctx}, #48]",
-            "subs {g}, {g}, #1",
-            "str {g}, [{ctx}, #48]",
+            "orr {g}, {g}, r3",
+            "adds {g}, {g}, #1",
+            "asrs {g}, {g}, #1",
+            // out[j] = (ax + ah) +sat bias
+            "add {g}, {g}, {px}",
+            "qadd {g}, {g}, r4",
+            "ldr {px}, [{ctx}, #28]",
+            "str {g}, [{px}], #4",
+            "str {px}, [{ctx}, #28]",
+            "ldr {t}, [{ctx}, #32]",
+            "cmp {pm}, {t}",
             "bne 20b",
             ctx = in(reg) ctx.as_mut_ptr(),
             pm = out(reg) _,

@@ -263,6 +263,9 @@ pub struct Params<'a> {
     /// is below 2^31 in magnitude, so the products accumulate exactly in int32
     /// ([`crate::rows::dot8_32`], SMLAD on Cortex-M4).
     pub acc32: bool,
+    /// Set by the parser when the fast path's gate rows fit a [`crate::rowtab`] form: then
+    /// a session keeps them as a row table in RAM ([`Layer::table_len`]).
+    pub table: Option<crate::rowtab::Form>,
 }
 
 /// One entry of the layer chain, its parameters read in place.
@@ -355,6 +358,21 @@ impl Layer<'_> {
         }
     }
 
+    /// Gate rows a direction's row table holds: those [`crate::rows::preact_fast`] computes
+    /// (LSTM all four gates, GRU z and r).
+    pub fn table_rows(&self) -> usize {
+        table_rows(self.kind, self.out_dim)
+    }
+
+    /// int32 words of row tables ([`crate::rowtab`]) this layer keeps in a session's `acc`
+    /// memory: one table per direction whose parameters have a [`Params::table`] form.
+    pub fn table_len(&self) -> usize {
+        let tables = self.params[..self.dirs]
+            .iter()
+            .filter(|p| p.table.is_some());
+        tables.count() * self.table_rows() * crate::rowtab::ROW_WORDS
+    }
+
     /// Bytes of parameters (flash).
     pub fn param_bytes(&self) -> usize {
         let mut n = 0;
@@ -407,6 +425,15 @@ fn fits_acc32(p: &Params, ws: usize, rs: usize) -> bool {
                 .all(|row| row.iter().map(|v| v.unsigned_abs() as u64).sum::<u64>() < LIMIT)
     };
     ok(w, ws) && ok(r, rs)
+}
+
+/// Gate rows of a row table for a layer of `kind` with hidden size `h`.
+const fn table_rows(kind: LayerKind, h: usize) -> usize {
+    match kind {
+        LayerKind::Lstm => 4 * h,
+        LayerKind::Gru => 2 * h,
+        _ => 0,
+    }
 }
 
 /// Rounds up to an even count.
@@ -665,13 +692,20 @@ impl<'a> Model<'a> {
         n + self.output_dim + tmp
     }
 
-    /// int32 words of accumulator scratch.
+    /// int32 words of accumulator scratch a session needs at least.
     pub fn acc_len(&self) -> usize {
         let mut n = self.output_dim;
         for l in &self.layers {
             n = n.max(l.acc_len());
         }
         n
+    }
+
+    /// int32 words of row tables ([`Layer::table_len`] summed): a session given this many
+    /// `acc` words beyond [`Model::acc_len`] keeps its gate rows' parameters in them, which
+    /// makes a step cheaper (see [`crate::rowtab`]).
+    pub fn tables_len(&self) -> usize {
+        self.layers.iter().map(Layer::table_len).sum()
     }
 
     /// int16 words of window memory [`crate::Session::run`] needs for `steps` time steps.
@@ -843,6 +877,10 @@ fn parse_layer<'a>(
                 }
                 p.fast = fits_fast_path(p, even(in_dim), even(h));
                 p.acc32 = p.fast && fits_acc32(p, even(in_dim), even(h));
+                p.table = match kind {
+                    LayerKind::Lstm | LayerKind::Gru => crate::rowtab::form(p, table_rows(kind, h)),
+                    _ => None,
+                };
             }
         }
     }

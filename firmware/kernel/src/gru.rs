@@ -10,8 +10,17 @@ use crate::fixed::{mul_q15, requant, requant32, sat32, shr_round};
 use crate::lut::{sigmoid_q20_i32, tanh_q20_i32};
 use crate::rows;
 
-/// Advances `h` (`[H]`) by one step on input `x`.
-pub fn step(layer: &Layer, p: &Params, x: &[i16], h: &mut [i16], acc: &mut [i32], tmp: &mut [i16]) {
+/// Advances `h` (`[H]`) by one step on input `x`; `table` is this direction's row table
+/// ([`crate::rowtab`]) or empty.
+pub fn step(
+    layer: &Layer,
+    p: &Params,
+    table: &[i32],
+    x: &[i16],
+    h: &mut [i16],
+    acc: &mut [i32],
+    tmp: &mut [i16],
+) {
     let n = layer.out_dim;
     let (ws, rs) = (layer.w_stride(), layer.r_stride());
     let lbr = layer.has(flags::LINEAR_BEFORE_RESET);
@@ -24,7 +33,7 @@ pub fn step(layer: &Layer, p: &Params, x: &[i16], h: &mut [i16], acc: &mut [i32]
     };
     // z and r: input and recurrent products; the h gate's input product alone (its
     // recurrent product comes after the reset gate, or into acc[3n..] with lbr).
-    if !(p.fast && products_fast(layer, p, x, h, acc)) {
+    if !(p.fast && products_fast(layer, p, table, x, h, acc)) {
         rows::each2(&p.w, ws, x, &p.r, rs, h, 0..2 * n, |j, dx, dh| {
             let ax = requant(dx, p.mx[j], p.sx[j]);
             let ah = requant(dh, p.mh[j], p.sh[j]);
@@ -83,7 +92,14 @@ pub fn step(layer: &Layer, p: &Params, x: &[i16], h: &mut [i16], acc: &mut [i32]
 /// vectors with the same int64 requantisation as the general path. Same values in
 /// `acc[..4H]` as the general path; `false` when a buffer or matrix is not laid out as
 /// expected (then the general path recomputes everything; `h` is not touched here).
-fn products_fast(layer: &Layer, p: &Params, x: &[i16], h: &[i16], acc: &mut [i32]) -> bool {
+fn products_fast(
+    layer: &Layer,
+    p: &Params,
+    table: &[i32],
+    x: &[i16],
+    h: &[i16],
+    acc: &mut [i32],
+) -> bool {
     let n = layer.out_dim;
     let (wx, wh) = (rows::words(layer.in_dim), rows::words(n));
     let (ws, rs) = (layer.w_stride(), layer.r_stride());
@@ -106,7 +122,7 @@ fn products_fast(layer: &Layer, p: &Params, x: &[i16], h: &[i16], acc: &mut [i32
     };
     pack(x, xs);
     pack(&h[..n], hs);
-    if !rows::preact_fast(p, ws, rs, xs, hs, &mut gates[..2 * n]) {
+    if !rows::preact_fast(p, table, ws, rs, xs, hs, &mut gates[..2 * n]) {
         return false;
     }
     let (gn, gh) = gates[2 * n..].split_at_mut(n);

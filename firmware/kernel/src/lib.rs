@@ -39,6 +39,7 @@ mod lut_table;
 pub mod model;
 pub mod rnn;
 pub mod rows;
+pub mod rowtab;
 
 pub use blob::{BlobError, Layer, LayerKind, Model, Reduce, Weights, FORMAT_VERSION, MAGIC};
 pub use model::{Session, StepError};

@@ -13,9 +13,18 @@ use crate::lut::{sigmoid_q20, sigmoid_q20_i32, tanh_q20, tanh_q20_i32};
 use crate::rows;
 
 /// Advances `h` and `c` (each `[H]`) by one step on input `x`; `acc` holds
-/// [`Layer::acc_len`] int32 (`4H` preactivations, then the packed copies of `x` and `h`).
-pub fn step(layer: &Layer, p: &Params, x: &[i16], h: &mut [i16], c: &mut [i16], acc: &mut [i32]) {
-    if p.fast && !layer.has(flags::PEEPHOLES) && step_fast(layer, p, x, h, c, acc) {
+/// [`Layer::acc_len`] int32 (`4H` preactivations, then the packed copies of `x` and `h`);
+/// `table` is this direction's row table ([`crate::rowtab`]) or empty.
+pub fn step(
+    layer: &Layer,
+    p: &Params,
+    table: &[i32],
+    x: &[i16],
+    h: &mut [i16],
+    c: &mut [i16],
+    acc: &mut [i32],
+) {
+    if p.fast && !layer.has(flags::PEEPHOLES) && step_fast(layer, p, table, x, h, c, acc) {
         return;
     }
     step_i64(layer, p, x, h, c, acc);
@@ -29,6 +38,7 @@ pub fn step(layer: &Layer, p: &Params, x: &[i16], h: &mut [i16], c: &mut [i16], 
 fn step_fast(
     layer: &Layer,
     p: &Params,
+    table: &[i32],
     x: &[i16],
     h: &mut [i16],
     c: &mut [i16],
@@ -48,7 +58,7 @@ fn step_fast(
     };
     pack(&x[..layer.in_dim], xs);
     pack(&h[..n], hs);
-    if !rows::preact_fast(p, layer.w_stride(), layer.r_stride(), xs, hs, gates) {
+    if !rows::preact_fast(p, table, layer.w_stride(), layer.r_stride(), xs, hs, gates) {
         return false;
     }
     // The clip test is resolved once per step, not once per gate.

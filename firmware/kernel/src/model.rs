@@ -3,7 +3,8 @@
 //! Memory (sizes from the model): `mem` int16 of [`Model::session_len`] words holds, layer by
 //! layer, each recurrent direction's state (h, then c for LSTM) or a dense/embedding layer's
 //! output, then the output vector, then int16 scratch; `acc` int32 of [`Model::acc_len`] words
-//! holds gate pre-activations. [`Session::step`] advances every layer by one sample (causal
+//! holds gate pre-activations, after the gate rows' tables when the caller gave room for them
+//! ([`Model::tables_len`] more words; see [`crate::rowtab`]). [`Session::step`] advances every layer by one sample (causal
 //! models); [`Session::run`] processes a whole window layer by layer, which is also how
 //! bidirectional layers run, in a caller-provided window buffer of [`Model::window_len`] words.
 //! A step on the same samples gives exactly what `run` gives at the window's last step.
@@ -34,6 +35,12 @@ pub enum StepError {
     NotCausal,
     /// `run` was given no time steps.
     EmptyWindow,
+    /// A layer's row table ([`crate::rowtab`]) could not be built from parameters the parser
+    /// accepted for it (an internal inconsistency; the session is not created).
+    RowTable {
+        /// Index of the layer.
+        layer: usize,
+    },
 }
 
 /// A model with its state, ready to stream.
@@ -41,11 +48,15 @@ pub struct Session<'m, 'a, 'b> {
     model: &'m Model<'a>,
     mem: &'b mut [i16],
     acc: &'b mut [i32],
+    /// Words at the start of `acc` holding row tables (0: the session runs without them).
+    tables_len: usize,
 }
 
 impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
     /// Binds the model to caller memory (checked against the model's needs) and zeroes the
-    /// state.
+    /// state. With `acc` of at least [`Model::tables_len`] + [`Model::acc_len`] words, the
+    /// session also builds the gate rows' tables ([`crate::rowtab`]) there: the same
+    /// results, in fewer instructions per step.
     pub fn new(
         model: &'m Model<'a>,
         mem: &'b mut [i16],
@@ -64,9 +75,39 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
                 have: acc.len(),
             });
         }
-        let mut s = Session { model, mem, acc };
+        // Row tables when the caller gave room for them (then at the start of `acc`).
+        let tables_len = match acc.len() >= need_acc + model.tables_len() {
+            true => model.tables_len(),
+            false => 0,
+        };
+        let (tables, _) = acc.split_at_mut(tables_len);
+        let mut at = 0;
+        for (i, layer) in model.layers.iter().enumerate() {
+            let rows = layer.table_rows();
+            for p in &layer.params[..layer.dirs] {
+                let Some(form) = p.table.filter(|_| tables_len > 0) else {
+                    continue;
+                };
+                let len = rows * crate::rowtab::ROW_WORDS;
+                if !crate::rowtab::build(p, rows, form, &mut tables[at..at + len]) {
+                    return Err(StepError::RowTable { layer: i });
+                }
+                at += len;
+            }
+        }
+        let mut s = Session {
+            model,
+            mem,
+            acc,
+            tables_len,
+        };
         s.reset();
         Ok(s)
+    }
+
+    /// Whether this session runs with row tables (see [`Session::new`]).
+    pub fn has_row_tables(&self) -> bool {
+        self.tables_len > 0
     }
 
     /// The model this session runs.
@@ -113,6 +154,8 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
         let regions: usize = model.layers.iter().map(Self::region_len).sum();
         let (layers_mem, rest) = self.mem.split_at_mut(regions);
         let (out, tmp) = rest.split_at_mut(model.output_dim);
+        let (tables, acc) = self.acc.split_at_mut(self.tables_len);
+        let mut tables: &[i32] = tables;
         let mut start = 0;
         let mut in_range: Option<(usize, usize)> = None; // previous output within layers_mem
         for layer in &model.layers {
@@ -123,7 +166,9 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
                 None => x,
                 Some((a, b)) => &before[a..b],
             };
-            step_layer(layer, 0, input, own, self.acc, tmp)?;
+            let (layer_tables, rest) = tables.split_at(layer.table_len().min(tables.len()));
+            tables = rest;
+            step_layer(layer, 0, input, own, acc, layer_tables, tmp)?;
             in_range = Some((start, start + layer.out_dim));
             start += len;
         }
@@ -131,7 +176,7 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
             Some((a, b)) => &layers_mem[a..b],
             None => x,
         };
-        finish(model, last, out, self.acc);
+        finish(model, last, out, acc);
         Ok(out)
     }
 
@@ -171,8 +216,12 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
         let (layers_mem, rest) = self.mem.split_at_mut(regions);
         let (out_tmp, tmp) = rest.split_at_mut(model.output_dim);
         let _ = out_tmp;
+        let (tables, acc) = self.acc.split_at_mut(self.tables_len);
+        let mut tables: &[i32] = tables;
         let mut start = 0;
         for layer in &model.layers {
+            let (layer_tables, rest) = tables.split_at(layer.table_len().min(tables.len()));
+            tables = rest;
             let len = Self::region_len(layer);
             let own = &mut layers_mem[start..start + len];
             start += len;
@@ -190,7 +239,7 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
                     for s in 0..rows {
                         let t = if reverse { rows - 1 - s } else { s };
                         let xin = &cur[t * width..(t + 1) * width];
-                        recurrent_dir(layer, d, xin, st, self.acc, tmp);
+                        recurrent_dir(layer, d, xin, st, acc, layer_tables, tmp);
                         let h = &st[..layer.out_dim];
                         let dst = match layer.reduce {
                             Reduce::Sequence => Some(t),
@@ -212,7 +261,7 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
                 for t in 0..rows {
                     let xin = &cur[t * width..(t + 1) * width];
                     let dst = &mut next[t * w..(t + 1) * w];
-                    step_layer(layer, 0, xin, dst, self.acc, tmp)?;
+                    step_layer(layer, 0, xin, dst, acc, layer_tables, tmp)?;
                 }
                 own.copy_from_slice(&next[(rows - 1) * w..rows * w]);
             }
@@ -224,28 +273,43 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
                 &cur[t * width..(t + 1) * width],
                 &mut next[t * width..(t + 1) * width],
             );
-            finish(model, src, dst, self.acc);
+            finish(model, src, dst, acc);
         }
         Ok(&next[..rows * width])
     }
 }
 
-/// One direction of a recurrent layer: `st` is that direction's `[h, c]`.
+/// Direction `d`'s row table within `tables` (the layer's [`Layer::table_len`] words): empty
+/// when that direction has none.
+fn dir_table<'t>(layer: &Layer, d: usize, tables: &'t [i32]) -> &'t [i32] {
+    let has = |p: &crate::blob::Params| p.table.is_some();
+    if !layer.params.get(d).is_some_and(has) {
+        return &[];
+    }
+    let len = layer.table_rows() * crate::rowtab::ROW_WORDS;
+    let before = layer.params[..d].iter().filter(|p| has(p)).count();
+    tables.get(before * len..(before + 1) * len).unwrap_or(&[])
+}
+
+/// One direction of a recurrent layer: `st` is that direction's `[h, c]`; `tables` the
+/// layer's row tables.
 fn recurrent_dir(
     layer: &Layer,
     d: usize,
     x: &[i16],
     st: &mut [i16],
     acc: &mut [i32],
+    tables: &[i32],
     tmp: &mut [i16],
 ) {
     let p = &layer.params[d];
+    let table = dir_table(layer, d, tables);
     match layer.kind {
         LayerKind::Lstm => {
             let (h, c) = st.split_at_mut(layer.out_dim);
-            lstm::step(layer, p, x, h, c, acc);
+            lstm::step(layer, p, table, x, h, c, acc);
         }
-        LayerKind::Gru => gru::step(layer, p, x, st, acc, tmp),
+        LayerKind::Gru => gru::step(layer, p, table, x, st, acc, tmp),
         LayerKind::Rnn => rnn::step(layer, p, x, st, acc),
         _ => {}
     }
@@ -258,6 +322,7 @@ fn step_layer(
     x: &[i16],
     own: &mut [i16],
     acc: &mut [i32],
+    tables: &[i32],
     tmp: &mut [i16],
 ) -> Result<(), StepError> {
     match layer.kind {
@@ -268,7 +333,7 @@ fn step_layer(
                 return Err(StepError::TokenOutOfRange(token));
             }
         }
-        _ => recurrent_dir(layer, d, x, own, acc, tmp),
+        _ => recurrent_dir(layer, d, x, own, acc, tables, tmp),
     }
     Ok(())
 }

@@ -258,12 +258,14 @@ pub fn each_packed(
 /// One gate row's preactivation on the fast path: `(rq(W[j]·x) + rq(R[j]·h))` saturating-plus
 /// `bias`, for rows `out.len()` rows from the start of the matrices (see
 /// [`crate::blob::Params::fast`] for why this equals `sat32(ax + ah + bias)`). `xs`/`hs` are
-/// the packed input and state ([`pack16`] or [`pack8`], matching the weights). Returns `false`
+/// the packed input and state ([`pack16`] or [`pack8`], matching the weights); `table` is the
+/// direction's row table ([`crate::rowtab`], built for `p.table`) or empty. Returns `false`
 /// (and computes nothing) when a matrix is not laid out as the parser guarantees.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn preact_fast(
     p: &crate::blob::Params,
+    table: &[i32],
     ws: usize,
     rs: usize,
     xs: &[u32],
@@ -271,6 +273,7 @@ pub fn preact_fast(
     out: &mut [i32],
 ) -> bool {
     use crate::fixed::requant32;
+    use crate::rowtab::{Form, ROW_WORDS};
     let rows = out.len();
     let (mx, sx, mh, sh, bias) = (p.mx, p.sx, p.mh, p.sh, p.bias);
     if mx.len() < rows || sx.len() < rows || mh.len() < rows || sh.len() < rows {
@@ -279,6 +282,7 @@ pub fn preact_fast(
     if bias.len() < rows {
         return false;
     }
+    let form = p.table.filter(|_| table.len() >= rows * ROW_WORDS);
     let q = RowParams {
         mx,
         sx,
@@ -298,21 +302,34 @@ pub fn preact_fast(
             if wsw == 0 || rsw == 0 || w.len() < rows * wsw || r.len() < rows * rsw {
                 return false;
             }
-            #[cfg(recur_dsp)]
-            return crate::arm::gate_rows16(w, wsw, r, rsw, xs, hs, &q, out);
-            #[cfg(not(recur_dsp))]
-            gate_rows(w, wsw, r, rsw, &q, out, |wr, rr, (mx, sx), (mh, sh)| {
-                requant32(dot16(wr, xs), mx, sx) + requant32(dot16(rr, hs), mh, sh)
-            });
+            if form == Some(Form::HighWord) {
+                #[cfg(recur_dsp)]
+                return crate::arm::gate_rows16(w, wsw, r, rsw, xs, hs, table, out);
+                #[cfg(not(recur_dsp))]
+                gate_rows_table(w, wsw, r, rsw, table, out, |wr, rr, e| {
+                    use crate::rowtab::{requant_high_word as rq, shift};
+                    rq(dot16(wr, xs), e[0], shift(e, 0)) + rq(dot16(rr, hs), e[1], shift(e, 1))
+                });
+            } else {
+                gate_rows(w, wsw, r, rsw, &q, out, |wr, rr, (mx, sx), (mh, sh)| {
+                    requant32(dot16(wr, xs), mx, sx) + requant32(dot16(rr, hs), mh, sh)
+                });
+            }
         }
         (Weights::I8(w), Weights::I8(r)) => {
             if ws == 0 || rs == 0 || w.len() < rows * ws || r.len() < rows * rs {
                 return false;
             }
-            if p.acc32 {
+            if form == Some(Form::TwoWord) && p.acc32 {
                 #[cfg(recur_dsp)]
-                return crate::arm::gate_rows8(w, ws, r, rs, xs, hs, &q, out);
+                return crate::arm::gate_rows8(w, ws, r, rs, xs, hs, table, out);
                 #[cfg(not(recur_dsp))]
+                gate_rows_table(w, ws, r, rs, table, out, |wr, rr, e| {
+                    use crate::rowtab::{requant_two_word as rq, shift};
+                    let (dx, dh) = (dot8_32(wr, xs), dot8_32(rr, hs));
+                    rq(dx, e[0], shift(e, 0), shift(e, 1)) + rq(dh, e[1], shift(e, 2), shift(e, 3))
+                });
+            } else if p.acc32 {
                 gate_rows(w, ws, r, rs, &q, out, |wr, rr, (mx, sx), (mh, sh)| {
                     crate::fixed::requant32_i32(dot8_32(wr, xs), mx, sx)
                         + crate::fixed::requant32_i32(dot8_32(rr, hs), mh, sh)
@@ -357,6 +374,29 @@ fn gate_rows<T>(
     let per_row = q.mx.iter().zip(q.sx).zip(q.mh.iter().zip(q.sh)).zip(q.bias);
     for ((o, (wr, rr)), (((&mx, &sx), (&mh, &sh)), &b)) in out.iter_mut().zip(mats).zip(per_row) {
         *o = row(wr, rr, (mx, sx), (mh, sh)).saturating_add(b);
+    }
+}
+
+/// [`gate_rows`] with each row's parameters from a row table ([`crate::rowtab`]): `out[j] =
+/// row(W[j], R[j], entry j).saturating_add(bias in entry j)`.
+#[cfg(not(recur_dsp))]
+#[inline(never)]
+fn gate_rows_table<T>(
+    w: &[T],
+    ws: usize,
+    r: &[T],
+    rs: usize,
+    table: &[i32],
+    out: &mut [i32],
+    row: impl Fn(&[T], &[T], &[i32]) -> i32,
+) {
+    if ws == 0 || rs == 0 {
+        return;
+    }
+    let mats = w.chunks_exact(ws).zip(r.chunks_exact(rs));
+    let entries = table.chunks_exact(crate::rowtab::ROW_WORDS);
+    for ((o, (wr, rr)), e) in out.iter_mut().zip(mats).zip(entries) {
+        *o = row(wr, rr, e).saturating_add(e[2]);
     }
 }
 

@@ -1,0 +1,201 @@
+//! The fast path's row table: each gate row's two multipliers, bias and shifts side by side
+//! in RAM, in a form whose requantisation needs no branch.
+//!
+//! Why: the blob keeps `mx`, `sx`, `mh`, `sh` and `bias` as five arrays in flash, so a gate
+//! row spends more instructions fetching its parameters and choosing between the two shift
+//! cases of [`crate::fixed::requant32`] than on its dual multiply-accumulates. A
+//! [`crate::Session`] builds this table once (in its `acc` memory, [`crate::Layer::table_len`]
+//! words per layer); a row then loads its four words with one LDM.
+//!
+//! Two forms, chosen per direction by the parser ([`crate::blob::Params::table`]), each equal
+//! to `requant32` on every row where the fast path applies (tested below):
+//! - [`Form::HighWord`] (int16 weights, int64 accumulators): `t = (acc·m') >> 32 >> c`, with
+//!   `m' = m·2^(33-s)` when `s <= 33` (the parser checks that it fits int32) and `c = s - 33`
+//!   otherwise: both are `floor(acc·m / 2^(s-1))`.
+//! - [`Form::TwoWord`] (int8 weights, int32 accumulators, every `s <= 33`): `t = (lo >> (s-1))
+//!   | (hi << (33-s))` over the two words of `acc·m`, shifts of 32 giving 0 as ARM's
+//!   register-specified shifts do.
+//!
+//! Then `(t + 1) >> 1` as in `requant32`. Row `j` is `[mx', mh', bias, shifts]`; `shifts` is
+//! `cx | ch << 8` (HighWord) or `(sx-1) | (33-sx) << 8 | (sh-1) << 16 | (33-sh) << 24`
+//! (TwoWord).
+
+use crate::blob::{Params, Weights};
+
+/// int32 words per gate row.
+pub const ROW_WORDS: usize = 4;
+
+/// How a direction's table requantises (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// int16 weights: the high word of `acc·m'`, shifted right by `c`.
+    HighWord,
+    /// int8 weights accumulated in int32: the two words of `acc·m` shifted together.
+    TwoWord,
+}
+
+/// The form every one of the first `rows` gate rows of `p` fits, if any. Only for
+/// directions on the fast path (`p.fast`; with int8 weights also `p.acc32`).
+pub fn form(p: &Params, rows: usize) -> Option<Form> {
+    let candidate = match (p.w, p.r) {
+        (Weights::I16(_), Weights::I16(_)) if p.fast => Form::HighWord,
+        (Weights::I8(_), Weights::I8(_)) if p.fast && p.acc32 => Form::TwoWord,
+        _ => return None,
+    };
+    (0..rows)
+        .all(|j| entry(p, j, candidate).is_some())
+        .then_some(candidate)
+}
+
+/// Writes the first `rows` gate rows of `p` in `form` into `out` (`rows * ROW_WORDS` words);
+/// `false` when `out` is short or a row does not fit `form` (which [`form`] rules out).
+pub fn build(p: &Params, rows: usize, form: Form, out: &mut [i32]) -> bool {
+    if out.len() < rows * ROW_WORDS {
+        return false;
+    }
+    for (j, row) in out.chunks_exact_mut(ROW_WORDS).take(rows).enumerate() {
+        let Some(e) = entry(p, j, form) else {
+            return false;
+        };
+        row.copy_from_slice(&e);
+    }
+    true
+}
+
+/// Row `j`'s table entry in `form`, if the row fits it.
+fn entry(p: &Params, j: usize, form: Form) -> Option<[i32; ROW_WORDS]> {
+    let (mx, sx) = (*p.mx.get(j)?, *p.sx.get(j)?);
+    let (mh, sh) = (*p.mh.get(j)?, *p.sh.get(j)?);
+    let bias = *p.bias.get(j)?;
+    match form {
+        Form::HighWord => {
+            let part = |m: i32, s: u8| match s {
+                0 => None,
+                34.. => Some((m, s as u32 - 33)),
+                _ => high_word_multiplier(m, s).map(|m| (m, 0)),
+            };
+            let ((mx, cx), (mh, ch)) = (part(mx, sx)?, part(mh, sh)?);
+            Some([mx, mh, bias, (cx | ch << 8) as i32])
+        }
+        Form::TwoWord => {
+            let ok = |s: u8| (1..=33).contains(&s).then_some(s as u32);
+            let (sx, sh) = (ok(sx)?, ok(sh)?);
+            let shifts = (sx - 1) | (33 - sx) << 8 | (sh - 1) << 16 | (33 - sh) << 24;
+            Some([mx, mh, bias, shifts as i32])
+        }
+    }
+}
+
+/// `m·2^(33-s)` when it fits int32 (`s <= 33`).
+fn high_word_multiplier(m: i32, s: u8) -> Option<i32> {
+    let k = 33u32.checked_sub(s as u32)?;
+    let v = (m as i64).checked_shl(k)?;
+    i32::try_from(v).ok()
+}
+
+/// Shift byte `k` of a table row `e` (its fourth word).
+#[inline(always)]
+pub fn shift(e: &[i32], k: u32) -> u32 {
+    (e[3] as u32 >> (8 * k)) & 0xff
+}
+
+/// [`crate::fixed::requant32`] through a [`Form::HighWord`] entry (`m'`, `c`).
+#[inline(always)]
+pub fn requant_high_word(acc: i64, m: i32, c: u32) -> i32 {
+    // The fast path's bound makes |acc·m'| < 2^63 (see the module tests), so the product is
+    // exact; the high word is what SMULL + MLA leave in their upper register.
+    let t = ((acc.wrapping_mul(m as i64) >> 32) as i32) >> (c & 31);
+    (t.wrapping_add(1)) >> 1
+}
+
+/// [`crate::fixed::requant32_i32`] through a [`Form::TwoWord`] entry (`m`, `a = s - 1`,
+/// `b = 33 - s`).
+#[inline(always)]
+pub fn requant_two_word(acc: i32, m: i32, a: u32, b: u32) -> i32 {
+    let p = acc as i64 * m as i64;
+    let (lo, hi) = (p as u32, (p >> 32) as u32);
+    let shr = |v: u32, n: u32| v.checked_shr(n).unwrap_or(0);
+    let shl = |v: u32, n: u32| v.checked_shl(n).unwrap_or(0);
+    let t = (shr(lo, a) | shl(hi, b)) as i32;
+    (t.wrapping_add(1)) >> 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixed::{requant, requant32, requant32_i32};
+
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+
+    /// Both forms equal `requant32` (hence `requant`) on every accumulator, multiplier and
+    /// shift the fast path allows (result at most 2^29 in magnitude), whenever the form
+    /// accepts the shift: random cases across the whole range, and the edges.
+    #[test]
+    fn both_forms_equal_requant32_within_the_fast_bound() {
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+        let (mut high, mut two) = (0, 0);
+        while high < 200_000 || two < 200_000 {
+            let s = 1 + (next() % 62) as u8;
+            let m = (next() % (1 << 23)) as i32 - (1 << 22) + 1;
+            let acc = ((next() as i64) >> (next() % 64)) >> 24; // |acc| < 2^40
+            let want = requant(acc, m, s);
+            if want.abs() > 1 << 29 {
+                continue;
+            }
+            assert_eq!(requant32(acc, m, s) as i64, want);
+            let high_entry = match s {
+                34.. => Some((m, s as u32 - 33)),
+                _ => high_word_multiplier(m, s).map(|m| (m, 0)),
+            };
+            if let Some((m2, c)) = high_entry {
+                let got = requant_high_word(acc, m2, c);
+                assert_eq!(got as i64, want, "high word: acc {acc} m {m} s {s}");
+                high += 1;
+            }
+            if let (Ok(a32), true) = (i32::try_from(acc), s <= 33) {
+                let got = requant_two_word(a32, m, s as u32 - 1, 33 - s as u32);
+                assert_eq!(got as i64, want, "two word: acc {acc} m {m} s {s}");
+                assert_eq!(requant32_i32(a32, m, s), got);
+                two += 1;
+            }
+        }
+        let edges = [
+            (1i64, 1, 1u8),
+            (-1, 1, 1),
+            (-3, 1, 1),
+            (-2, 1, 2),
+            (3, -1, 2),
+            (-(1 << 39), (1 << 22) - 1, 42),
+            ((1 << 39) - 1, -(1 << 22) + 1, 42),
+            (-(1 << 30), (1 << 22) - 1, 33),
+            (-(1 << 30), (1 << 22) - 1, 34),
+            ((1 << 31) - 1, (1 << 22) - 1, 24),
+            (-(1 << 31), -(1 << 22) + 1, 24),
+        ];
+        for (acc, m, s) in edges {
+            let want = requant(acc, m, s);
+            assert!(want.abs() <= 1 << 29, "edge outside the fast bound");
+            let high_entry = match s {
+                34.. => Some((m, s as u32 - 33)),
+                _ => high_word_multiplier(m, s).map(|m| (m, 0)),
+            };
+            if let Some((m2, c)) = high_entry {
+                assert_eq!(requant_high_word(acc, m2, c) as i64, want, "{acc} {m} {s}");
+            }
+            if let (Ok(a32), true) = (i32::try_from(acc), s <= 33) {
+                let got = requant_two_word(a32, m, s as u32 - 1, 33 - s as u32);
+                assert_eq!(got as i64, want, "{acc} {m} {s}");
+            }
+        }
+        assert_eq!(high_word_multiplier(1 << 21, 24), Some(1 << 30));
+        assert_eq!(high_word_multiplier(1 << 21, 23), None);
+        assert_eq!(high_word_multiplier(-(1 << 21), 23), Some(i32::MIN));
+    }
+}
