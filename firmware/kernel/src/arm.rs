@@ -659,3 +659,128 @@ pub fn copy_pairs(x: &[i16], out: &mut [u32]) -> usize {
     }
     n
 }
+
+/// The fast path's LSTM cell update for layers without clip or input_forget and with
+/// `frac_c >= 4`, one unit per pass: for each `k < n`, with gates `i, o, f, g` at `gates[k]`,
+/// `gates[n + k]`, `gates[2n + k]`, `gates[3n + k]` (Q20), `c[k]` and `h[k]` become what
+/// `lstm::cell_update::<false, false, false>` writes: i, f, o = σ, g = tanh ([`crate::lut`]),
+/// `c = sat16(r(f·c, 15) + r(i·g, 30 - frac_c))`, `h = sat16(r(o·tanh(c << (20 - frac_c)),
+/// 15))` with `r` the round-half-up shift. Each activation loads its two table entries with one
+/// LDR. `false` (nothing written) when a slice is shorter than `n` units need or `frac_c` is
+/// outside 4..=15.
+pub fn lstm_cells(gates: &[i32], n: usize, h: &mut [i16], c: &mut [i16], frac_c: u8) -> bool {
+    if n == 0 || n > (u32::MAX as usize) / 16 || !(4..=15).contains(&frac_c) {
+        return n == 0;
+    }
+    if gates.len() / 4 < n || h.len() < n || c.len() < n {
+        return false;
+    }
+    let table = &crate::lut::TANH_Q15;
+    let fc = frac_c as u32;
+    // Rounding constant and shift of i·g, the shift taking c to Q20, where h ends.
+    let ctx: [u32; 4] = [1 << (29 - fc), 30 - fc, 20 - fc, h[n..].as_ptr() as u32];
+    // SAFETY: `n >= 1` passes; pass `k` reads `gates[k]`, `gates[n + k]`, `gates[2n + k]`,
+    // `gates[3n + k]` (in bounds: `gates.len() >= 4n`), `c[k]`, and writes `c[k]` and `h[k]`
+    // (`h`, `c` at least `n` long); the pass ends when the `h` pointer reaches `h[n]`. Table
+    // reads: `idx = v >> 15` for a value `v` saturated to [-2^23, 2^23 - 1] is in -256..=255,
+    // so the word loaded at byte `2·(idx + 256)` of the 513-entry (1,026-byte) table ends at
+    // byte 1,026 at most; that LDR may be unaligned, which ARMv7-M allows on normal memory
+    // unless CCR.UNALIGN_TRP is set, which nothing here sets. `ctx` (4 words, a local) is
+    // read only. The arithmetic is `tanh_q20_i32`'s and `sigmoid_q20_i32`'s (the halves of
+    // the word are `TANH_Q15[idx]` and `TANH_Q15[idx + 1]`; `pos >> 15 = idx + 256` and `pos &
+    // 0x7fff = v & 0x7fff` since 2^23 is a multiple of 2^15) and the cell's, whose bounds
+    // `lstm::cell_update` states (no product or sum here overflows int32). Labels are local;
+    // only the declared registers are written; the stack is not used.
+    unsafe {
+        asm!(
+            "2:",
+            // g = tanh(g_pre)
+            "add r12, {gp}, {n4}, lsl #1",
+            "ldr r2, [r12, {n4}]",
+            "ssat r2, #24, r2",
+            "asr r3, r2, #15",
+            "ubfx r4, r2, #0, #15",
+            "ldr r3, [{t}, r3, lsl #1]",
+            "sxth r5, r3",
+            "rsb r3, r5, r3, asr #16",
+            "mla r3, r3, r4, {k}",
+            "add r2, r5, r3, asr #15",
+            // i = sigmoid(i_pre)
+            "ldr r3, [{gp}]",
+            "ssat r3, #24, r3, asr #1",
+            "asr r4, r3, #15",
+            "ubfx r5, r3, #0, #15",
+            "ldr r4, [{t}, r4, lsl #1]",
+            "sxth r12, r4",
+            "rsb r4, r12, r4, asr #16",
+            "mla r4, r4, r5, {k}",
+            "add r3, r12, r4, asr #15",
+            "add r3, r3, #32768",
+            "asr r3, r3, #1",
+            // ig = r(i·g, 30 - frac_c)
+            "ldrd r4, r5, [{ctx}]",
+            "mla r2, r3, r2, r4",
+            "asr r2, r2, r5",
+            // f = sigmoid(f_pre)
+            "add r12, {gp}, {n4}, lsl #1",
+            "ldr r3, [r12]",
+            "ssat r3, #24, r3, asr #1",
+            "asr r4, r3, #15",
+            "ubfx r5, r3, #0, #15",
+            "ldr r4, [{t}, r4, lsl #1]",
+            "sxth r12, r4",
+            "rsb r4, r12, r4, asr #16",
+            "mla r4, r4, r5, {k}",
+            "add r3, r12, r4, asr #15",
+            "add r3, r3, #32768",
+            "asr r3, r3, #1",
+            // c = sat16(r(f·c, 15) + ig)
+            "ldrsh r4, [{cp}]",
+            "mla r3, r3, r4, {k}",
+            "add r2, r2, r3, asr #15",
+            "ssat r2, #16, r2",
+            "strh r2, [{cp}], #2",
+            // tc = tanh(c << (20 - frac_c))
+            "ldr r3, [{ctx}, #8]",
+            "lsl r2, r2, r3",
+            "ssat r2, #24, r2",
+            "asr r3, r2, #15",
+            "ubfx r4, r2, #0, #15",
+            "ldr r3, [{t}, r3, lsl #1]",
+            "sxth r5, r3",
+            "rsb r3, r5, r3, asr #16",
+            "mla r3, r3, r4, {k}",
+            "add r2, r5, r3, asr #15",
+            // o = sigmoid(o_pre)
+            "ldr r3, [{gp}, {n4}]",
+            "ssat r3, #24, r3, asr #1",
+            "asr r4, r3, #15",
+            "ubfx r5, r3, #0, #15",
+            "ldr r4, [{t}, r4, lsl #1]",
+            "sxth r12, r4",
+            "rsb r4, r12, r4, asr #16",
+            "mla r4, r4, r5, {k}",
+            "add r3, r12, r4, asr #15",
+            "add r3, r3, #32768",
+            "asr r3, r3, #1",
+            // h = sat16(r(o·tc, 15))
+            "mla r2, r3, r2, {k}",
+            "ssat r2, #16, r2, asr #15",
+            "strh r2, [{hp}], #2",
+            "add {gp}, {gp}, #4",
+            "ldr r3, [{ctx}, #12]",
+            "cmp {hp}, r3",
+            "bne 2b",
+            gp = inout(reg) gates.as_ptr() => _,
+            n4 = in(reg) 4 * n as u32,
+            hp = inout(reg) h.as_mut_ptr() => _,
+            cp = inout(reg) c.as_mut_ptr() => _,
+            t = in(reg) table.as_ptr().wrapping_add(256),
+            k = in(reg) 1u32 << 14,
+            ctx = in(reg) ctx.as_ptr(),
+            out("r2") _, out("r3") _, out("r4") _, out("r5") _, out("r12") _,
+            options(nostack),
+        );
+    }
+    true
+}

@@ -61,25 +61,43 @@ fn step_fast(
     if !rows::preact_fast(p, table, layer.w_stride(), layer.r_stride(), xs, hs, gates) {
         return false;
     }
-    // The clip test is resolved once per step, not once per gate.
-    if layer.clip_q20 > 0 {
-        cell_update::<true>(layer, gates, h, c);
-    } else {
-        cell_update::<false>(layer, gates, h, c);
+    // The clip, input_forget and wide-shift tests are resolved once per step, not once per
+    // unit.
+    let wide = 20 - layer.frac_c as u32 > 16;
+    let input_forget = layer.has(flags::INPUT_FORGET);
+    match (layer.clip_q20 > 0, input_forget, wide) {
+        #[cfg(recur_dsp)]
+        (false, false, false) if crate::arm::lstm_cells(gates, n, h, c, layer.frac_c) => {}
+        (false, false, false) => cell_update::<false, false, false>(layer, gates, h, c),
+        (false, false, true) => cell_update::<false, false, true>(layer, gates, h, c),
+        (false, true, false) => cell_update::<false, true, false>(layer, gates, h, c),
+        (false, true, true) => cell_update::<false, true, true>(layer, gates, h, c),
+        (true, false, false) => cell_update::<true, false, false>(layer, gates, h, c),
+        (true, false, true) => cell_update::<true, false, true>(layer, gates, h, c),
+        (true, true, false) => cell_update::<true, true, false>(layer, gates, h, c),
+        (true, true, true) => cell_update::<true, true, true>(layer, gates, h, c),
     }
     true
 }
 
-/// The fast path's element-wise part: gates and cell update in int32, `CLIP` telling whether
-/// `layer.clip_q20` clamps the preactivations (it is > 0).
+/// The fast path's element-wise part: gates and cell update in int32. `CLIP`: whether
+/// `layer.clip_q20` clamps the preactivations (it is > 0); `INPUT_FORGET`: f = 1 - i; `WIDE`:
+/// whether `sh = 20 - frac_c` exceeds 16.
 ///
 /// sigmoid/tanh take the int32 preactivation (sat32 was the identity). |f·c|, |i·g| < 2^30
 /// and the rounding constants are at most 2^29 (30 - frac_c >= 15), so both shr_round terms
-/// fit; their sum is below 2^17. tanh(c·2^(20 - frac_c)): tanh_q20 holds its end values from
-/// ±2^23 on (8.0 in Q20), so clamping c to ±2^(23 - sh) first (sh = 20 - frac_c <= 20, so the
-/// clamped value fits int32) gives what the int64 shift and sat32 gave. |o·tc| < 2^30.
+/// fit; their sum is below 2^17. tanh(c·2^sh): tanh_q20 holds its end values from ±2^23 on
+/// (8.0 in Q20) and clamps its input to [-2^23, 2^23 - 1] itself, so the int64 shift and
+/// sat32 give what `c << sh` gives in int32 when that cannot overflow (`sh <= 16`: |c| <=
+/// 2^15); for `WIDE` shifts c is first clamped to ±2^(23 - sh), which changes nothing
+/// either (the clamped value fits int32). |o·tc| < 2^30.
 #[inline(always)]
-fn cell_update<const CLIP: bool>(layer: &Layer, gates: &[i32], h: &mut [i16], c: &mut [i16]) {
+fn cell_update<const CLIP: bool, const INPUT_FORGET: bool, const WIDE: bool>(
+    layer: &Layer,
+    gates: &[i32],
+    h: &mut [i16],
+    c: &mut [i16],
+) {
     let n = layer.out_dim;
     let lim_clip = layer.clip_q20;
     let clip = |v: i32| -> i32 {
@@ -92,7 +110,6 @@ fn cell_update<const CLIP: bool>(layer: &Layer, gates: &[i32], h: &mut [i16], c:
     let fc = layer.frac_c as u32;
     let sh = 20 - fc;
     let lim = 1i32 << (23 - sh);
-    let input_forget = layer.has(flags::INPUT_FORGET);
     let r32 = |v: i32, s: u32| (v + (1 << (s - 1))) >> s;
     if gates.len() < 4 * n {
         return;
@@ -108,7 +125,7 @@ fn cell_update<const CLIP: bool>(layer: &Layer, gates: &[i32], h: &mut [i16], c:
         .zip(h.iter_mut().zip(c.iter_mut()));
     for ((((&ip, &op), &fp), &gp), (hk, ck)) in units {
         let i = sigmoid_q20_i32(clip(ip));
-        let f = if input_forget {
+        let f = if INPUT_FORGET {
             32767 - i
         } else {
             sigmoid_q20_i32(clip(fp))
@@ -117,7 +134,12 @@ fn cell_update<const CLIP: bool>(layer: &Layer, gates: &[i32], h: &mut [i16], c:
         let c_prev = *ck as i32;
         let c_new = (r32(f * c_prev, 15) + r32(i * g, 30 - fc)).clamp(-32768, 32767);
         let o = sigmoid_q20_i32(clip(op));
-        let tc = tanh_q20_i32(c_new.max(-lim).min(lim) << sh);
+        let c_in = if WIDE {
+            c_new.max(-lim).min(lim)
+        } else {
+            c_new
+        };
+        let tc = tanh_q20_i32(c_in << sh);
         *hk = r32(o * tc, 15).clamp(-32768, 32767) as i16;
         *ck = c_new as i16;
     }
