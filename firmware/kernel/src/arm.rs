@@ -439,9 +439,11 @@ pub fn gate_rows16(
 }
 
 /// [`gate_rows16`] for int8 rows that accumulate in int32 ([`crate::blob::Params::acc32`]),
-/// parameters from a [`crate::rowtab::Form::TwoWord`] row table: [`dot8_32`]'s products,
-/// then [`crate::rowtab::requant_two_word`] twice. Rows of `ws` and `rs` bytes (even) back to
-/// back. `false` (and nothing written) when a slice is shorter than that needs.
+/// parameters from a [`crate::rowtab::Form::TwoWord`] row table: [`dot8_32`]'s products (the
+/// recurrent one 16 bytes per pass), then [`crate::rowtab::requant_two_word`] twice. Rows of
+/// `ws` and `rs` bytes (even) back to back. `false` (and nothing written) when a slice is
+/// shorter than that needs, or when the recurrent rows do not start on words (`r` not on a
+/// word, or `rs` not a multiple of 4).
 #[allow(clippy::too_many_arguments)]
 pub fn gate_rows8(
     w: &[i8],
@@ -463,15 +465,22 @@ pub fn gate_rows8(
     if table.len() / ROW_WORDS < rows || w.len() / rows < ws || r.len() / rows < rs {
         return false;
     }
+    // The recurrent rows are loaded with LDM, which needs whole words.
+    if !rs.is_multiple_of(4) || !(r.as_ptr() as usize).is_multiple_of(4) {
+        return false;
+    }
     // Per row: `ws / 4` groups of four weights (taken two groups per pass), then bit 0 of
     // `rest`: one more group, bit 1: a last pair (rows of 4k + 2 bytes). As in `dot8_32`, whose
     // `groups` and `tail` these equal since `xs` has `ws / 2` words (likewise `hs`).
     let rest = |s: usize| ((s / 4) & 1) as u32 | ((s % 4 == 2) as u32) << 1;
+    // Recurrent rows (whole words): `rs / 16` passes of 16 bytes, then bit 1 of `rest_r`: 8
+    // more bytes, bit 0: 4 more.
+    let rest_r = ((rs / 4) & 1) as u32 | (((rs / 8) & 1) as u32) << 1;
     let mut ctx: [u32; 12] = [
         xs.as_ptr() as u32,
         (ws / 8) as u32,
         hs.as_ptr() as u32,
-        (rs / 8) as u32,
+        (rs / 16) as u32,
         w.as_ptr() as u32,
         r.as_ptr() as u32,
         table.as_ptr() as u32,
@@ -479,16 +488,17 @@ pub fn gate_rows8(
         table[rows * ROW_WORDS..].as_ptr() as u32,
         0,
         rest(ws),
-        rest(rs),
+        rest_r,
     ];
     // SAFETY: `rows >= 1` passes; each reads `ws` bytes of `w` (8 per pair of groups, 4 for an
     // odd group, 2 post-indexed for the last pair, so the pointer ends at the next row) and
-    // `ws / 2` words of `xs` (likewise `rs` bytes of `r`, `rs / 2` words of `hs`), one
-    // four-word table row, and writes one element of `out`: all in bounds by the checks
-    // above; the loop ends when the table pointer reaches the end of row `rows - 1`. Weight
-    // LDRs may be unaligned, which ARMv7-M allows for LDR on normal memory unless
-    // CCR.UNALIGN_TRP is set, which nothing here sets; LDM/LDR on `&[u32]`/`&[i32]` data and
-    // the `ctx` local are aligned. `ctx` (12 words) is the only other memory read or written.
+    // `ws / 2` words of `xs`, then `rs` bytes of `r` (16 per pass, then 8 and 4 as `rest_r`
+    // says) and `rs / 2` words of `hs`, one four-word table row, and writes one element of
+    // `out`: all in bounds by the checks above; the loop ends when the table pointer reaches
+    // the end of row `rows - 1`. Input-weight LDRs may be unaligned, which ARMv7-M allows for
+    // LDR on normal memory unless CCR.UNALIGN_TRP is set, which nothing here sets; the
+    // recurrent rows start on words (checked above: `r` on a word, `rs` a multiple of 4), as
+    // LDM needs; LDM/LDR on `&[u32]`/`&[i32]` data and the `ctx` local are aligned. `ctx` (12 words) is the only other memory read or written.
     // SMLAD is exact (the parser's `acc32` bound), SMULL forms `acc·m` exactly, the shift
     // amounts are table bytes (LSR/LSL read the low byte of their register and give 0 for
     // 32), `ax + ah` cannot overflow (each at most 2^29) and QADD saturates the bias
@@ -537,15 +547,24 @@ pub fn gate_rows8(
             "5:",
             "str {pm}, [{ctx}, #16]",
             "str {acc}, [{ctx}, #36]",
-            // recurrent product
+            // recurrent product, 16 bytes per pass
             "ldr {pm}, [{ctx}, #20]",
             "ldrd {px}, {g}, [{ctx}, #8]",
             "movs {acc}, #0",
             "cmp {g}, #0",
             "beq 7f",
             "6:",
-            "ldr r2, [{pm}], #4",
-            "ldr r3, [{pm}], #4",
+            "ldm {pm}!, {{r2, r3}}",
+            "ldm {px}!, {{r4, r5, r12, lr}}",
+            "sxtb16 {t}, r2",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {acc}, {t}, r4, {acc}",
+            "smlad {acc}, r2, r5, {acc}",
+            "sxtb16 {t}, r3",
+            "sxtb16 r3, r3, ror #8",
+            "smlad {acc}, {t}, r12, {acc}",
+            "smlad {acc}, r3, lr, {acc}",
+            "ldm {pm}!, {{r2, r3}}",
             "ldm {px}!, {{r4, r5, r12, lr}}",
             "sxtb16 {t}, r2",
             "sxtb16 r2, r2, ror #8",
@@ -559,21 +578,26 @@ pub fn gate_rows8(
             "bne 6b",
             "7:",
             "ldr {g}, [{ctx}, #44]",
-            "lsls {g}, {g}, #31",
-            "bpl 8f",
+            "lsls {g}, {g}, #31", // C = bit 1 (8 bytes left), N = bit 0 (4 more)
+            "bcc 8f",
+            "ldm {pm}!, {{r2, r3}}",
+            "ldm {px}!, {{r4, r5, r12, lr}}",
+            "sxtb16 {t}, r2",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {acc}, {t}, r4, {acc}",
+            "smlad {acc}, r2, r5, {acc}",
+            "sxtb16 {t}, r3",
+            "sxtb16 r3, r3, ror #8",
+            "smlad {acc}, {t}, r12, {acc}",
+            "smlad {acc}, r3, lr, {acc}",
+            "8:",
+            "bpl 9f",
             "ldr r2, [{pm}], #4",
             "ldm {px}!, {{r4, r5}}",
             "sxtb16 {t}, r2",
             "sxtb16 r2, r2, ror #8",
             "smlad {acc}, {t}, r4, {acc}",
             "smlad {acc}, r2, r5, {acc}",
-            "8:",
-            "bcc 9f",
-            "ldrsb r2, [{pm}], #1",
-            "ldrsb r3, [{pm}], #1",
-            "pkhbt r2, r2, r3, lsl #16",
-            "ldr r4, [{px}]",
-            "smlad {acc}, r2, r4, {acc}",
             "9:",
             "str {pm}, [{ctx}, #20]",
             // the row's table words: mx, mh, bias, (sx-1) | (33-sx) << 8 | (sh-1) << 16 | (33-sh) << 24

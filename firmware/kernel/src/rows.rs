@@ -304,17 +304,21 @@ pub fn preact_fast(
             }
             if form == Some(Form::HighWord) {
                 #[cfg(recur_dsp)]
-                return crate::arm::gate_rows16(w, wsw, r, rsw, xs, hs, table, out);
+                if crate::arm::gate_rows16(w, wsw, r, rsw, xs, hs, table, out) {
+                    return true;
+                }
                 #[cfg(not(recur_dsp))]
-                gate_rows_table(w, wsw, r, rsw, table, out, |wr, rr, e| {
-                    use crate::rowtab::{requant_high_word as rq, shift};
-                    rq(dot16(wr, xs), e[0], shift(e, 0)) + rq(dot16(rr, hs), e[1], shift(e, 1))
-                });
-            } else {
-                gate_rows(w, wsw, r, rsw, &q, out, |wr, rr, (mx, sx), (mh, sh)| {
-                    requant32(dot16(wr, xs), mx, sx) + requant32(dot16(rr, hs), mh, sh)
-                });
+                {
+                    gate_rows_table(w, wsw, r, rsw, table, out, |wr, rr, e| {
+                        use crate::rowtab::{requant_high_word as rq, shift};
+                        rq(dot16(wr, xs), e[0], shift(e, 0)) + rq(dot16(rr, hs), e[1], shift(e, 1))
+                    });
+                    return true;
+                }
             }
+            gate_rows(w, wsw, r, rsw, &q, out, |wr, rr, (mx, sx), (mh, sh)| {
+                requant32(dot16(wr, xs), mx, sx) + requant32(dot16(rr, hs), mh, sh)
+            });
         }
         (Weights::I8(w), Weights::I8(r)) => {
             if ws == 0 || rs == 0 || w.len() < rows * ws || r.len() < rows * rs {
@@ -322,14 +326,21 @@ pub fn preact_fast(
             }
             if form == Some(Form::TwoWord) && p.acc32 {
                 #[cfg(recur_dsp)]
-                return crate::arm::gate_rows8(w, ws, r, rs, xs, hs, table, out);
+                if crate::arm::gate_rows8(w, ws, r, rs, xs, hs, table, out) {
+                    return true;
+                }
                 #[cfg(not(recur_dsp))]
-                gate_rows_table(w, ws, r, rs, table, out, |wr, rr, e| {
-                    use crate::rowtab::{requant_two_word as rq, shift};
-                    let (dx, dh) = (dot8_32(wr, xs), dot8_32(rr, hs));
-                    rq(dx, e[0], shift(e, 0), shift(e, 1)) + rq(dh, e[1], shift(e, 2), shift(e, 3))
-                });
-            } else if p.acc32 {
+                {
+                    gate_rows_table(w, ws, r, rs, table, out, |wr, rr, e| {
+                        use crate::rowtab::{requant_two_word as rq, shift};
+                        let (dx, dh) = (dot8_32(wr, xs), dot8_32(rr, hs));
+                        rq(dx, e[0], shift(e, 0), shift(e, 1))
+                            + rq(dh, e[1], shift(e, 2), shift(e, 3))
+                    });
+                    return true;
+                }
+            }
+            if p.acc32 {
                 gate_rows(w, ws, r, rs, &q, out, |wr, rr, (mx, sx), (mh, sh)| {
                     crate::fixed::requant32_i32(dot8_32(wr, xs), mx, sx)
                         + crate::fixed::requant32_i32(dot8_32(rr, hs), mh, sh)
