@@ -346,8 +346,8 @@ fn bench_qemu_counts_instructions_per_step() {
     let dir = tempfile::tempdir().unwrap();
     let blob = convert("basicmotions_lstm", "int16", dir.path());
     let input = fixture("basicmotions_lstm").join("in_0.npy");
-    let run = || -> serde_json::Value {
-        let text = ok(&recur(&[
+    let run = |profile: bool| -> serde_json::Value {
+        let mut args = vec![
             "bench".as_ref(),
             blob.as_os_str(),
             "--qemu".as_ref(),
@@ -356,16 +356,43 @@ fn bench_qemu_counts_instructions_per_step() {
             "--json".as_ref(),
             "--firmware".as_ref(),
             elf().as_os_str(),
-        ]));
-        serde_json::from_str(text.trim()).unwrap()
+        ];
+        if profile {
+            args.push("--profile".as_ref());
+        }
+        serde_json::from_str(ok(&recur(&args)).trim()).unwrap()
     };
-    let (a, b) = (run(), run());
+    let (a, b) = (run(false), run(true));
     assert_eq!(a["steps"], 4000);
     assert_eq!(a["instructions_per_step"], b["instructions_per_step"]);
     let per = &a["instructions_per_step"];
     let (min, max) = (per["min"].as_u64().unwrap(), per["max"].as_u64().unwrap());
     assert!(min > 0 && min <= max, "{a}");
     println!("LSTM(32) int16, BasicMotions: {per}");
+    // The profile accounts for every counted instruction (each step's plus the markers'
+    // around it), and the gate rows lead it.
+    let functions = b["profile"].as_array().unwrap();
+    let total: u64 = functions
+        .iter()
+        .map(|f| f["instructions"].as_u64().unwrap())
+        .sum();
+    let mean = per["mean"].as_f64().unwrap();
+    let want = (mean + recur::flash::qemu::MARKER_OVERHEAD as f64) * 4000.0;
+    assert!(
+        (total as f64 - want).abs() < 0.5,
+        "profile total {total}, steps {want}"
+    );
+    assert_eq!(
+        functions[0]["function"], "recur_kernel::arm::gate_rows16",
+        "{b}"
+    );
+    for f in functions.iter().take(5) {
+        println!(
+            "{:>10.1}  {}",
+            f["per_step"].as_f64().unwrap(),
+            f["function"]
+        );
+    }
 }
 
 /// A one-layer chain on the cell of the matrix fixture `template` (`lstm_base`, `gru_base`)

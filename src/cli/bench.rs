@@ -50,6 +50,9 @@ pub struct BenchArgs {
     /// With --qemu: a recur-firmware ELF built before (default: build it from the checkout).
     #[arg(long, value_name = "ELF", requires = "qemu")]
     pub firmware: Option<PathBuf>,
+    /// With --qemu: also print where a step's instructions go, by firmware function.
+    #[arg(long, requires = "qemu")]
+    pub profile: bool,
 }
 
 /// Times the model and prints the summary.
@@ -62,7 +65,13 @@ pub fn exec(args: BenchArgs) -> Result<(), CliError> {
             [one] => PathBuf::from(one.rsplit_once('=').map_or(one.as_str(), |(_, f)| f)),
             _ => return Err(RecurError::Usage("--qemu takes one --input FILE.npy".into()).into()),
         };
-        return super::flash::bench(&args.model, &input, args.firmware.as_deref(), args.json);
+        return super::flash::bench(
+            &args.model,
+            &input,
+            args.firmware.as_deref(),
+            args.json,
+            args.profile,
+        );
     }
     let (kind, options) = args.engine.resolve()?;
     let model = Model::load(&args.model)?;

@@ -56,7 +56,15 @@ pub fn exec(args: FlashArgs) -> std::result::Result<(), CliError> {
     };
     let elf = firmware_elf(args.firmware.as_deref(), firmware::Board::Mps2An386)?;
     let layout = report_layout(&elf, &blob, &model)?;
-    let result = run_in_qemu(&blob, &model, input, &elf, &layout, args.timeout, false)?;
+    let result = run_in_qemu(
+        &blob,
+        &model,
+        input,
+        &elf,
+        &layout,
+        args.timeout,
+        Count::Nothing,
+    )?;
     std::fs::create_dir_all(out).map_err(|e| RecurError::file(out, e))?;
     let values = result.raw.mapv(|v| v as f32 * model.output_scale);
     let files = [
@@ -175,10 +183,23 @@ struct QemuResult {
     state: Vec<i16>,
     samples: usize,
     steps: Vec<u64>,
+    /// The plugin's per-address counts of the steps' instructions.
+    profile: Option<String>,
+}
+
+/// What to count while the firmware runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Count {
+    /// Nothing (no plugin).
+    Nothing,
+    /// The instructions of every step.
+    Steps,
+    /// Those and every step instruction by address.
+    Profile,
 }
 
 /// Streams `input` through the firmware in QEMU (state reset between sequences) and reads
-/// back its outputs, its final state and, when `count`, the instructions of every step.
+/// back its outputs, its final state and what `count` asks for.
 fn run_in_qemu(
     blob: &Blob,
     model: &recur_kernel::Model,
@@ -186,7 +207,7 @@ fn run_in_qemu(
     elf: &Path,
     layout: &firmware::Layout,
     timeout: u64,
-    count: bool,
+    count: Count,
 ) -> std::result::Result<QemuResult, CliError> {
     let tensor = read_npy(input)?;
     let samples = rcs::encode_input(model, &tensor, &input.display().to_string())?;
@@ -200,8 +221,9 @@ fn run_in_qemu(
         format!("reset={}", samples.steps),
         "state=state.rcs".to_string(),
     ];
-    let counting = if count {
+    let counting = if count != Count::Nothing {
         Some(qemu::Counting {
+            profile: count == Count::Profile,
             plugin: plugin()?,
             step: layout
                 .mark_step
@@ -271,6 +293,7 @@ fn run_in_qemu(
         state,
         samples: total,
         steps,
+        profile: run.profile,
     })
 }
 
@@ -316,19 +339,30 @@ fn flash_probe(
     probe::flash(chip, &elf, &args.blob, layout.model_addr)
 }
 
-/// `recur bench OUT.rcm --qemu --input FILE.npy`: instructions per time step of the
-/// firmware in QEMU, counted by the TCG plugin; prints mean, median, min and max.
+/// `recur bench OUT.rcm --qemu --input FILE.npy [--profile]`: instructions per time step of
+/// the firmware in QEMU, counted by the TCG plugin; prints mean, median, min and max, and
+/// with `profile` the step's instructions by function.
 pub fn bench(
     blob_path: &Path,
     input: &Path,
     firmware_given: Option<&Path>,
     json: bool,
+    profile: bool,
 ) -> std::result::Result<(), CliError> {
     let blob = Blob::read(blob_path)?;
     let model = blob.model()?;
     let elf = firmware_elf(firmware_given, firmware::Board::Mps2An386)?;
     let layout = report_layout(&elf, &blob, &model)?;
-    let result = run_in_qemu(&blob, &model, input, &elf, &layout, 1800, true)?;
+    let count = if profile {
+        Count::Profile
+    } else {
+        Count::Steps
+    };
+    let result = run_in_qemu(&blob, &model, input, &elf, &layout, 1800, count)?;
+    let functions = match &result.profile {
+        Some(hist) => crate::flash::profile::by_function(&elf, hist)?,
+        None => Vec::new(),
+    };
     let mut steps = result.steps.clone();
     if steps.is_empty() {
         return Err(anyhow::anyhow!("the instruction-counting plugin counted no steps").into());
@@ -337,19 +371,30 @@ pub fn bench(
     let mean = steps.iter().sum::<u64>() as f64 / steps.len() as f64;
     let median = steps[steps.len() / 2];
     let (min, max) = (steps[0], steps[steps.len() - 1]);
+    let n = steps.len() as f64;
     if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "blob": blob_path.display().to_string(),
-                "board": "mps2-an386",
-                "steps": steps.len(),
-                "instructions_per_step": { "mean": mean, "median": median, "min": min, "max": max },
-                "flash_bytes": layout.flash_bytes,
-                "ram_bytes": layout.ram_bytes,
-                "blob_bytes": blob.bytes.len(),
-            })
-        );
+        let mut v = serde_json::json!({
+            "blob": blob_path.display().to_string(),
+            "board": "mps2-an386",
+            "steps": steps.len(),
+            "instructions_per_step": { "mean": mean, "median": median, "min": min, "max": max },
+            "flash_bytes": layout.flash_bytes,
+            "ram_bytes": layout.ram_bytes,
+            "blob_bytes": blob.bytes.len(),
+        });
+        if profile {
+            v["profile"] = functions
+                .iter()
+                .map(|f| {
+                    serde_json::json!({
+                        "function": f.function,
+                        "instructions": f.instructions,
+                        "per_step": f.instructions as f64 / n,
+                    })
+                })
+                .collect();
+        }
+        println!("{v}");
     } else {
         println!(
             "{} on QEMU mps2-an386 (Cortex-M4F), {} steps: instructions per step mean {mean:.0}, \
@@ -357,6 +402,15 @@ pub fn bench(
             blob_path.display(),
             steps.len()
         );
+        if profile {
+            println!(
+                "by function, per step (the {} marker instructions around each step included):",
+                qemu::MARKER_OVERHEAD
+            );
+            for f in &functions {
+                println!("{:>10.1}  {}", f.instructions as f64 / n, f.function);
+            }
+        }
     }
     Ok(())
 }

@@ -8,11 +8,13 @@
 //!   outputs back to arrays.
 //! - [`qemu`]: one run of the firmware in `qemu-system-arm -M mps2-an386`, always under a
 //!   timeout, optionally under the instruction-counting plugin.
+//! - [`profile`]: a step's instructions by function, from the plugin's per-address counts.
 //! - [`probe`]: real hardware through `probe-rs`.
 //!
 //! `recur flash --qemu` writes the same files as `recur sim`, computed by the firmware.
 
 pub mod firmware;
 pub mod probe;
+pub mod profile;
 pub mod qemu;
 pub mod rcs;

@@ -19,6 +19,8 @@ pub struct Counting {
     pub step: u64,
     /// Address of `recur_mark_section`.
     pub section: u64,
+    /// Also count every instruction of the steps by address ([`Run::profile`]).
+    pub profile: bool,
 }
 
 /// What one run gave back.
@@ -32,6 +34,8 @@ pub struct Run {
     pub stderr: String,
     /// The plugin's snapshot lines, when counting.
     pub counts: Option<String>,
+    /// The plugin's per-address counts of the steps' instructions, when profiling.
+    pub profile: Option<String>,
 }
 
 /// Runs `elf` in QEMU in the directory `work` (semihosting file names in `args` are
@@ -73,12 +77,14 @@ pub fn run(
         .arg("-kernel")
         .arg(&elf);
     let counts_file = work.join("counts.txt");
+    let hist_file = work.join("hist.txt");
     if let Some(c) = counting {
         cmd.arg("-plugin").arg(format!(
-            "{},step={:#x},section={:#x},out=counts.txt",
+            "{},step={:#x},section={:#x},out=counts.txt{}",
             c.plugin.display(),
             c.step,
-            c.section
+            c.section,
+            if c.profile { ",hist=hist.txt" } else { "" }
         ));
     }
     let mut child = cmd
@@ -123,11 +129,18 @@ pub fn run(
         ),
         None => None,
     };
+    let profile = match counting {
+        Some(c) if c.profile => {
+            Some(std::fs::read_to_string(&hist_file).map_err(|e| RecurError::file(&hist_file, e))?)
+        }
+        _ => None,
+    };
     Ok(Run {
         status: status.code().unwrap_or(-1),
         stdout,
         stderr,
         counts,
+        profile,
     })
 }
 
