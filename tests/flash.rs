@@ -5,6 +5,8 @@
 //! Needs `qemu-system-arm` and the thumbv7em-none-eabihf target (scripts/test.sh installs
 //! both).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -406,7 +408,6 @@ fn sized_layer_blob(
     bits: &str,
     dir: &Path,
 ) -> (PathBuf, PathBuf) {
-    use recur::ir::LayerKind;
     use recur::quant::chain::{Chain, OutputAct, Reduce, Role, Stage};
     use recur::quant::{self, WeightBits};
     let mut seed = (i * 1009 + h * 31 + bits.len()) as u32;
@@ -414,20 +415,12 @@ fn sized_layer_blob(
         seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
         amp * ((seed >> 8) as f32 / (1u32 << 23) as f32 - 1.0)
     };
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = common::repo_root()
         .join("models/matrix")
         .join(template)
         .join("model.onnx");
     let model = recur::model::Model::load(&path).unwrap();
-    let (node, mut layer) = model
-        .ir
-        .layers
-        .iter()
-        .find_map(|l| match &l.kind {
-            LayerKind::Recurrent(r) => Some((l.node.clone(), r.as_ref().clone())),
-            _ => None,
-        })
-        .unwrap();
+    let (node, mut layer) = common::first_recurrent_layer(&model);
     let g = layer.cell.gates();
     let mut array =
         |shape: &[usize], amp: f32| ArrayD::from_shape_fn(ndarray::IxDyn(shape), |_| uniform(amp));

@@ -371,7 +371,6 @@ fn row_tables_change_no_output_bit() {
 #[test]
 fn every_cell_option_over_a_window_matches_onnx_runtime() {
     use ndarray::{Array3, Ix3, Ix4};
-    use recur::ir::LayerKind;
     use recur::quant::chain::{Chain, OutputAct, Reduce, Role, Stage};
     let mut lines = vec![];
     for name in [
@@ -391,15 +390,7 @@ fn every_cell_option_over_a_window_matches_onnx_runtime() {
     ] {
         let dir = common::repo_root().join("models/matrix").join(name);
         let model = Model::load(&dir.join("model.onnx")).unwrap();
-        let (node, layer) = model
-            .ir
-            .layers
-            .iter()
-            .find_map(|l| match &l.kind {
-                LayerKind::Recurrent(r) => Some((l.node.clone(), r.as_ref().clone())),
-                _ => None,
-            })
-            .unwrap();
+        let (node, layer) = common::first_recurrent_layer(&model);
         let x = read_npy(&dir.join("in_0.npy")).unwrap().to_f32();
         let x: Array3<f32> = x
             .into_dimensionality::<Ix3>()

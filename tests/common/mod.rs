@@ -151,3 +151,17 @@ pub fn compare(
     }
     Ok(worst)
 }
+
+/// The first recurrent layer of `model` (node name and layer), for tests that build
+/// microcontroller chains around it.
+pub fn first_recurrent_layer(model: &recur::model::Model) -> (String, recur::ir::RecurrentLayer) {
+    model
+        .ir
+        .layers
+        .iter()
+        .find_map(|l| match &l.kind {
+            recur::ir::LayerKind::Recurrent(r) => Some((l.node.clone(), r.as_ref().clone())),
+            _ => None,
+        })
+        .expect("a recurrent layer")
+}

@@ -92,24 +92,10 @@ mod tests {
 
     #[test]
     fn requant32_equals_requant_within_its_bound() {
-        let mut seed = 0x1234_5678_9abc_def0u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        let mut checked = 0;
-        while checked < 200_000 {
-            let s = 1 + (next() % 62) as u8;
-            let m = (next() % (1 << 23)) as i32 - (1 << 22) + 1;
-            let acc = ((next() as i64) >> (next() % 64)) >> 24; // |acc| < 2^40
+        for (acc, m, s) in crate::test_rng::fast_requant_cases(0x1234_5678_9abc_def0).take(200_000)
+        {
             let want = requant(acc, m, s);
-            if want.abs() > 1 << 29 {
-                continue;
-            }
             assert_eq!(requant32(acc, m, s) as i64, want, "acc {acc} m {m} s {s}");
-            checked += 1;
         }
         for (acc, m, s) in [
             (0, 5, 1),

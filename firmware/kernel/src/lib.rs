@@ -40,6 +40,8 @@ pub mod model;
 pub mod rnn;
 pub mod rows;
 pub mod rowtab;
+#[cfg(test)]
+mod test_rng;
 
 pub use blob::{BlobError, Layer, LayerKind, Model, Reduce, Weights, FORMAT_VERSION, MAGIC};
 pub use model::{Session, StepError};

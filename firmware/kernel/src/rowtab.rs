@@ -125,13 +125,27 @@ mod tests {
     use super::*;
     use crate::fixed::{requant, requant32, requant32_i32};
 
-    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
-        move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
+    /// Checks both forms against `requant` on one case of the fast path's domain, each where
+    /// it accepts the shift; which of the two did.
+    fn check(acc: i64, m: i32, s: u8) -> (bool, bool) {
+        let want = requant(acc, m, s);
+        assert!(want.abs() <= 1 << 29, "case outside the fast bound");
+        assert_eq!(requant32(acc, m, s) as i64, want);
+        let high_entry = match s {
+            34.. => Some((m, s as u32 - 33)),
+            _ => high_word_multiplier(m, s).map(|m| (m, 0)),
+        };
+        if let Some((m2, c)) = high_entry {
+            let got = requant_high_word(acc, m2, c);
+            assert_eq!(got as i64, want, "high word: acc {acc} m {m} s {s}");
         }
+        let two = i32::try_from(acc).ok().filter(|_| s <= 33);
+        if let Some(a32) = two {
+            let got = requant_two_word(a32, m, s as u32 - 1, 33 - s as u32);
+            assert_eq!(got as i64, want, "two word: acc {acc} m {m} s {s}");
+            assert_eq!(requant32_i32(a32, m, s), got);
+        }
+        (high_entry.is_some(), two.is_some())
     }
 
     /// Both forms equal `requant32` (hence `requant`) on every accumulator, multiplier and
@@ -139,32 +153,13 @@ mod tests {
     /// accepts the shift: random cases across the whole range, and the edges.
     #[test]
     fn both_forms_equal_requant32_within_the_fast_bound() {
-        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         let (mut high, mut two) = (0, 0);
-        while high < 200_000 || two < 200_000 {
-            let s = 1 + (next() % 62) as u8;
-            let m = (next() % (1 << 23)) as i32 - (1 << 22) + 1;
-            let acc = ((next() as i64) >> (next() % 64)) >> 24; // |acc| < 2^40
-            let want = requant(acc, m, s);
-            if want.abs() > 1 << 29 {
-                continue;
+        for (acc, m, s) in crate::test_rng::fast_requant_cases(0x9e37_79b9_7f4a_7c15) {
+            if high >= 200_000 && two >= 200_000 {
+                break;
             }
-            assert_eq!(requant32(acc, m, s) as i64, want);
-            let high_entry = match s {
-                34.. => Some((m, s as u32 - 33)),
-                _ => high_word_multiplier(m, s).map(|m| (m, 0)),
-            };
-            if let Some((m2, c)) = high_entry {
-                let got = requant_high_word(acc, m2, c);
-                assert_eq!(got as i64, want, "high word: acc {acc} m {m} s {s}");
-                high += 1;
-            }
-            if let (Ok(a32), true) = (i32::try_from(acc), s <= 33) {
-                let got = requant_two_word(a32, m, s as u32 - 1, 33 - s as u32);
-                assert_eq!(got as i64, want, "two word: acc {acc} m {m} s {s}");
-                assert_eq!(requant32_i32(a32, m, s), got);
-                two += 1;
-            }
+            let (h, t) = check(acc, m, s);
+            (high, two) = (high + h as u32, two + t as u32);
         }
         let edges = [
             (1i64, 1, 1u8),
@@ -180,19 +175,7 @@ mod tests {
             (-(1 << 31), -(1 << 22) + 1, 24),
         ];
         for (acc, m, s) in edges {
-            let want = requant(acc, m, s);
-            assert!(want.abs() <= 1 << 29, "edge outside the fast bound");
-            let high_entry = match s {
-                34.. => Some((m, s as u32 - 33)),
-                _ => high_word_multiplier(m, s).map(|m| (m, 0)),
-            };
-            if let Some((m2, c)) = high_entry {
-                assert_eq!(requant_high_word(acc, m2, c) as i64, want, "{acc} {m} {s}");
-            }
-            if let (Ok(a32), true) = (i32::try_from(acc), s <= 33) {
-                let got = requant_two_word(a32, m, s as u32 - 1, 33 - s as u32);
-                assert_eq!(got as i64, want, "{acc} {m} {s}");
-            }
+            check(acc, m, s);
         }
         assert_eq!(high_word_multiplier(1 << 21, 24), Some(1 << 30));
         assert_eq!(high_word_multiplier(1 << 21, 23), None);
