@@ -4,10 +4,11 @@
 //! layer, each recurrent direction's state (h, then c for LSTM) or a dense/embedding layer's
 //! output, then the output vector, then int16 scratch; `acc` int32 of [`Model::acc_len`] words
 //! holds gate pre-activations, after the gate rows' tables when the caller gave room for them
-//! ([`Model::tables_len`] more words; see [`crate::rowtab`]). [`Session::step`] advances every layer by one sample (causal
-//! models); [`Session::run`] processes a whole window layer by layer, which is also how
-//! bidirectional layers run, in a caller-provided window buffer of [`Model::window_len`] words.
-//! A step on the same samples gives exactly what `run` gives at the window's last step.
+//! ([`Model::tables_len`] more words; see [`crate::rowtab`]). [`Session::step`] advances every
+//! layer by one sample (causal models); [`Session::run`] processes a whole window layer by
+//! layer, which is also how bidirectional layers run, in a caller-provided window buffer of
+//! [`Model::window_len`] words. A step on the same samples gives exactly what `run` gives at
+//! the window's last step.
 
 use crate::blob::{flags, InputKind, Layer, LayerKind, Model, OutputAct, Reduce};
 use crate::{dense, gru, lstm, rnn};
@@ -89,7 +90,10 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
                     continue;
                 };
                 let len = rows * crate::rowtab::ROW_WORDS;
-                if !crate::rowtab::build(p, rows, form, &mut tables[at..at + len]) {
+                let built = tables
+                    .get_mut(at..at + len)
+                    .is_some_and(|t| crate::rowtab::build(p, rows, form, t));
+                if !built {
                     return Err(StepError::RowTable { layer: i });
                 }
                 at += len;
