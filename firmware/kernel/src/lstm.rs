@@ -61,47 +61,40 @@ fn step_fast(
     if !rows::preact_fast(p, table, layer.w_stride(), layer.r_stride(), xs, hs, gates) {
         return false;
     }
-    // The clip, input_forget and wide-shift tests are resolved once per step, not once per
-    // unit.
-    let wide = 20 - layer.frac_c as u32 > 16;
-    let input_forget = layer.has(flags::INPUT_FORGET);
-    match (layer.clip_q20 > 0, input_forget, wide) {
-        #[cfg(recur_dsp)]
-        (false, false, false) if crate::arm::lstm_cells(gates, n, h, c, layer.frac_c) => {}
-        (false, false, false) => cell_update::<false, false, false>(layer, gates, h, c),
-        (false, false, true) => cell_update::<false, false, true>(layer, gates, h, c),
-        (false, true, false) => cell_update::<false, true, false>(layer, gates, h, c),
-        (false, true, true) => cell_update::<false, true, true>(layer, gates, h, c),
-        (true, false, false) => cell_update::<true, false, false>(layer, gates, h, c),
-        (true, false, true) => cell_update::<true, false, true>(layer, gates, h, c),
-        (true, true, false) => cell_update::<true, true, false>(layer, gates, h, c),
-        (true, true, true) => cell_update::<true, true, true>(layer, gates, h, c),
+    // The common case (no clip, no input_forget, `c << (20 - frac_c)` within int32) without
+    // any per-unit test: on Cortex-M4 one asm pass, elsewhere its own copy of the loop.
+    let plain = layer.clip_q20 == 0 && !layer.has(flags::INPUT_FORGET) && layer.frac_c >= 4;
+    #[cfg(recur_dsp)]
+    if plain && crate::arm::lstm_cells(gates, n, h, c, layer.frac_c) {
+        return true;
     }
+    #[cfg(not(recur_dsp))]
+    if plain {
+        cell_update::<true>(layer, gates, h, c);
+        return true;
+    }
+    cell_update::<false>(layer, gates, h, c);
     true
 }
 
-/// The fast path's element-wise part: gates and cell update in int32. `CLIP`: whether
-/// `layer.clip_q20` clamps the preactivations (it is > 0); `INPUT_FORGET`: f = 1 - i; `WIDE`:
-/// whether `sh = 20 - frac_c` exceeds 16.
+/// The fast path's element-wise part: gates and cell update in int32. `PLAIN`: the layer has
+/// no clip and no input_forget and `frac_c >= 4` (the caller checked), so none of those is
+/// tested per unit.
 ///
 /// sigmoid/tanh take the int32 preactivation (sat32 was the identity). |f·c|, |i·g| < 2^30
 /// and the rounding constants are at most 2^29 (30 - frac_c >= 15), so both shr_round terms
-/// fit; their sum is below 2^17. tanh(c·2^sh): tanh_q20 holds its end values from ±2^23 on
-/// (8.0 in Q20) and clamps its input to [-2^23, 2^23 - 1] itself, so the int64 shift and
-/// sat32 give what `c << sh` gives in int32 when that cannot overflow (`sh <= 16`: |c| <=
-/// 2^15); for `WIDE` shifts c is first clamped to ±2^(23 - sh), which changes nothing
-/// either (the clamped value fits int32). |o·tc| < 2^30.
+/// fit; their sum is below 2^17. tanh(c·2^sh), sh = 20 - frac_c: tanh_q20 holds its end
+/// values from ±2^23 on (8.0 in Q20) and clamps its input to [-2^23, 2^23 - 1] itself, so
+/// the int64 shift and sat32 give what `c << sh` gives in int32 when that cannot overflow
+/// (`sh <= 16`: |c| <= 2^15); for wider shifts c is first clamped to ±2^(23 - sh), which
+/// changes nothing either (the clamped value fits int32). |o·tc| < 2^30.
 #[inline(always)]
-fn cell_update<const CLIP: bool, const INPUT_FORGET: bool, const WIDE: bool>(
-    layer: &Layer,
-    gates: &[i32],
-    h: &mut [i16],
-    c: &mut [i16],
-) {
+fn cell_update<const PLAIN: bool>(layer: &Layer, gates: &[i32], h: &mut [i16], c: &mut [i16]) {
     let n = layer.out_dim;
     let lim_clip = layer.clip_q20;
+    let clipped = !PLAIN && lim_clip > 0;
     let clip = |v: i32| -> i32 {
-        if CLIP {
+        if clipped {
             v.max(-lim_clip).min(lim_clip)
         } else {
             v
@@ -109,7 +102,9 @@ fn cell_update<const CLIP: bool, const INPUT_FORGET: bool, const WIDE: bool>(
     };
     let fc = layer.frac_c as u32;
     let sh = 20 - fc;
+    let wide = !PLAIN && sh > 16;
     let lim = 1i32 << (23 - sh);
+    let input_forget = !PLAIN && layer.has(flags::INPUT_FORGET);
     let r32 = |v: i32, s: u32| (v + (1 << (s - 1))) >> s;
     if gates.len() < 4 * n {
         return;
@@ -125,7 +120,7 @@ fn cell_update<const CLIP: bool, const INPUT_FORGET: bool, const WIDE: bool>(
         .zip(h.iter_mut().zip(c.iter_mut()));
     for ((((&ip, &op), &fp), &gp), (hk, ck)) in units {
         let i = sigmoid_q20_i32(clip(ip));
-        let f = if INPUT_FORGET {
+        let f = if input_forget {
             32767 - i
         } else {
             sigmoid_q20_i32(clip(fp))
@@ -134,7 +129,7 @@ fn cell_update<const CLIP: bool, const INPUT_FORGET: bool, const WIDE: bool>(
         let c_prev = *ck as i32;
         let c_new = (r32(f * c_prev, 15) + r32(i * g, 30 - fc)).clamp(-32768, 32767);
         let o = sigmoid_q20_i32(clip(op));
-        let c_in = if WIDE {
+        let c_in = if wide {
             c_new.max(-lim).min(lim)
         } else {
             c_new
