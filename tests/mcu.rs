@@ -327,10 +327,6 @@ fn cli_convert_then_sim_and_the_exit_2_contract() {
     assert!(err.contains("CRC mismatch"), "{err}");
 }
 
-/// Bidirectional, reverse, peephole, input_forget, clip and both GRU forms, run by the kernel
-/// over a window and compared with ONNX Runtime's `Y` of the single-node matrix fixtures.
-/// These graphs output `Y` with its direction axis, which `convert` does not take as a model
-/// output, so the chain is built here from the lifted layer: one recurrent stage, every step.
 /// The row tables a session builds when given room (what recur-firmware and `recur sim` do)
 /// change no output bit: every test sequence of the BasicMotions LSTM and GRU, int16 and
 /// int8, stepped sample by sample with and without them.
@@ -343,31 +339,17 @@ fn row_tables_change_no_output_bit() {
             let model = sim::parse(&words, c.blob.len(), name).unwrap();
             assert!(model.tables_len() > 0, "{name} {bits:?}: no row table");
             let input = read_npy(&fixture(name).join("in_0.npy")).unwrap().to_f32();
-            let (n, t, f) = (input.shape()[0], input.shape()[1], input.shape()[2]);
-            let mut outputs = vec![];
-            for tables in [false, true] {
-                let extra = if tables { model.tables_len() } else { 0 };
-                let mut mem = vec![0i16; model.session_len()];
-                let mut acc = vec![0i32; model.acc_len() + extra];
-                let mut s = Session::new(&model, &mut mem, &mut acc).unwrap();
-                assert_eq!(s.has_row_tables(), tables);
-                let mut all = vec![];
-                for b in 0..n {
-                    s.reset();
-                    for k in 0..t {
-                        let x: Vec<i16> = (0..f)
-                            .map(|i| model.quantize_feature(i, input[[b, k, i]]))
-                            .collect();
-                        all.extend_from_slice(s.step(&x).unwrap());
-                    }
-                }
-                outputs.push(all);
-            }
-            assert_eq!(outputs[0], outputs[1], "{name} {bits:?}");
+            let without = common::host_stepped(&c.blob, &input, false);
+            let with = common::host_stepped(&c.blob, &input, true);
+            assert_eq!(without, with, "{name} {bits:?}");
         }
     }
 }
 
+/// Bidirectional, reverse, peephole, input_forget, clip and both GRU forms, run by the kernel
+/// over a window and compared with ONNX Runtime's `Y` of the single-node matrix fixtures.
+/// These graphs output `Y` with its direction axis, which `convert` does not take as a model
+/// output, so the chain is built here from the lifted layer: one recurrent stage, every step.
 #[test]
 fn every_cell_option_over_a_window_matches_onnx_runtime() {
     use ndarray::{Array3, Ix3, Ix4};

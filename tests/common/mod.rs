@@ -165,3 +165,27 @@ pub fn first_recurrent_layer(model: &recur::model::Model) -> (String, recur::ir:
         })
         .expect("a recurrent layer")
 }
+
+/// A blob's output after every sample of `x` (`[N, T, F]` f32), stepped through recur-kernel
+/// on the host from a zero state per sequence, with or without row tables: `[N, T, O]`.
+pub fn host_stepped(blob: &[u8], x: &ArrayD<f32>, tables: bool) -> ndarray::ArrayD<i16> {
+    let words = recur::quant::sim::aligned(blob);
+    let model = recur::quant::sim::parse(&words, blob.len(), "blob").unwrap();
+    let (n, t, f) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+    let extra = if tables { model.tables_len() } else { 0 };
+    let mut mem = vec![0i16; model.session_len()];
+    let mut acc = vec![0i32; model.acc_len() + extra];
+    let mut session = recur_kernel::Session::new(&model, &mut mem, &mut acc).unwrap();
+    assert_eq!(session.has_row_tables(), tables && extra > 0);
+    let mut out = Vec::with_capacity(n * t * model.output_dim);
+    for s in 0..n {
+        session.reset();
+        for k in 0..t {
+            let q: Vec<i16> = (0..f)
+                .map(|c| model.quantize_feature(c, x[[s, k, c]]))
+                .collect();
+            out.extend_from_slice(session.step(&q).unwrap());
+        }
+    }
+    ArrayD::from_shape_vec(vec![n, t, model.output_dim], out).unwrap()
+}

@@ -687,7 +687,7 @@ pub fn copy_pairs(x: &[i16], out: &mut [u32]) -> usize {
 /// The fast path's LSTM cell update for layers without clip or input_forget and with
 /// `frac_c >= 4`, one unit per pass: for each `k < n`, with gates `i, o, f, g` at `gates[k]`,
 /// `gates[n + k]`, `gates[2n + k]`, `gates[3n + k]` (Q20), `c[k]` and `h[k]` become what
-/// `lstm::cell_update::<false, false, false>` writes: i, f, o = σ, g = tanh ([`crate::lut`]),
+/// `lstm::cell_update::<true>` (the plain case) writes: i, f, o = σ, g = tanh ([`crate::lut`]),
 /// `c = sat16(r(f·c, 15) + r(i·g, 30 - frac_c))`, `h = sat16(r(o·tanh(c << (20 - frac_c)),
 /// 15))` with `r` the round-half-up shift. Each activation loads its two table entries with one
 /// LDR. `false` (nothing written) when a slice is shorter than `n` units need or `frac_c` is

@@ -76,27 +76,22 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
                 have: acc.len(),
             });
         }
-        // Row tables when the caller gave room for them (then at the start of `acc`).
-        let tables_len = match acc.len() >= need_acc + model.tables_len() {
-            true => model.tables_len(),
-            false => 0,
-        };
-        let (tables, _) = acc.split_at_mut(tables_len);
-        let mut at = 0;
+        // Row tables when the caller gave room for them (then at the start of `acc`), laid
+        // out as `dir_table` finds them.
+        let room = acc.len() >= need_acc + model.tables_len();
+        let tables_len = if room { model.tables_len() } else { 0 };
+        let mut tables = &mut acc[..tables_len];
         for (i, layer) in model.layers.iter().enumerate() {
-            let rows = layer.table_rows();
-            for p in &layer.params[..layer.dirs] {
-                let Some(form) = p.table.filter(|_| tables_len > 0) else {
+            let (own, rest) = tables.split_at_mut(layer.table_len().min(tables.len()));
+            tables = rest;
+            for (d, p) in layer.params[..layer.dirs].iter().enumerate() {
+                let Some(form) = p.table.filter(|_| room) else {
                     continue;
                 };
-                let len = rows * crate::rowtab::ROW_WORDS;
-                let built = tables
-                    .get_mut(at..at + len)
-                    .is_some_and(|t| crate::rowtab::build(p, rows, form, t));
-                if !built {
+                let rows = layer.table_rows();
+                if !crate::rowtab::build(p, rows, form, dir_table_mut(layer, d, own)) {
                     return Err(StepError::RowTable { layer: i });
                 }
-                at += len;
             }
         }
         let mut s = Session {
@@ -240,10 +235,11 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
                 for d in 0..layer.dirs {
                     let reverse = d == 1 || layer.has(flags::REVERSE);
                     let st = &mut own[d * per..(d + 1) * per];
+                    let table = dir_table(layer, d, layer_tables);
                     for s in 0..rows {
                         let t = if reverse { rows - 1 - s } else { s };
                         let xin = &cur[t * width..(t + 1) * width];
-                        recurrent_dir(layer, d, xin, st, acc, layer_tables, tmp);
+                        recurrent_dir(layer, d, xin, st, acc, table, tmp);
                         let h = &st[..layer.out_dim];
                         let dst = match layer.reduce {
                             Reduce::Sequence => Some(t),
@@ -283,31 +279,46 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
     }
 }
 
-/// Direction `d`'s row table within `tables` (the layer's [`Layer::table_len`] words): empty
-/// when that direction has none.
-fn dir_table<'t>(layer: &Layer, d: usize, tables: &'t [i32]) -> &'t [i32] {
+/// Where direction `d`'s row table lies within its layer's [`Layer::table_len`] words: the
+/// tables of the directions that have one ([`crate::blob::Params::table`]), in direction
+/// order. `None` when that direction has none.
+fn dir_table_range(layer: &Layer, d: usize) -> Option<core::ops::Range<usize>> {
     let has = |p: &crate::blob::Params| p.table.is_some();
     if !layer.params.get(d).is_some_and(has) {
-        return &[];
+        return None;
     }
     let len = layer.table_rows() * crate::rowtab::ROW_WORDS;
     let before = layer.params[..d].iter().filter(|p| has(p)).count();
-    tables.get(before * len..(before + 1) * len).unwrap_or(&[])
+    Some(before * len..(before + 1) * len)
 }
 
-/// One direction of a recurrent layer: `st` is that direction's `[h, c]`; `tables` the
-/// layer's row tables.
+/// Direction `d`'s row table within the layer's `tables`: empty when it has none (or when
+/// the session runs without tables).
+fn dir_table<'t>(layer: &Layer, d: usize, tables: &'t [i32]) -> &'t [i32] {
+    dir_table_range(layer, d)
+        .and_then(|r| tables.get(r))
+        .unwrap_or(&[])
+}
+
+/// [`dir_table`] to fill.
+fn dir_table_mut<'t>(layer: &Layer, d: usize, tables: &'t mut [i32]) -> &'t mut [i32] {
+    dir_table_range(layer, d)
+        .and_then(|r| tables.get_mut(r))
+        .unwrap_or(&mut [])
+}
+
+/// One direction `d` of a recurrent layer: `st` is that direction's `[h, c]`, `table` its row
+/// table (or empty).
 fn recurrent_dir(
     layer: &Layer,
     d: usize,
     x: &[i16],
     st: &mut [i16],
     acc: &mut [i32],
-    tables: &[i32],
+    table: &[i32],
     tmp: &mut [i16],
 ) {
     let p = &layer.params[d];
-    let table = dir_table(layer, d, tables);
     match layer.kind {
         LayerKind::Lstm => {
             let (h, c) = st.split_at_mut(layer.out_dim);
@@ -337,7 +348,7 @@ fn step_layer(
                 return Err(StepError::TokenOutOfRange(token));
             }
         }
-        _ => recurrent_dir(layer, d, x, own, acc, tables, tmp),
+        _ => recurrent_dir(layer, d, x, own, acc, dir_table(layer, d, tables), tmp),
     }
     Ok(())
 }

@@ -283,13 +283,6 @@ pub fn preact_fast(
         return false;
     }
     let form = p.table.filter(|_| table.len() >= rows * ROW_WORDS);
-    let q = RowParams {
-        mx,
-        sx,
-        mh,
-        sh,
-        bias,
-    };
     match (&p.w, &p.r) {
         (Weights::I16(w), Weights::I16(r)) => {
             let (Ok(w), Ok(r)) = (
@@ -316,7 +309,7 @@ pub fn preact_fast(
                     return true;
                 }
             }
-            gate_rows(w, wsw, r, rsw, &q, out, |wr, rr, (mx, sx), (mh, sh)| {
+            gate_rows(w, wsw, r, rsw, p, out, |wr, rr, (mx, sx), (mh, sh)| {
                 requant32(dot16(wr, xs), mx, sx) + requant32(dot16(rr, hs), mh, sh)
             });
         }
@@ -324,7 +317,8 @@ pub fn preact_fast(
             if ws == 0 || rs == 0 || w.len() < rows * ws || r.len() < rows * rs {
                 return false;
             }
-            if form == Some(Form::TwoWord) && p.acc32 {
+            // `rowtab::form` gives TwoWord only with `p.acc32`.
+            if form == Some(Form::TwoWord) {
                 #[cfg(recur_dsp)]
                 if crate::arm::gate_rows8(w, ws, r, rs, xs, hs, table, out) {
                     return true;
@@ -341,12 +335,12 @@ pub fn preact_fast(
                 }
             }
             if p.acc32 {
-                gate_rows(w, ws, r, rs, &q, out, |wr, rr, (mx, sx), (mh, sh)| {
+                gate_rows(w, ws, r, rs, p, out, |wr, rr, (mx, sx), (mh, sh)| {
                     crate::fixed::requant32_i32(dot8_32(wr, xs), mx, sx)
                         + crate::fixed::requant32_i32(dot8_32(rr, hs), mh, sh)
                 });
             } else {
-                gate_rows(w, ws, r, rs, &q, out, |wr, rr, (mx, sx), (mh, sh)| {
+                gate_rows(w, ws, r, rs, p, out, |wr, rr, (mx, sx), (mh, sh)| {
                     requant32(dot8(wr, xs), mx, sx) + requant32(dot8(rr, hs), mh, sh)
                 });
             }
@@ -354,15 +348,6 @@ pub fn preact_fast(
         _ => return false,
     }
     true
-}
-
-/// Per-row requantisation parameters and bias of a gate matrix pair.
-pub(crate) struct RowParams<'a> {
-    pub(crate) mx: &'a [i32],
-    pub(crate) sx: &'a [u8],
-    pub(crate) mh: &'a [i32],
-    pub(crate) sh: &'a [u8],
-    pub(crate) bias: &'a [i32],
 }
 
 /// `out[j] = row(W[j], R[j], (mx, sx), (mh, sh)).saturating_add(bias[j])` for every row of
@@ -374,7 +359,7 @@ fn gate_rows<T>(
     ws: usize,
     r: &[T],
     rs: usize,
-    q: &RowParams,
+    p: &crate::blob::Params,
     out: &mut [i32],
     row: impl Fn(&[T], &[T], (i32, u8), (i32, u8)) -> i32,
 ) {
@@ -382,7 +367,7 @@ fn gate_rows<T>(
         return;
     }
     let mats = w.chunks_exact(ws).zip(r.chunks_exact(rs));
-    let per_row = q.mx.iter().zip(q.sx).zip(q.mh.iter().zip(q.sh)).zip(q.bias);
+    let per_row = p.mx.iter().zip(p.sx).zip(p.mh.iter().zip(p.sh)).zip(p.bias);
     for ((o, (wr, rr)), (((&mx, &sx), (&mh, &sh)), &b)) in out.iter_mut().zip(mats).zip(per_row) {
         *o = row(wr, rr, (mx, sx), (mh, sh)).saturating_add(b);
     }
