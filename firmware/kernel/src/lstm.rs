@@ -52,10 +52,7 @@ fn step_fast(
     let (gates, scratch) = acc.split_at_mut(4 * n);
     let scratch: &mut [u32] = bytemuck::cast_slice_mut(&mut scratch[..wx + wh]);
     let (xs, hs) = scratch.split_at_mut(wx);
-    let pack = match p.w {
-        crate::blob::Weights::I8(_) => rows::pack8,
-        crate::blob::Weights::I16(_) => rows::pack16,
-    };
+    let pack = rows::packing(&p.w);
     pack(&x[..layer.in_dim], xs);
     pack(&h[..n], hs);
     if !rows::preact_fast(p, table, layer.w_stride(), layer.r_stride(), xs, hs, gates) {

@@ -101,6 +101,15 @@ pub const fn words(n: usize) -> usize {
     n.div_ceil(2)
 }
 
+/// The packing that matches a matrix's weights: [`pack8`] for int8, [`pack16`] for int16.
+#[inline(always)]
+pub fn packing(w: &Weights) -> fn(&[i16], &mut [u32]) {
+    match w {
+        Weights::I8(_) => pack8,
+        Weights::I16(_) => pack16,
+    }
+}
+
 /// Packs `x` two values to a word (`x[2k]` in the low half, as int16 weights pair in memory),
 /// zero-padded to the end of `out`: the layout [`dot16`] multiplies with int16 rows.
 #[inline(always)]
