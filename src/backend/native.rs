@@ -261,7 +261,7 @@ impl NativePlan {
             });
         }
         if let Some(Ok(program)) = &mut self.step {
-            if program.fits(given) {
+            if known || program.fits(given) {
                 match program.run(&self.ops, given) {
                     Ok(outputs) => {
                         self.step_runs += 1;
@@ -311,18 +311,11 @@ impl NativePlan {
                 }
                 .ok_or("output not computed")?;
                 // Graph outputs leave in standard layout (a Transpose inside only sets strides).
-                let standard = |a: ArrayD<f32>| {
-                    if a.is_standard_layout() {
-                        a
-                    } else {
-                        a.as_standard_layout().into_owned()
-                    }
-                };
                 Ok((
                     name.clone(),
                     match v {
-                        Value::F32(a) => HostTensor::F32(standard(a)),
-                        Value::I64(a) => HostTensor::I64(a.as_standard_layout().into_owned()),
+                        Value::F32(a) => HostTensor::F32(standard_layout(a)),
+                        Value::I64(a) => HostTensor::I64(standard_layout(a)),
                     },
                 ))
             })
@@ -330,8 +323,27 @@ impl NativePlan {
     }
 }
 
+/// The element function of a Relu, Sigmoid or Tanh node (the general executor and the step
+/// path both apply this one).
+pub(super) fn unary_fn(kind: ActivationKind) -> fn(f32) -> f32 {
+    match kind {
+        ActivationKind::Relu => |x| x.max(0.0),
+        ActivationKind::Sigmoid => |x| 1.0 / (1.0 + (-x).exp()),
+        _ => f32::tanh,
+    }
+}
+
+/// `a` in standard layout, copied only when it is not.
+fn standard_layout<T: Clone>(a: ArrayD<T>) -> ArrayD<T> {
+    if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned()
+    }
+}
+
 /// Whether `given` has exactly these shapes.
-fn same_shapes(shapes: &[Vec<usize>], given: &CheckedInputs) -> bool {
+pub(super) fn same_shapes(shapes: &[Vec<usize>], given: &CheckedInputs) -> bool {
     shapes.len() == given.tensors.len()
         && shapes
             .iter()
@@ -762,7 +774,7 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
                 a2.dot(w).into_dyn()
             };
             if let Some(b) = bias {
-                broadcastable(y.shape(), b.shape())?;
+                broadcast_shape(y.shape(), b.shape())?;
                 y = &y + b;
             }
             let mut shape = lead;
@@ -776,7 +788,7 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
         }
         Op::Binary { kind, a, b, out } => {
             let (a, b) = (fref(v, *a)?, fref(v, *b)?);
-            broadcastable(a.shape(), b.shape())?;
+            broadcast_shape(a.shape(), b.shape())?;
             let r = match kind {
                 '+' => a + b,
                 '-' => a - b,
@@ -786,12 +798,7 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
             v[*out] = Some(Value::F32(r));
         }
         Op::Unary { kind, x, out } => {
-            let a = fref(v, *x)?;
-            let r = match kind {
-                ActivationKind::Relu => a.mapv(|x| x.max(0.0)),
-                ActivationKind::Sigmoid => a.mapv(|x| 1.0 / (1.0 + (-x).exp())),
-                _ => a.mapv(f32::tanh),
-            };
+            let r = fref(v, *x)?.mapv(unary_fn(*kind));
             v[*out] = Some(Value::F32(r));
         }
         Op::Softmax { axis: ax, x, out } => {
@@ -983,18 +990,18 @@ fn concat<T: Clone>(arrays: &[&ArrayD<T>], ax: i64) -> Result<ArrayD<T>, String>
     concatenate(Axis(ax), &views).map_err(|e| e.to_string())
 }
 
-/// ndarray panics on shapes that do not broadcast; recur says so instead.
-fn broadcastable(a: &[usize], b: &[usize]) -> Result<(), String> {
-    let ok = a
-        .iter()
-        .rev()
-        .zip(b.iter().rev())
-        .all(|(&x, &y)| x == y || x == 1 || y == 1);
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("shapes {a:?} and {b:?} do not broadcast"))
-    }
+/// NumPy broadcasting of two shapes (ndarray panics on shapes that do not broadcast; recur
+/// says so instead).
+pub(super) fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+    let rank = a.len().max(b.len());
+    let dim = |s: &[usize], i: usize| (i + s.len()).checked_sub(rank).map(|j| s[j]).unwrap_or(1);
+    (0..rank)
+        .map(|i| match (dim(a, i), dim(b, i)) {
+            (x, y) if x == y || y == 1 => Ok(x),
+            (1, y) => Ok(y),
+            _ => Err(format!("shapes {a:?} and {b:?} do not broadcast")),
+        })
+        .collect()
 }
 
 fn reshape_target(shape: &[usize], rule: &ShapeRule) -> Result<Vec<usize>, String> {

@@ -14,11 +14,13 @@
 //!
 //! Built for the input shapes of the last run; a graph with an op or a shape outside this set
 //! (integer values computed at run time, Shape, ConstantOfShape, a sequence longer than one
-//! step) keeps to the general executor, which computes the same values.
+//! step) keeps to the general executor. The two agree to float rounding, not bit for bit:
+//! Softmax sums a lane and Gemm adds its bias in another order here (`tests/stream.rs`
+//! compares them, and ONNX Runtime, within 1e-5).
 
 use ndarray::{ArrayD, IxDyn};
 
-use super::{axis, concat, gather, reshape_target, slice_view, Op, Value};
+use super::{axis, broadcast_shape, concat, gather, reshape_target, slice_view, Op, Value};
 use crate::ir::ActivationKind;
 use crate::kernels::linalg::matvec_packed;
 use crate::kernels::{step_layer, StepBuffers};
@@ -379,12 +381,11 @@ impl StepProgram {
 
     /// Whether the program was built for these inputs (float tensors of its shapes).
     pub(super) fn fits(&self, given: &CheckedInputs) -> bool {
-        given.tensors.len() == self.key.len()
+        super::same_shapes(&self.key, given)
             && given
                 .tensors
                 .iter()
-                .zip(&self.key)
-                .all(|((_, t), k)| matches!(t, HostTensor::F32(a) if a.shape() == k.as_slice()))
+                .all(|(_, t)| matches!(t, HostTensor::F32(_)))
     }
 
     /// Runs the graph on inputs that [`Self::fits`].
@@ -509,11 +510,7 @@ fn run_op(op: &mut StepOp, plan_ops: &[Op], buffers: &mut [Vec<f32>]) -> Result<
         }
         StepOp::Unary { kind, x, out } => {
             let mut o = std::mem::take(&mut buffers[*out]);
-            let f: fn(f32) -> f32 = match kind {
-                ActivationKind::Relu => |x| x.max(0.0),
-                ActivationKind::Sigmoid => |x| 1.0 / (1.0 + (-x).exp()),
-                _ => f32::tanh,
-            };
+            let f = super::unary_fn(*kind);
             for (o, &x) in o.iter_mut().zip(&buffers[*x]) {
                 *o = f(x);
             }
@@ -559,17 +556,4 @@ fn broadcast_map(from: &[usize], to: &[usize]) -> Result<Option<Vec<u32>>, Why> 
         .broadcast(IxDyn(to))
         .ok_or_else(|| format!("{from:?} does not broadcast to {to:?}"))?;
     Ok(Some(broadcast.iter().map(|&(_, i)| i).collect()))
-}
-
-/// NumPy broadcasting of two shapes.
-fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
-    let rank = a.len().max(b.len());
-    let dim = |s: &[usize], i: usize| (i + s.len()).checked_sub(rank).map(|j| s[j]).unwrap_or(1);
-    (0..rank)
-        .map(|i| match (dim(a, i), dim(b, i)) {
-            (x, y) if x == y || y == 1 => Ok(x),
-            (1, y) => Ok(y),
-            _ => Err(format!("shapes {a:?} and {b:?} do not broadcast")),
-        })
-        .collect()
 }
