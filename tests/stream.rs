@@ -15,7 +15,7 @@ use recur::backend::{build_with, BackendKind, BackendOptions};
 use recur::error::RecurError;
 use recur::model::Model;
 use recur::stream::Session;
-use recur::tensor::{check_inputs, read_npy};
+use recur::tensor::{check_inputs, read_npy, CheckedInputs};
 
 const TOLERANCE: f32 = 1e-5;
 
@@ -457,6 +457,23 @@ fn one_time_step_on_the_step_path_matches_tract_and_onnx_runtime() {
             continue;
         }
         assert_eq!(first, again, "{}: a second step on kept buffers", case.id());
+        // A whole sequence between steps runs on the general executor and keeps the step
+        // program: the next step takes the step path without a rebuild, on the same answer.
+        // (Fixtures whose sequence is one step long have no other shape to try.)
+        let whole = check_inputs(&model.ir.inputs, case.read_inputs()).unwrap();
+        let shapes = |c: &CheckedInputs| -> Vec<Vec<usize>> {
+            c.tensors.iter().map(|(_, t)| t.shape().to_vec()).collect()
+        };
+        let one_step_long = shapes(&whole) == shapes(&inputs);
+        recur.run(&whole).unwrap();
+        let after = recur.run(&inputs).unwrap();
+        assert_eq!(
+            (recur.step_path_runs(), recur.step_path_builds()),
+            (if one_step_long { 4 } else { 3 }, 1),
+            "{}: step runs and builds around a whole sequence",
+            case.id()
+        );
+        assert_eq!(first, after, "{}: a step after a whole sequence", case.id());
         let mut references = vec![(
             "tract",
             TractBackend::tract_only(&model)

@@ -123,12 +123,20 @@ pub struct NativePlan {
     inputs: Vec<(String, usize)>,
     outputs: Vec<(String, usize)>,
     ops: Vec<Op>,
-    /// The step path for the last input shapes tried: a program when they are one streamed
-    /// step within its reach, else the shapes it was refused for.
-    step: Option<Result<step::StepProgram, Vec<Vec<usize>>>>,
+    /// The step path's program for the last step-shaped inputs it was built for. A run on
+    /// other shapes (a whole sequence between steps, say) leaves it in place.
+    step: Option<step::StepProgram>,
+    /// Input shapes the step path was refused for, most recent last (at most
+    /// [`REFUSED_SHAPES_KEPT`]), so that they go straight to the general executor.
+    refused: Vec<Vec<Vec<usize>>>,
     /// Runs that took the step path.
     step_runs: usize,
+    /// Step programs built.
+    step_builds: usize,
 }
+
+/// How many refused input shapes a plan remembers.
+const REFUSED_SHAPES_KEPT: usize = 8;
 
 /// Why a graph is left to tract (for logs).
 type Why = String;
@@ -234,34 +242,35 @@ impl NativePlan {
             outputs,
             ops,
             step: None,
+            refused: Vec::new(),
             step_runs: 0,
+            step_builds: 0,
         })
     }
 
     /// Runs the graph on checked inputs: on the step path when they are one streamed step
     /// within its reach (see [`step`]), else on the general executor.
     pub fn run(&mut self, given: &CheckedInputs) -> Result<Vec<(String, HostTensor)>, String> {
-        let known = match &self.step {
-            Some(Ok(program)) => program.fits(given),
-            Some(Err(refused)) => same_shapes(refused, given),
-            None => false,
-        };
-        if !known {
+        let fits = self.step.as_ref().is_some_and(|p| p.fits(given));
+        if !fits && !self.refused.iter().any(|key| same_shapes(key, given)) {
             let key: Vec<Vec<usize>> = given
                 .tensors
                 .iter()
                 .map(|(_, t)| t.shape().to_vec())
                 .collect();
-            self.step = Some(match step::StepProgram::build(self, key.clone()) {
-                Ok(program) => Ok(program),
+            match step::StepProgram::build(self, key.clone()) {
+                Ok(program) => {
+                    self.step_builds += 1;
+                    self.step = Some(program);
+                }
                 Err(why) => {
                     tracing::debug!("no step path for input shapes {key:?}: {why}");
-                    Err(key)
+                    self.refuse(key);
                 }
-            });
+            }
         }
-        if let Some(Ok(program)) = &mut self.step {
-            if known || program.fits(given) {
+        if let Some(program) = &mut self.step {
+            if fits || program.fits(given) {
                 match program.run(&self.ops, given) {
                     Ok(outputs) => {
                         self.step_runs += 1;
@@ -269,7 +278,9 @@ impl NativePlan {
                     }
                     Err(why) => {
                         tracing::debug!("the step path gives way to the general executor: {why}");
-                        self.step = Some(Err(program.key().to_vec()));
+                        let key = program.key().to_vec();
+                        self.step = None;
+                        self.refuse(key);
                     }
                 }
             }
@@ -277,9 +288,24 @@ impl NativePlan {
         self.run_general(given)
     }
 
+    /// Remembers input shapes the step path cannot take, forgetting the oldest past
+    /// [`REFUSED_SHAPES_KEPT`].
+    fn refuse(&mut self, key: Vec<Vec<usize>>) {
+        if self.refused.len() == REFUSED_SHAPES_KEPT {
+            self.refused.remove(0);
+        }
+        self.refused.push(key);
+    }
+
     /// How many runs took the step path (for tests and logs).
     pub fn step_runs(&self) -> usize {
         self.step_runs
+    }
+
+    /// How many step programs were built (for tests: a run on other shapes between steps
+    /// must not cost a rebuild).
+    pub fn step_builds(&self) -> usize {
+        self.step_builds
     }
 
     /// Runs the graph on the general executor (every op, any shapes).

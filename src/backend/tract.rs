@@ -65,6 +65,12 @@ impl TractBackend {
         self.native.as_ref().map_or(0, |n| n.step_runs())
     }
 
+    /// How many step programs recur's executor built: one per step shape, however many
+    /// runs on other shapes come between the steps.
+    pub fn step_path_builds(&self) -> usize {
+        self.native.as_ref().map_or(0, |n| n.step_builds())
+    }
+
     /// Stock tract 0.23.9, with its own recurrent ops and no guard: tract's answers, right or
     /// wrong. For the tests and benches that compare recur with plain tract.
     pub fn plain_tract(model: &Model) -> Result<Self> {
