@@ -60,6 +60,35 @@ fn main() {
             stats(times)
         );
     }
+    // The four products of one step of the 2-layer model (W1 8x256, R1, W2, R2 64x256 each),
+    // on distinct matrices as in a real step: 200 KiB that cannot stay in L1 between steps,
+    // so this is the step's memory floor on this machine.
+    {
+        let mats: Vec<(Vec<f32>, recur::kernels::linalg::Packed)> = [8usize, 64, 64, 64]
+            .iter()
+            .enumerate()
+            .map(|(i, &rows)| {
+                let m = ndarray::Array2::<f32>::from_elem((rows, 256), 0.01 * (i + 1) as f32);
+                (
+                    vec![0.5f32; rows],
+                    recur::kernels::linalg::Packed::new(m.view()),
+                )
+            })
+            .collect();
+        let mut out = vec![0f32; 256];
+        let mut times = vec![];
+        for i in 0..20000 {
+            let t = Instant::now();
+            for (v, packed) in &mats {
+                recur::kernels::linalg::matvec_packed_ordered(&mut out, v, packed, i % 2 == 1);
+            }
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        println!(
+            "the four products of one step, distinct matrices: {}",
+            stats(times)
+        );
+    }
     // The input projection of a 100-step layer: the packed blocked product against ndarray's
     // general product (matrixmultiply), 100 x 64 times 64 x 256.
     {
