@@ -6,7 +6,7 @@
 //! `tmp`. Then `h = n + z·(h - n)`. `acc` holds `4H` int32, `tmp` `H` int16.
 
 use crate::blob::{flags, Layer, Params};
-use crate::fixed::{mul_q15, requant, requant32, sat32, shr_round};
+use crate::fixed::{mul_q15, requant, requant32, sat32};
 use crate::lut::{sigmoid_q20_i32, tanh_q20_i32};
 use crate::rows;
 
@@ -61,10 +61,11 @@ pub fn step(
         }
     }
     if lbr {
-        for k in 0..n {
-            let r = acc[n + k] as i64;
-            let v = acc[2 * n + k] as i64 + shr_round(r * acc[3 * n + k] as i64, 15);
-            acc[2 * n + k] = sat32(v);
+        let (_, rest) = acc.split_at_mut(n.min(acc.len()));
+        let (r, rest) = rest.split_at_mut(n.min(rest.len()));
+        let (gn, gh) = rest.split_at_mut(n.min(rest.len()));
+        for ((g, &r), &gh) in gn.iter_mut().zip(r.iter()).zip(gh.iter()) {
+            *g = reset_combine(*g, r, gh);
         }
     } else {
         for k in 0..n {
@@ -77,13 +78,36 @@ pub fn step(
     }
     // h = n + z·(h - n) in int32: z in 0..=32767 and |h - n| <= 65534, so the product plus
     // the rounding constant is below 32767·65534 + 2^14 < 2^31, and the sum fits as well.
+    // The clip test once, not per unit.
     let (z, rest) = acc.split_at(n.min(acc.len()));
     let gn = rest.get(n..2 * n).unwrap_or(&[]);
-    for ((hk, &z), &g) in h.iter_mut().zip(z).zip(gn) {
-        let nn = tanh_q20_i32(clip(g));
-        let d = *hk as i32 - nn;
-        *hk = (nn + ((z * d + (1 << 14)) >> 15)).clamp(-32768, 32767) as i16;
+    let units = h.iter_mut().zip(z).zip(gn);
+    if layer.clip_q20 > 0 {
+        for ((hk, &z), &g) in units {
+            *hk = update(*hk, z, tanh_q20_i32(clip(g)));
+        }
+    } else {
+        for ((hk, &z), &g) in units {
+            *hk = update(*hk, z, tanh_q20_i32(g));
+        }
     }
+}
+
+/// `h = n + z·(h - n)` for one unit (`z` Q15 in 0..=32767, `n` Q15).
+#[inline(always)]
+fn update(h: i16, z: i32, n: i32) -> i16 {
+    let d = h as i32 - n;
+    (n + ((z * d + (1 << 14)) >> 15)).clamp(-32768, 32767) as i16
+}
+
+/// The h gate's pre-activation with linear_before_reset: `gn +sat round(r·gh / 2^15)`, the
+/// reset gate `r` in Q15 (0..=32767, a sigmoid's output). Equal to the int64 form
+/// `sat32(gn + shr_round(r·gh, 15))`: `|r·gh| < 2^15·2^31`, so the rounded quotient lies
+/// strictly inside int32 and only the final addition can saturate.
+#[inline(always)]
+fn reset_combine(gn: i32, r: i32, gh: i32) -> i32 {
+    let t = ((r as i64 * gh as i64 + (1 << 14)) >> 15) as i32;
+    gn.saturating_add(t)
 }
 
 /// The products of [`step`] before the reset gate on the fast path: `x` and `h` packed into
@@ -141,4 +165,43 @@ fn products_fast(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixed::shr_round;
+    use crate::test_rng::xorshift;
+
+    /// `reset_combine` equals the int64 form on the whole reset-gate range: the extremes of
+    /// all three operands, then a million random cases.
+    #[test]
+    fn reset_combine_equals_the_int64_form() {
+        let int64 =
+            |gn: i32, r: i32, gh: i32| sat32(gn as i64 + shr_round(r as i64 * gh as i64, 15));
+        let edges = [
+            i32::MIN,
+            i32::MIN + 1,
+            -(1 << 29),
+            -1,
+            0,
+            1,
+            1 << 29,
+            i32::MAX - 1,
+            i32::MAX,
+        ];
+        for &gn in &edges {
+            for r in [0, 1, 16383, 16384, 32766, 32767] {
+                for &gh in &edges {
+                    assert_eq!(reset_combine(gn, r, gh), int64(gn, r, gh), "{gn} {r} {gh}");
+                }
+            }
+        }
+        let mut next = xorshift(0x5eed_9a7e);
+        for _ in 0..1_000_000 {
+            let (gn, gh) = (next() as i32, next() as i32);
+            let r = (next() % 32768) as i32;
+            assert_eq!(reset_combine(gn, r, gh), int64(gn, r, gh), "{gn} {r} {gh}");
+        }
+    }
 }
