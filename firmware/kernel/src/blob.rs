@@ -358,10 +358,11 @@ impl Layer<'_> {
         }
     }
 
-    /// Gate rows a direction's row table holds: those [`crate::rows::preact_fast`] computes
-    /// (LSTM all four gates, GRU z and r).
+    /// Gate rows a direction's row table holds: an LSTM's four gates; a GRU's z, r and h
+    /// gates, then with linear_before_reset the h gate's rows again with `rbn` as their bias
+    /// (its recurrent product is requantised on its own).
     pub fn table_rows(&self) -> usize {
-        table_rows(self.kind, self.out_dim)
+        table_rows(self.kind, self.out_dim, self.flags)
     }
 
     /// int32 words of row tables ([`crate::rowtab`]) this layer keeps in a session's `acc`
@@ -427,11 +428,13 @@ fn fits_acc32(p: &Params, ws: usize, rs: usize) -> bool {
     ok(w, ws) && ok(r, rs)
 }
 
-/// Gate rows of a row table for a layer of `kind` with hidden size `h`.
-const fn table_rows(kind: LayerKind, h: usize) -> usize {
+/// Gate rows of a row table for a layer of `kind` with hidden size `h` and `flags`
+/// ([`Layer::table_rows`]).
+const fn table_rows(kind: LayerKind, h: usize, flags: u8) -> usize {
     match kind {
         LayerKind::Lstm => 4 * h,
-        LayerKind::Gru => 2 * h,
+        LayerKind::Gru if flags & flags::LINEAR_BEFORE_RESET != 0 => 4 * h,
+        LayerKind::Gru => 3 * h,
         _ => 0,
     }
 }
@@ -878,7 +881,9 @@ fn parse_layer<'a>(
                 p.fast = fits_fast_path(p, even(in_dim), even(h));
                 p.acc32 = p.fast && fits_acc32(p, even(in_dim), even(h));
                 p.table = match kind {
-                    LayerKind::Lstm | LayerKind::Gru => crate::rowtab::form(p, table_rows(kind, h)),
+                    LayerKind::Lstm | LayerKind::Gru => {
+                        crate::rowtab::form(p, table_rows(kind, h, fl))
+                    }
                     _ => None,
                 };
             }

@@ -8,7 +8,8 @@
 use crate::blob::{flags, Layer, Params};
 use crate::fixed::{mul_q15, requant, requant32, sat32};
 use crate::lut::{sigmoid_q20_i32, tanh_q20_i32};
-use crate::rows;
+use crate::rows::{self, Side};
+use crate::rowtab::ROW_WORDS;
 
 /// Advances `h` (`[H]`) by one step on input `x`; `table` is this direction's row table
 /// ([`crate::rowtab`]) or empty.
@@ -113,7 +114,7 @@ fn reset_combine(gn: i32, r: i32, gh: i32) -> i32 {
 /// The products of [`step`] before the reset gate on the fast path: `x` and `h` packed into
 /// `acc[4H..]`, z and r rows by [`rows::preact_fast`] (int32, the parser's bound), the h
 /// gate's input product (and with linear_before_reset its recurrent one) on the packed
-/// vectors with the same int64 requantisation as the general path. Same values in
+/// vectors: with a row table by [`rows::single_rows_fast`], else with `requant32`. Same values in
 /// `acc[..4H]` as the general path; `false` when a buffer or matrix is not laid out as
 /// expected (then the general path recomputes everything; `h` is not touched here).
 fn products_fast(
@@ -147,6 +148,25 @@ fn products_fast(
         return false;
     }
     let (gn, gh) = gates[2 * n..].split_at_mut(n);
+    // With the row table: the h gate's rows on the rows kernel too, its input product (rows
+    // 2H..3H of the table) and with lbr its recurrent one (rows 3H..4H, `rbn` as bias) apart.
+    let form = p
+        .table
+        .filter(|_| table.len() >= layer.table_rows() * ROW_WORDS);
+    if let Some(form) = form {
+        let rows_of = |g: usize| {
+            table
+                .get(g * n * ROW_WORDS..(g + 1) * n * ROW_WORDS)
+                .unwrap_or(&[])
+        };
+        let (w, r) = (&p.w, &p.r);
+        let done = rows::single_rows_fast(w, ws, 2 * n, xs, Side::Input, form, rows_of(2), gn)
+            && (!lbr
+                || rows::single_rows_fast(r, rs, 2 * n, hs, Side::Recurrent, form, rows_of(3), gh));
+        if done {
+            return true;
+        }
+    }
     // `Params::fast` covers every row of the three gates: |rq(W[j]·x)|, |rq(R[j]·h)| <= 2^29
     // and both shifts >= 1, so requant32 equals requant and sat32(a + b) is a.saturating_add(b).
     let ok = rows::each_packed(&p.w, ws, xs, 2 * n..3 * n, |j, dx| {

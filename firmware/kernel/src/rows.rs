@@ -359,6 +359,96 @@ pub fn preact_fast(
     true
 }
 
+/// Which product of its gate rows a [`single_rows_fast`] call computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// `W·x`: the entries' input multiplier and shift.
+    Input,
+    /// `R·h`: the entries' recurrent multiplier and shift.
+    Recurrent,
+}
+
+/// Gate rows with one product each, on the fast path with a row table: `out[j] =
+/// rq(M[first+j]·v) +sat bias` with `rq` and `bias` from `table`'s entry `j` (this call's
+/// rows only, in `form`), `rq` the entry's `side` half. The GRU's h gate takes its input and recurrent
+/// products apart this way (the reset gate scales the latter). `v` is packed as
+/// [`packing`] gives for `m`. Returns `false` (and computes nothing) when a matrix, vector
+/// or table is not laid out as expected.
+#[allow(clippy::too_many_arguments)]
+pub fn single_rows_fast(
+    m: &Weights,
+    stride: usize,
+    first: usize,
+    v: &[u32],
+    side: Side,
+    form: crate::rowtab::Form,
+    table: &[i32],
+    out: &mut [i32],
+) -> bool {
+    use crate::rowtab::{requant_high_word, requant_two_word, shift, Form, ROW_WORDS};
+    let rows = out.len();
+    let k = match side {
+        Side::Input => 0,
+        Side::Recurrent => 1,
+    };
+    if stride == 0 || !stride.is_multiple_of(2) || v.len() != stride / 2 {
+        return false;
+    }
+    if table.len() < rows * ROW_WORDS {
+        return false;
+    }
+    let entries = table.chunks_exact(ROW_WORDS);
+    match (m, form) {
+        (Weights::I16(m), Form::HighWord) => {
+            let Ok(m) = bytemuck::try_cast_slice::<i16, u32>(m) else {
+                return false;
+            };
+            let sw = stride / 2;
+            let Some(m) = m.get(first * sw..(first + rows) * sw) else {
+                return false;
+            };
+            // The dual-row kernel with the other product zero wide: its requantisation of 0
+            // is 0, so the row is this side's product alone.
+            #[cfg(recur_dsp)]
+            {
+                let done = match side {
+                    Side::Input => crate::arm::gate_rows16(m, sw, m, 0, v, v, table, out),
+                    Side::Recurrent => crate::arm::gate_rows16(m, 0, m, sw, v, v, table, out),
+                };
+                if done {
+                    return true;
+                }
+            }
+            for ((o, row), e) in out.iter_mut().zip(m.chunks_exact(sw)).zip(entries) {
+                let a = requant_high_word(dot16(row, v), e[k], shift(e, k as u32));
+                *o = a.saturating_add(e[2]);
+            }
+        }
+        (Weights::I8(m), Form::TwoWord) => {
+            let Some(m) = m.get(first * stride..(first + rows) * stride) else {
+                return false;
+            };
+            #[cfg(recur_dsp)]
+            {
+                let done = match side {
+                    Side::Input => crate::arm::gate_rows8(m, stride, m, 0, v, v, table, out),
+                    Side::Recurrent => crate::arm::gate_rows8(m, 0, m, stride, v, v, table, out),
+                };
+                if done {
+                    return true;
+                }
+            }
+            let (a, b) = (2 * k as u32, 2 * k as u32 + 1);
+            for ((o, row), e) in out.iter_mut().zip(m.chunks_exact(stride)).zip(entries) {
+                let t = requant_two_word(dot8_32(row, v), e[k], shift(e, a), shift(e, b));
+                *o = t.saturating_add(e[2]);
+            }
+        }
+        _ => return false,
+    }
+    true
+}
+
 /// `out[j] = row(W[j], R[j], (mx, sx), (mh, sh)).saturating_add(bias[j])` for every row of
 /// `out` (rows zipped with their parameters: no index, no bounds check per row). A function
 /// of its own per weight type, so that the row loop gets all the registers.

@@ -19,6 +19,9 @@
 //! Then `(t + 1) >> 1` as in `requant32`. Row `j` is `[mx', mh', bias, shifts]`; `shifts` is
 //! `cx | ch << 8` (HighWord) or `(sx-1) | (33-sx) << 8 | (sh-1) << 16 | (33-sh) << 24`
 //! (TwoWord).
+//!
+//! Which rows a table holds is [`crate::Layer::table_rows`]: an LSTM's four gates; a GRU's
+//! three, then with linear_before_reset the h gate's rows again with `rbn` as bias.
 
 use crate::blob::{Params, Weights};
 
@@ -62,11 +65,17 @@ pub fn build(p: &Params, rows: usize, form: Form, out: &mut [i32]) -> bool {
     true
 }
 
-/// Row `j`'s table entry in `form`, if the row fits it.
+/// Row `j`'s table entry in `form`, if the row fits it. Rows past the gates' own (`j >=
+/// bias.len()`: a GRU with linear_before_reset) repeat the h gate's rows with `rbn` as their
+/// bias, for that gate's recurrent product on its own.
 fn entry(p: &Params, j: usize, form: Form) -> Option<[i32; ROW_WORDS]> {
-    let (mx, sx) = (*p.mx.get(j)?, *p.sx.get(j)?);
-    let (mh, sh) = (*p.mh.get(j)?, *p.sh.get(j)?);
-    let bias = *p.bias.get(j)?;
+    let gates = p.bias.len();
+    let (row, bias) = match j.checked_sub(gates) {
+        None => (j, *p.bias.get(j)?),
+        Some(k) => ((gates - p.rbn.len()).checked_add(k)?, *p.rbn.get(k)?),
+    };
+    let (mx, sx) = (*p.mx.get(row)?, *p.sx.get(row)?);
+    let (mh, sh) = (*p.mh.get(row)?, *p.sh.get(row)?);
     match form {
         Form::HighWord => {
             let part = |m: i32, s: u8| match s {
