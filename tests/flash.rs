@@ -380,7 +380,8 @@ fn bench_qemu_counts_instructions_per_step() {
     }
 }
 
-/// A one-layer chain on the cell of the matrix fixture `template` (`lstm_base`, `gru_base`)
+/// A one-layer chain on the cell of the matrix fixture `template` (`lstm_base`, `gru_base`,
+/// `gru_lbr1`)
 /// with `i` inputs and `h` units, small pseudo-random weights (so that the quantised rows
 /// take the row-table forms) and biases of up to ±1 (so that the gates leave their linear
 /// range), and `[4, 30, i]` inputs: the blob (`bits`) and the input written to `dir`.
@@ -460,6 +461,10 @@ fn odd_layer_sizes_firmware_equals_host_bit_for_bit() {
         ("gru_base", 5, 22),
         ("gru_base", 6, 24),
         ("lstm_base", 3, 6),
+        // linear_before_reset: the h gate's recurrent rows on their own (int16: 8 + 4 + 1
+        // words; 8 + 2 words, and int8 16 + 4 bytes on words).
+        ("gru_lbr1", 7, 26),
+        ("gru_lbr1", 4, 20),
     ];
     for (template, i, h) in cases {
         for bits in ["int16", "int8"] {
