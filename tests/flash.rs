@@ -92,6 +92,13 @@ fn raw(dir: &Path, name: &str) -> ArrayD<i16> {
     ndarray_npy::read_npy(dir.join(name)).unwrap()
 }
 
+/// Asserts `got` equals `want` value for value (same shape), saying how many differ.
+fn assert_bit_equal(got: &ArrayD<i16>, want: &ArrayD<i16>, what: &str) {
+    assert_eq!(got.shape(), want.shape(), "{what}");
+    let differ = got.iter().zip(want.iter()).filter(|(a, b)| a != b).count();
+    assert_eq!(differ, 0, "{what}: {differ} values differ");
+}
+
 /// The blob's output after every sample of `input` (`[N, T, F]` f32), stepped on the host
 /// through recur-kernel (without row tables) from a zero state per sequence: `[N, T, O]`.
 fn host_stepped(blob: &Path, input: &Path) -> ArrayD<i16> {
@@ -114,10 +121,8 @@ fn firmware_equals_sim(name: &str, weights: &str) {
         "sizes are printed: {log}"
     );
     for file in ["output_raw.npy", "state_raw.npy"] {
-        let (a, b) = (raw(&host, file), raw(&chip, file));
-        assert_eq!(a.shape(), b.shape(), "{name} {weights} {file}");
-        let differ = a.iter().zip(b.iter()).filter(|(x, y)| x != y).count();
-        assert_eq!(differ, 0, "{name} {weights} {file}: {differ} values differ");
+        let what = format!("{name} {weights} {file}");
+        assert_bit_equal(&raw(&chip, file), &raw(&host, file), &what);
     }
     assert_eq!(
         std::fs::read(host.join("output.npy")).unwrap(),
@@ -126,16 +131,7 @@ fn firmware_equals_sim(name: &str, weights: &str) {
     // Every step's output against recur-kernel stepped on the host, sequence by sequence.
     let steps = raw(&chip, "steps_raw.npy");
     let host_steps = host_stepped(&blob, &input);
-    assert_eq!(steps.shape(), host_steps.shape(), "{name} {weights}");
-    let differ = steps
-        .iter()
-        .zip(host_steps.iter())
-        .filter(|(x, y)| x != y)
-        .count();
-    assert_eq!(
-        differ, 0,
-        "{name} {weights}: {differ} per-step outputs differ"
-    );
+    assert_bit_equal(&steps, &host_steps, &format!("{name} {weights} per step"));
     let rows = raw(&chip, "output_raw.npy");
     println!(
         "{name} {weights}: firmware == recur sim on all {} outputs of {} sequences, and == the \
@@ -481,16 +477,7 @@ fn odd_layer_sizes_firmware_equals_host_bit_for_bit() {
             let chip = dir.path().join("qemu");
             ok(&flash(&blob, &x, &chip));
             let (steps, host) = (raw(&chip, "steps_raw.npy"), host_stepped(&blob, &x));
-            assert_eq!(steps.shape(), host.shape(), "{template} {i}x{h} {bits}");
-            let differ = steps
-                .iter()
-                .zip(host.iter())
-                .filter(|(a, b)| a != b)
-                .count();
-            assert_eq!(
-                differ, 0,
-                "{template} {i}x{h} {bits}: {differ} outputs differ"
-            );
+            assert_bit_equal(&steps, &host, &format!("{template} {i}x{h} {bits}"));
             println!(
                 "{template} I={i} H={h} {bits}: firmware (with row tables) == host on {} \
                  outputs{}",

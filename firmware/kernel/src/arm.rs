@@ -299,9 +299,10 @@ pub fn gate_rows16(
     ];
     // SAFETY: `rows >= 1` passes; each reads `wsw` words of `w` and of `xs` and `rsw` words of
     // `r` and of `hs` (four- and eight-word passes, then a two-word and a one-word tail, the
-    // latter post-indexed so that the matrix pointer ends at the next row), one four-word
-    // table row, and writes one element of `out`: all in bounds by the checks above (row `j`
-    // reads words `j·wsw..(j+1)·wsw` of `w`, which `w.len() >= rows·wsw` covers; likewise `r`,
+    // latter post-indexed so that the matrix pointer ends at the next row; no word of a
+    // product zero wide, whose loop and tails are all skipped), one four-word table row,
+    // and writes one element of `out`: all in bounds by the checks above (row `j` reads words
+    // `j·wsw..(j+1)·wsw` of `w`, which `w.len() >= rows·wsw` covers; likewise `r`,
     // and `table` holds `rows` rows). The loop ends when the table pointer reaches the end
     // of row `rows - 1`. All loads are word loads of `&[u32]`/`&[i32]` data, aligned as LDM
     // and LDRD need. `ctx` (11 words, a local) is the only other memory read or written.
@@ -465,8 +466,9 @@ pub fn gate_rows8(
     if table.len() / ROW_WORDS < rows || w.len() / rows < ws || r.len() / rows < rs {
         return false;
     }
-    // The recurrent rows are loaded with LDM, which needs whole words.
-    if !rs.is_multiple_of(4) || !(r.as_ptr() as usize).is_multiple_of(4) {
+    // The recurrent rows are loaded with LDM, which needs whole words (none are loaded when
+    // they are zero wide).
+    if rs > 0 && (!rs.is_multiple_of(4) || !(r.as_ptr() as usize).is_multiple_of(4)) {
         return false;
     }
     // Per row: `ws / 4` groups of four weights (taken two groups per pass), then bit 0 of
@@ -498,7 +500,9 @@ pub fn gate_rows8(
     // the end of row `rows - 1`. Input-weight LDRs may be unaligned, which ARMv7-M allows for
     // LDR on normal memory unless CCR.UNALIGN_TRP is set, which nothing here sets; the
     // recurrent rows start on words (checked above: `r` on a word, `rs` a multiple of 4), as
-    // LDM needs; LDM/LDR on `&[u32]`/`&[i32]` data and the `ctx` local are aligned. `ctx` (12 words) is the only other memory read or written.
+    // LDM needs, or are zero wide (`rest_r` 0 and no pass: `r` is never read); LDM/LDR on
+    // `&[u32]`/`&[i32]` data and the `ctx` local are aligned. `ctx` (12 words) is the only
+    // other memory read or written.
     // SMLAD is exact (the parser's `acc32` bound), SMULL forms `acc·m` exactly, the shift
     // amounts are table bytes (LSR/LSL read the low byte of their register and give 0 for
     // 32), `ax + ah` cannot overflow (each at most 2^29) and QADD saturates the bias

@@ -150,10 +150,7 @@ fn products_fast(
     let (gn, gh) = gates[2 * n..].split_at_mut(n);
     // With the row table: the h gate's rows on the rows kernel too, its input product (rows
     // 2H..3H of the table) and with lbr its recurrent one (rows 3H..4H, `rbn` as bias) apart.
-    let form = p
-        .table
-        .filter(|_| table.len() >= layer.table_rows() * ROW_WORDS);
-    if let Some(form) = form {
+    if let Some(form) = p.table {
         let rows_of = |g: usize| {
             table
                 .get(g * n * ROW_WORDS..(g + 1) * n * ROW_WORDS)

@@ -165,8 +165,7 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
                 None => x,
                 Some((a, b)) => &before[a..b],
             };
-            let (layer_tables, rest) = tables.split_at(layer.table_len().min(tables.len()));
-            tables = rest;
+            let layer_tables = take_layer_tables(layer, &mut tables);
             step_layer(layer, 0, input, own, acc, layer_tables, tmp)?;
             in_range = Some((start, start + layer.out_dim));
             start += len;
@@ -219,8 +218,7 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
         let mut tables: &[i32] = tables;
         let mut start = 0;
         for layer in &model.layers {
-            let (layer_tables, rest) = tables.split_at(layer.table_len().min(tables.len()));
-            tables = rest;
+            let layer_tables = take_layer_tables(layer, &mut tables);
             let len = Self::region_len(layer);
             let own = &mut layers_mem[start..start + len];
             start += len;
@@ -277,6 +275,14 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
         }
         Ok(&next[..rows * width])
     }
+}
+
+/// The next layer's row tables off the front of `tables` (the layers' tables lie in layer
+/// order; none when the session runs without them).
+fn take_layer_tables<'t>(layer: &Layer, tables: &mut &'t [i32]) -> &'t [i32] {
+    let (own, rest) = tables.split_at(layer.table_len().min(tables.len()));
+    *tables = rest;
+    own
 }
 
 /// Where direction `d`'s row table lies within its layer's [`Layer::table_len`] words: the

@@ -368,6 +368,25 @@ pub enum Side {
     Recurrent,
 }
 
+impl Side {
+    /// Which of a table entry's two multipliers (word 0 or 1) this side's rows use.
+    pub fn entry_word(self) -> usize {
+        match self {
+            Side::Input => 0,
+            Side::Recurrent => 1,
+        }
+    }
+
+    /// The (input, recurrent) widths that give a dual-product row kernel this side's product
+    /// alone (the other one zero wide, which the kernels requantise to 0).
+    pub fn widths(self, width: usize) -> (usize, usize) {
+        match self {
+            Side::Input => (width, 0),
+            Side::Recurrent => (0, width),
+        }
+    }
+}
+
 /// Gate rows with one product each, on the fast path with a row table: `out[j] =
 /// rq(M[first+j]·v) +sat bias` with `rq` and `bias` from `table`'s entry `j` (this call's
 /// rows only, in `form`), `rq` the entry's `side` half. The GRU's h gate takes its input and recurrent
@@ -387,10 +406,7 @@ pub fn single_rows_fast(
 ) -> bool {
     use crate::rowtab::{requant_high_word, requant_two_word, shift, Form, ROW_WORDS};
     let rows = out.len();
-    let k = match side {
-        Side::Input => 0,
-        Side::Recurrent => 1,
-    };
+    let k = side.entry_word();
     if stride == 0 || !stride.is_multiple_of(2) || v.len() != stride / 2 {
         return false;
     }
@@ -407,15 +423,10 @@ pub fn single_rows_fast(
             let Some(m) = m.get(first * sw..(first + rows) * sw) else {
                 return false;
             };
-            // The dual-row kernel with the other product zero wide: its requantisation of 0
-            // is 0, so the row is this side's product alone.
             #[cfg(recur_dsp)]
             {
-                let done = match side {
-                    Side::Input => crate::arm::gate_rows16(m, sw, m, 0, v, v, table, out),
-                    Side::Recurrent => crate::arm::gate_rows16(m, 0, m, sw, v, v, table, out),
-                };
-                if done {
+                let (a, b) = side.widths(sw);
+                if crate::arm::gate_rows16(m, a, m, b, v, v, table, out) {
                     return true;
                 }
             }
@@ -430,11 +441,8 @@ pub fn single_rows_fast(
             };
             #[cfg(recur_dsp)]
             {
-                let done = match side {
-                    Side::Input => crate::arm::gate_rows8(m, stride, m, 0, v, v, table, out),
-                    Side::Recurrent => crate::arm::gate_rows8(m, 0, m, stride, v, v, table, out),
-                };
-                if done {
+                let (a, b) = side.widths(stride);
+                if crate::arm::gate_rows8(m, a, m, b, v, v, table, out) {
                     return true;
                 }
             }
