@@ -251,6 +251,15 @@ impl NativePlan {
     /// Runs the graph on checked inputs: on the step path when they are one streamed step
     /// within its reach (see [`step`]), else on the general executor.
     pub fn run(&mut self, given: &CheckedInputs) -> Result<Vec<(String, HostTensor)>, String> {
+        // The step path keeps float buffers only: other inputs never fit a program, so none
+        // is built (or rebuilt on every call) for them.
+        let floats = given
+            .tensors
+            .iter()
+            .all(|(_, t)| matches!(t, HostTensor::F32(_)));
+        if !floats {
+            return self.run_general(given);
+        }
         let fits = self.step.as_ref().is_some_and(|p| p.fits(given));
         if !fits && !self.refused.iter().any(|key| same_shapes(key, given)) {
             let key: Vec<Vec<usize>> = given
