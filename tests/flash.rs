@@ -103,7 +103,7 @@ fn assert_bit_equal(got: &ArrayD<i16>, want: &ArrayD<i16>, what: &str) {
 /// through recur-kernel (without row tables) from a zero state per sequence: `[N, T, O]`.
 fn host_stepped(blob: &Path, input: &Path) -> ArrayD<i16> {
     let x: ArrayD<f32> = ndarray_npy::read_npy(input).unwrap();
-    common::host_stepped(&std::fs::read(blob).unwrap(), &x, false)
+    common::host_stepped(&std::fs::read(blob).unwrap(), &x, common::Tables::None)
 }
 
 /// Converts, simulates on the host, runs in QEMU, and asserts the two agree exactly.

@@ -327,21 +327,31 @@ fn cli_convert_then_sim_and_the_exit_2_contract() {
     assert!(err.contains("CRC mismatch"), "{err}");
 }
 
-/// The row tables a session builds when given room (what recur-firmware and `recur sim` do)
-/// change no output bit: every test sequence of the BasicMotions LSTM and GRU, int16 and
-/// int8, stepped sample by sample with and without them.
+/// The row tables a session builds when given room (what recur-firmware and `recur sim` do),
+/// with or without the int8 gate rows repacked in pairs, change no output bit: every test
+/// sequence of the BasicMotions LSTM and GRU, int16 and int8, stepped sample by sample
+/// without tables, with row tables alone and with both.
 #[test]
 fn row_tables_change_no_output_bit() {
+    use common::Tables;
     for name in ["basicmotions_lstm", "basicmotions_gru"] {
         for bits in [WeightBits::Int16, WeightBits::Int8] {
             let c = convert(name, bits).unwrap();
             let words = sim::aligned(&c.blob);
             let model = sim::parse(&words, c.blob.len(), name).unwrap();
-            assert!(model.tables_len() > 0, "{name} {bits:?}: no row table");
+            assert!(model.row_tables_len() > 0, "{name} {bits:?}: no row table");
+            let pairs = model.tables_len() - model.row_tables_len();
+            assert_eq!(
+                pairs > 0,
+                bits == WeightBits::Int8,
+                "{name} {bits:?}: {pairs} pair words"
+            );
             let input = read_npy(&fixture(name).join("in_0.npy")).unwrap().to_f32();
-            let without = common::host_stepped(&c.blob, &input, false);
-            let with = common::host_stepped(&c.blob, &input, true);
-            assert_eq!(without, with, "{name} {bits:?}");
+            let without = common::host_stepped(&c.blob, &input, Tables::None);
+            for tables in [Tables::RowsOnly, Tables::Full] {
+                let with = common::host_stepped(&c.blob, &input, tables);
+                assert_eq!(without, with, "{name} {bits:?} {tables:?}");
+            }
         }
     }
 }

@@ -165,13 +165,20 @@ fn report_layout(elf: &Path, blob: &Blob, model: &recur_kernel::Model) -> Result
     );
     eprintln!(
         "model {}: {} B in the model region at {:#010x} ({} B); its session uses {} B of RAM, \
-         plus {} B for the row tables the firmware keeps to step faster",
+         plus {} B for the row tables{} the firmware keeps to step faster",
         blob.path.display(),
         blob.bytes.len(),
         layout.model_addr,
         layout.model_len,
         model.ram_bytes(),
-        4 * model.tables_len()
+        4 * model.tables_len(),
+        match model.tables_len() - model.row_tables_len() {
+            0 => String::new(),
+            p => format!(
+                " and int8 gate rows repacked in pairs ({} B of them)",
+                4 * p
+            ),
+        }
     );
     Ok(layout)
 }

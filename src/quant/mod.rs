@@ -61,8 +61,12 @@ pub struct Memory {
     /// RAM for streaming (`step`): state + scratch + input.
     pub ram_bytes: usize,
     /// RAM a session may add for the gate rows' tables, which make each step cheaper
-    /// (recur-firmware does; `recur sim` too).
+    /// (recur-firmware does; `recur sim` too). With int8 weights this includes
+    /// `pair_bytes`.
     pub row_table_bytes: usize,
+    /// The part of `row_table_bytes` that holds int8 gate rows repacked two by two (a session
+    /// with room for the tables alone runs without them, a little slower).
+    pub pair_bytes: usize,
     /// Models with bidirectional layers: window buffer for `run` over the calibration length.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window_bytes: Option<usize>,
@@ -378,6 +382,7 @@ pub fn convert(
         input_bytes: 2 * parsed.input_dim,
         ram_bytes: parsed.ram_bytes(),
         row_table_bytes: 4 * parsed.tables_len(),
+        pair_bytes: 4 * (parsed.tables_len() - parsed.row_tables_len()),
         window_bytes: (!parsed.is_causal()).then(|| 2 * parsed.window_len(cal_in.steps())),
     };
     let report = Report {
@@ -440,9 +445,13 @@ impl Report {
         }
         let m = &self.memory;
         s += &format!(
-            "flash {} B (blob {} B, of which parameters {} B; lookup tables {} B)\nRAM {} B (state {} B, scratch {} B, input {} B; {} B more for row tables, which make a step cheaper){}\n",
+            "flash {} B (blob {} B, of which parameters {} B; lookup tables {} B)\nRAM {} B (state {} B, scratch {} B, input {} B; {} B more for row tables{}, which make a step cheaper){}\n",
             m.flash_bytes, m.blob_bytes, m.parameter_bytes, m.lut_bytes, m.ram_bytes, m.state_bytes,
             m.scratch_bytes, m.input_bytes, m.row_table_bytes,
+            match m.pair_bytes {
+                0 => String::new(),
+                p => format!(" and int8 gate rows repacked in pairs ({p} B of them)"),
+            },
             m.window_bytes.map_or(String::new(), |w| format!(", plus a {w} B window for bidirectional layers"))
         );
         s

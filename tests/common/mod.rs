@@ -166,17 +166,34 @@ pub fn first_recurrent_layer(model: &recur::model::Model) -> (String, recur::ir:
         .expect("a recurrent layer")
 }
 
+/// How much room for tables a host-stepped session gets beyond its accumulators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // each test binary uses some
+pub enum Tables {
+    /// None: the session reads every parameter from the blob.
+    None,
+    /// [`recur_kernel::Model::row_tables_len`]: row tables, int8 weights where they are.
+    RowsOnly,
+    /// [`recur_kernel::Model::tables_len`]: row tables and int8 gate rows repacked in pairs
+    /// (what recur-firmware and `recur sim` give).
+    Full,
+}
+
 /// A blob's output after every sample of `x` (`[N, T, F]` f32), stepped through recur-kernel
-/// on the host from a zero state per sequence, with or without row tables: `[N, T, O]`.
-pub fn host_stepped(blob: &[u8], x: &ArrayD<f32>, tables: bool) -> ndarray::ArrayD<i16> {
+/// on the host from a zero state per sequence, with `tables` room: `[N, T, O]`.
+pub fn host_stepped(blob: &[u8], x: &ArrayD<f32>, tables: Tables) -> ndarray::ArrayD<i16> {
     let words = recur::quant::sim::aligned(blob);
     let model = recur::quant::sim::parse(&words, blob.len(), "blob").unwrap();
     let (n, t, f) = (x.shape()[0], x.shape()[1], x.shape()[2]);
-    let extra = if tables { model.tables_len() } else { 0 };
+    let extra = match tables {
+        Tables::None => 0,
+        Tables::RowsOnly => model.row_tables_len(),
+        Tables::Full => model.tables_len(),
+    };
     let mut mem = vec![0i16; model.session_len()];
     let mut acc = vec![0i32; model.acc_len() + extra];
     let mut session = recur_kernel::Session::new(&model, &mut mem, &mut acc).unwrap();
-    assert_eq!(session.has_row_tables(), tables && extra > 0);
+    assert_eq!(session.has_row_tables(), extra > 0);
     let mut out = Vec::with_capacity(n * t * model.output_dim);
     for s in 0..n {
         session.reset();

@@ -648,6 +648,328 @@ pub fn gate_rows8(
     true
 }
 
+/// [`gate_rows8`] on rows repacked two by two ([`crate::rowtab::pack_pairs`]; `wp` and `rp`
+/// hold `out.len() / 2` pairs of rows of `ws` and `rs` bytes, both even): each pass over a
+/// pair's words computes both rows' products on one load of the vector words, so the
+/// vectors' loads, the loop and pointer upkeep and the output store are paid once per two
+/// rows. Same results as [`gate_rows8`] on the rows before repacking. `false` (and nothing
+/// written) when `out.len()` is odd or a slice is shorter than that needs.
+#[allow(clippy::too_many_arguments)]
+pub fn gate_pairs8(
+    wp: &[u32],
+    ws: usize,
+    rp: &[u32],
+    rs: usize,
+    xs: &[u32],
+    hs: &[u32],
+    table: &[i32],
+    out: &mut [i32],
+) -> bool {
+    use crate::rowtab::pair_words;
+    let rows = out.len();
+    if rows == 0 || !rows.is_multiple_of(2) || rows > (u32::MAX as usize) / 16 {
+        return rows == 0;
+    }
+    if !ws.is_multiple_of(2) || !rs.is_multiple_of(2) || xs.len() < ws / 2 || hs.len() < rs / 2 {
+        return false;
+    }
+    let pairs = rows / 2;
+    if table.len() / ROW_WORDS < rows {
+        return false;
+    }
+    if wp.len() / pair_words(ws).max(1) < pairs || rp.len() / pair_words(rs).max(1) < pairs {
+        return false;
+    }
+    // Per product: `s / 16` passes of four groups of four bytes, then `rest`: bit 2 two more
+    // groups, bit 1 one more, bit 0 the last pair of bytes (rows of 4k + 2 bytes).
+    let rest = |s: usize| ((((s / 4) % 4) << 1) | ((s % 4) / 2)) as u32;
+    let mut ctx: [u32; 13] = [
+        xs.as_ptr() as u32,
+        (ws / 16) as u32,
+        hs.as_ptr() as u32,
+        (rs / 16) as u32,
+        wp.as_ptr() as u32,
+        rp.as_ptr() as u32,
+        table.as_ptr() as u32,
+        out.as_mut_ptr() as u32,
+        table[rows * ROW_WORDS..].as_ptr() as u32,
+        0,
+        0,
+        rest(ws),
+        rest(rs),
+    ];
+    // SAFETY: `pairs >= 1` passes of the outer loop; each reads `pair_words(ws)` words of `wp`
+    // (eight per pass, four for bit 2 of `rest`, two for bit 1, one for bit 0, post-indexed
+    // so that the pointer ends at the next pair) and `ws / 2` words of `xs` (the same counts;
+    // the last-pair word is read without advancing), then likewise `pair_words(rs)` words of
+    // `rp` and `rs / 2` of `hs`, two four-word table rows, and writes two elements of `out`
+    // (one STRD): all in bounds by the checks above, since the loop ends when the table
+    // pointer reaches the end of row `rows - 1`. All loads are of `&[u32]`/`&[i32]` data or
+    // the `ctx` local, word-aligned as LDM, LDRD and STRD need; `ctx` (13 words) is the only
+    // other memory read or written. SMLAD is exact (the parser's `acc32` bound on every
+    // partial sum, whatever its order), SMULL forms `acc·m` exactly, the shift amounts are
+    // table bytes (LSR/LSL read the low byte of their register and give 0 for 32), `ax + ah`
+    // cannot overflow (each at most 2^29) and QADD saturates the bias addition. Flags set by
+    // each `lsls` are read only by the branches after it (LDM, SXTB16 and SMLAD leave them).
+    // Only the declared registers are written; the stack is not used.
+    unsafe {
+        asm!(
+            "20:",
+            // input products: `passes` of four groups, then what `rest` says
+            "ldr {pm}, [{ctx}, #16]",
+            "ldrd {px}, {g}, [{ctx}, #0]",
+            "movs {a0}, #0",
+            "movs {a1}, #0",
+            "cmp {g}, #0",
+            "beq 3f",
+            "2:",
+            "ldm {pm}!, {{r2, r3, r12, lr}}",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r2",
+            "smlad {a0}, {t}, r4, {a0}",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {a0}, r2, r5, {a0}",
+            "sxtb16 {t}, r3",
+            "smlad {a1}, {t}, r4, {a1}",
+            "sxtb16 r3, r3, ror #8",
+            "smlad {a1}, r3, r5, {a1}",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r12",
+            "smlad {a0}, {t}, r4, {a0}",
+            "sxtb16 r12, r12, ror #8",
+            "smlad {a0}, r12, r5, {a0}",
+            "sxtb16 {t}, lr",
+            "smlad {a1}, {t}, r4, {a1}",
+            "sxtb16 lr, lr, ror #8",
+            "smlad {a1}, lr, r5, {a1}",
+            "ldm {pm}!, {{r2, r3, r12, lr}}",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r2",
+            "smlad {a0}, {t}, r4, {a0}",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {a0}, r2, r5, {a0}",
+            "sxtb16 {t}, r3",
+            "smlad {a1}, {t}, r4, {a1}",
+            "sxtb16 r3, r3, ror #8",
+            "smlad {a1}, r3, r5, {a1}",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r12",
+            "smlad {a0}, {t}, r4, {a0}",
+            "sxtb16 r12, r12, ror #8",
+            "smlad {a0}, r12, r5, {a0}",
+            "sxtb16 {t}, lr",
+            "smlad {a1}, {t}, r4, {a1}",
+            "sxtb16 lr, lr, ror #8",
+            "smlad {a1}, lr, r5, {a1}",
+            "subs {g}, {g}, #1",
+            "bne 2b",
+            "3:",
+            "ldr {g}, [{ctx}, #44]",
+            "lsls {g}, {g}, #29", // Z: nothing left; N = bit 2 (two groups)
+            "beq 6f",
+            "bpl 4f",
+            "ldm {pm}!, {{r2, r3, r12, lr}}",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r2",
+            "smlad {a0}, {t}, r4, {a0}",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {a0}, r2, r5, {a0}",
+            "sxtb16 {t}, r3",
+            "smlad {a1}, {t}, r4, {a1}",
+            "sxtb16 r3, r3, ror #8",
+            "smlad {a1}, r3, r5, {a1}",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r12",
+            "smlad {a0}, {t}, r4, {a0}",
+            "sxtb16 r12, r12, ror #8",
+            "smlad {a0}, r12, r5, {a0}",
+            "sxtb16 {t}, lr",
+            "smlad {a1}, {t}, r4, {a1}",
+            "sxtb16 lr, lr, ror #8",
+            "smlad {a1}, lr, r5, {a1}",
+            "4:",
+            "lsls {g}, {g}, #2", // C = bit 1 (one group), N = bit 0 (the last pair)
+            "bcc 5f",
+            "ldm {pm}!, {{r2, r3}}",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r2",
+            "smlad {a0}, {t}, r4, {a0}",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {a0}, r2, r5, {a0}",
+            "sxtb16 {t}, r3",
+            "smlad {a1}, {t}, r4, {a1}",
+            "sxtb16 r3, r3, ror #8",
+            "smlad {a1}, r3, r5, {a1}",
+            "5:",
+            "bpl 6f",
+            "ldr r2, [{pm}], #4",
+            "ldr r4, [{px}]",
+            "sxtb16 {t}, r2",
+            "smlad {a0}, {t}, r4, {a0}",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {a1}, r2, r4, {a1}",
+            "6:",
+            "str {pm}, [{ctx}, #16]",
+            "strd {a0}, {a1}, [{ctx}, #36]",
+            // recurrent products: `passes` of four groups, then what `rest` says
+            "ldr {pm}, [{ctx}, #20]",
+            "ldrd {px}, {g}, [{ctx}, #8]",
+            "movs {a0}, #0",
+            "movs {a1}, #0",
+            "cmp {g}, #0",
+            "beq 8f",
+            "7:",
+            "ldm {pm}!, {{r2, r3, r12, lr}}",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r2",
+            "smlad {a0}, {t}, r4, {a0}",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {a0}, r2, r5, {a0}",
+            "sxtb16 {t}, r3",
+            "smlad {a1}, {t}, r4, {a1}",
+            "sxtb16 r3, r3, ror #8",
+            "smlad {a1}, r3, r5, {a1}",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r12",
+            "smlad {a0}, {t}, r4, {a0}",
+            "sxtb16 r12, r12, ror #8",
+            "smlad {a0}, r12, r5, {a0}",
+            "sxtb16 {t}, lr",
+            "smlad {a1}, {t}, r4, {a1}",
+            "sxtb16 lr, lr, ror #8",
+            "smlad {a1}, lr, r5, {a1}",
+            "ldm {pm}!, {{r2, r3, r12, lr}}",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r2",
+            "smlad {a0}, {t}, r4, {a0}",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {a0}, r2, r5, {a0}",
+            "sxtb16 {t}, r3",
+            "smlad {a1}, {t}, r4, {a1}",
+            "sxtb16 r3, r3, ror #8",
+            "smlad {a1}, r3, r5, {a1}",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r12",
+            "smlad {a0}, {t}, r4, {a0}",
+            "sxtb16 r12, r12, ror #8",
+            "smlad {a0}, r12, r5, {a0}",
+            "sxtb16 {t}, lr",
+            "smlad {a1}, {t}, r4, {a1}",
+            "sxtb16 lr, lr, ror #8",
+            "smlad {a1}, lr, r5, {a1}",
+            "subs {g}, {g}, #1",
+            "bne 7b",
+            "8:",
+            "ldr {g}, [{ctx}, #48]",
+            "lsls {g}, {g}, #29", // Z: nothing left; N = bit 2 (two groups)
+            "beq 11f",
+            "bpl 9f",
+            "ldm {pm}!, {{r2, r3, r12, lr}}",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r2",
+            "smlad {a0}, {t}, r4, {a0}",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {a0}, r2, r5, {a0}",
+            "sxtb16 {t}, r3",
+            "smlad {a1}, {t}, r4, {a1}",
+            "sxtb16 r3, r3, ror #8",
+            "smlad {a1}, r3, r5, {a1}",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r12",
+            "smlad {a0}, {t}, r4, {a0}",
+            "sxtb16 r12, r12, ror #8",
+            "smlad {a0}, r12, r5, {a0}",
+            "sxtb16 {t}, lr",
+            "smlad {a1}, {t}, r4, {a1}",
+            "sxtb16 lr, lr, ror #8",
+            "smlad {a1}, lr, r5, {a1}",
+            "9:",
+            "lsls {g}, {g}, #2", // C = bit 1 (one group), N = bit 0 (the last pair)
+            "bcc 10f",
+            "ldm {pm}!, {{r2, r3}}",
+            "ldm {px}!, {{r4, r5}}",
+            "sxtb16 {t}, r2",
+            "smlad {a0}, {t}, r4, {a0}",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {a0}, r2, r5, {a0}",
+            "sxtb16 {t}, r3",
+            "smlad {a1}, {t}, r4, {a1}",
+            "sxtb16 r3, r3, ror #8",
+            "smlad {a1}, r3, r5, {a1}",
+            "10:",
+            "bpl 11f",
+            "ldr r2, [{pm}], #4",
+            "ldr r4, [{px}]",
+            "sxtb16 {t}, r2",
+            "smlad {a0}, {t}, r4, {a0}",
+            "sxtb16 r2, r2, ror #8",
+            "smlad {a1}, r2, r4, {a1}",
+            "11:",
+            "str {pm}, [{ctx}, #20]",
+            // row a: table words mx, mh, bias, (sx-1) | (33-sx) << 8 | (sh-1) << 16 | (33-sh) << 24
+            "ldr {pm}, [{ctx}, #24]",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            // ah = requant_two_word(a0, mh, sh - 1, 33 - sh)
+            "smull {px}, {g}, {a0}, r3",
+            "lsr r12, r5, #16",
+            "lsr {px}, {px}, r12",
+            "lsr r12, r5, #24",
+            "lsl {g}, {g}, r12",
+            "orr {px}, {px}, {g}",
+            "adds {px}, {px}, #1",
+            "asrs {px}, {px}, #1",
+            // ax = requant_two_word(input product a, mx, sx - 1, 33 - sx); lr keeps b's
+            "ldrd {a0}, lr, [{ctx}, #36]",
+            "smull {g}, r3, {a0}, r2",
+            "lsr {g}, {g}, r5",
+            "lsr r12, r5, #8",
+            "lsl r3, r3, r12",
+            "orr {g}, {g}, r3",
+            "adds {g}, {g}, #1",
+            "asrs {g}, {g}, #1",
+            "add {a0}, {g}, {px}",
+            "qadd {a0}, {a0}, r4",
+            // row b
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "smull {px}, {g}, {a1}, r3",
+            "lsr r12, r5, #16",
+            "lsr {px}, {px}, r12",
+            "lsr r12, r5, #24",
+            "lsl {g}, {g}, r12",
+            "orr {px}, {px}, {g}",
+            "adds {px}, {px}, #1",
+            "asrs {px}, {px}, #1",
+            "smull {g}, r3, lr, r2",
+            "lsr {g}, {g}, r5",
+            "lsr r12, r5, #8",
+            "lsl r3, r3, r12",
+            "orr {g}, {g}, r3",
+            "adds {g}, {g}, #1",
+            "asrs {g}, {g}, #1",
+            "add {g}, {g}, {px}",
+            "qadd {g}, {g}, r4",
+            // out[2p], out[2p + 1]
+            "ldr {px}, [{ctx}, #28]",
+            "strd {a0}, {g}, [{px}], #8",
+            "str {px}, [{ctx}, #28]",
+            "str {pm}, [{ctx}, #24]",
+            "ldr {t}, [{ctx}, #32]",
+            "cmp {pm}, {t}",
+            "bne 20b",
+            ctx = in(reg) ctx.as_mut_ptr(),
+            pm = out(reg) _,
+            px = out(reg) _,
+            g = out(reg) _,
+            a0 = out(reg) _,
+            a1 = out(reg) _,
+            t = out(reg) _,
+            out("r2") _, out("r3") _, out("r4") _, out("r5") _, out("r12") _, out("lr") _,
+            options(nostack),
+        );
+    }
+    true
+}
+
 /// Copies `min(x.len() / 2, out.len())` pairs of `x` into words of `out` (`x[2k]` in the low
 /// half: the little-endian bytes as they are) and returns that count: [`crate::rows::pack16`]
 /// without the library `memcpy` LLVM calls for it.

@@ -374,6 +374,35 @@ impl Layer<'_> {
         tables.count() * self.table_rows() * crate::rowtab::ROW_WORDS
     }
 
+    /// Gate rows whose int8 weights a session may keep repacked in pairs
+    /// ([`crate::rowtab::pack_pairs`]): the rows of the dual-product kernel, an LSTM's four
+    /// gates and a GRU's z and r gates.
+    pub fn pair_rows(&self) -> usize {
+        match self.kind {
+            LayerKind::Lstm => 4 * self.out_dim,
+            LayerKind::Gru => 2 * self.out_dim,
+            _ => 0,
+        }
+    }
+
+    /// int32 words of repacked weight pairs direction `p` of this layer takes: its
+    /// [`Layer::pair_rows`] of `w` and of `r`, for [`crate::rowtab::Form::TwoWord`] tables.
+    pub fn dir_pair_len(&self, p: &Params) -> usize {
+        use crate::rowtab::{pairs_len, Form};
+        if p.table != Some(Form::TwoWord) {
+            return 0;
+        }
+        let rows = self.pair_rows();
+        pairs_len(rows, self.w_stride()) + pairs_len(rows, self.r_stride())
+    }
+
+    /// int32 words of repacked weight pairs this layer's directions take (see
+    /// [`Layer::dir_pair_len`]).
+    pub fn pair_len(&self) -> usize {
+        let dirs = self.params[..self.dirs].iter();
+        dirs.map(|p| self.dir_pair_len(p)).sum()
+    }
+
     /// Bytes of parameters (flash).
     pub fn param_bytes(&self) -> usize {
         let mut n = 0;
@@ -704,10 +733,18 @@ impl<'a> Model<'a> {
         n
     }
 
-    /// int32 words of row tables ([`Layer::table_len`] summed): a session given this many
-    /// `acc` words beyond [`Model::acc_len`] keeps its gate rows' parameters in them, which
-    /// makes a step cheaper (see [`crate::rowtab`]).
+    /// int32 words of row tables ([`Layer::table_len`] summed) and of int8 weights repacked
+    /// in pairs ([`Layer::pair_len`]): a session given this many `acc` words beyond
+    /// [`Model::acc_len`] keeps its gate rows' parameters, and its int8 gate rows two by two,
+    /// in them, which makes a step cheaper (see [`crate::rowtab`]).
     pub fn tables_len(&self) -> usize {
+        self.row_tables_len() + self.layers.iter().map(Layer::pair_len).sum::<usize>()
+    }
+
+    /// The part of [`Model::tables_len`] that is row tables alone, without the int8 weights
+    /// repacked in pairs: a session given room for this much but not for all of it runs with
+    /// the tables and the weights where they are.
+    pub fn row_tables_len(&self) -> usize {
         self.layers.iter().map(Layer::table_len).sum()
     }
 

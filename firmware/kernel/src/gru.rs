@@ -11,8 +11,9 @@ use crate::lut::{sigmoid_q20_i32, tanh_q20_i32};
 use crate::rows::{self, Side};
 use crate::rowtab::ROW_WORDS;
 
-/// Advances `h` (`[H]`) by one step on input `x`; `table` is this direction's row table
-/// ([`crate::rowtab`]) or empty.
+/// Advances `h` (`[H]`) by one step on input `x`; `table` is this direction's block of the
+/// session's tables (its row table, then maybe its int8 rows repacked in pairs:
+/// [`crate::rowtab::split`]) or empty.
 pub fn step(
     layer: &Layer,
     p: &Params,
@@ -144,7 +145,8 @@ fn products_fast(
     let pack = rows::packing(&p.w);
     pack(x, xs);
     pack(&h[..n], hs);
-    if !rows::preact_fast(p, table, ws, rs, xs, hs, &mut gates[..2 * n]) {
+    let (table, pairs) = crate::rowtab::split(table, layer.table_rows());
+    if !rows::preact_fast(p, table, pairs, ws, rs, xs, hs, &mut gates[..2 * n]) {
         return false;
     }
     let (gn, gh) = gates[2 * n..].split_at_mut(n);

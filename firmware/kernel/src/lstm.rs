@@ -14,7 +14,8 @@ use crate::rows;
 
 /// Advances `h` and `c` (each `[H]`) by one step on input `x`; `acc` holds
 /// [`Layer::acc_len`] int32 (`4H` preactivations, then the packed copies of `x` and `h`);
-/// `table` is this direction's row table ([`crate::rowtab`]) or empty.
+/// `table` is this direction's block of the session's tables (its row table, then maybe its
+/// int8 rows repacked in pairs: [`crate::rowtab::split`]) or empty.
 pub fn step(
     layer: &Layer,
     p: &Params,
@@ -55,7 +56,9 @@ fn step_fast(
     let pack = rows::packing(&p.w);
     pack(&x[..layer.in_dim], xs);
     pack(&h[..n], hs);
-    if !rows::preact_fast(p, table, layer.w_stride(), layer.r_stride(), xs, hs, gates) {
+    let (table, pairs) = crate::rowtab::split(table, layer.table_rows());
+    let (ws, rs) = (layer.w_stride(), layer.r_stride());
+    if !rows::preact_fast(p, table, pairs, ws, rs, xs, hs, gates) {
         return false;
     }
     // The common case (no clip, no input_forget, `c << (20 - frac_c)` within int32) without

@@ -4,7 +4,8 @@
 //! layer, each recurrent direction's state (h, then c for LSTM) or a dense/embedding layer's
 //! output, then the output vector, then int16 scratch; `acc` int32 of [`Model::acc_len`] words
 //! holds gate pre-activations, after the gate rows' tables when the caller gave room for them
-//! ([`Model::tables_len`] more words; see [`crate::rowtab`]). [`Session::step`] advances every
+//! ([`Model::tables_len`] more words, with int8 gate rows repacked in pairs, or
+//! [`Model::row_tables_len`] for the tables alone; see [`crate::rowtab`]). [`Session::step`] advances every
 //! layer by one sample (causal models); [`Session::run`] processes a whole window layer by
 //! layer, which is also how bidirectional layers run, in a caller-provided window buffer of
 //! [`Model::window_len`] words. A step on the same samples gives exactly what `run` gives at
@@ -51,6 +52,9 @@ pub struct Session<'m, 'a, 'b> {
     acc: &'b mut [i32],
     /// Words at the start of `acc` holding row tables (0: the session runs without them).
     tables_len: usize,
+    /// Where each layer direction's block of those words lies (start, end; empty when it
+    /// has none), worked out once here rather than on every step.
+    blocks: [[(u32, u32); 2]; crate::blob::MAX_LAYERS],
 }
 
 impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
@@ -77,21 +81,36 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
             });
         }
         // Row tables when the caller gave room for them (then at the start of `acc`), laid
-        // out as `dir_table` finds them.
-        let room = acc.len() >= need_acc + model.tables_len();
-        let tables_len = if room { model.tables_len() } else { 0 };
-        let mut tables = &mut acc[..tables_len];
-        for (i, layer) in model.layers.iter().enumerate() {
-            let (own, rest) = tables.split_at_mut(layer.table_len().min(tables.len()));
-            tables = rest;
+        // out as `dir_table_range` says; with room for all of `tables_len`, the int8 gate rows
+        // repacked in pairs after each direction's table too.
+        let spare = acc.len() - need_acc;
+        let (tables_len, pairs) = if spare >= model.tables_len() {
+            (model.tables_len(), true)
+        } else if spare >= model.row_tables_len() {
+            (model.row_tables_len(), false)
+        } else {
+            (0, false)
+        };
+        let mut blocks = [[(0u32, 0u32); 2]; crate::blob::MAX_LAYERS];
+        let mut start = 0;
+        for ((i, layer), at) in model.layers.iter().enumerate().zip(&mut blocks) {
+            let layer_start = start;
+            start += layer_tables_len(layer, pairs);
             for (d, p) in layer.params[..layer.dirs].iter().enumerate() {
-                let Some(form) = p.table.filter(|_| room) else {
+                let (Some(form), Some(r)) = (p.table, dir_table_range(layer, d, pairs)) else {
                     continue;
                 };
-                let rows = layer.table_rows();
-                if !crate::rowtab::build(p, rows, form, dir_table_mut(layer, d, own)) {
+                let block = layer_start + r.start..layer_start + r.end;
+                if tables_len == 0 {
+                    continue;
+                }
+                let built = acc[..tables_len]
+                    .get_mut(block.clone())
+                    .is_some_and(|b| build_dir(layer, p, form, b));
+                if !built {
                     return Err(StepError::RowTable { layer: i });
                 }
+                at[d] = (block.start as u32, block.end as u32);
             }
         }
         let mut s = Session {
@@ -99,6 +118,7 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
             mem,
             acc,
             tables_len,
+            blocks,
         };
         s.reset();
         Ok(s)
@@ -154,10 +174,10 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
         let (layers_mem, rest) = self.mem.split_at_mut(regions);
         let (out, tmp) = rest.split_at_mut(model.output_dim);
         let (tables, acc) = self.acc.split_at_mut(self.tables_len);
-        let mut tables: &[i32] = tables;
+        let tables: &[i32] = tables;
         let mut start = 0;
         let mut in_range: Option<(usize, usize)> = None; // previous output within layers_mem
-        for layer in &model.layers {
+        for (layer, blocks) in model.layers.iter().zip(&self.blocks) {
             let len = Self::region_len(layer);
             let (before, after) = layers_mem.split_at_mut(start);
             let own = &mut after[..len];
@@ -165,8 +185,8 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
                 None => x,
                 Some((a, b)) => &before[a..b],
             };
-            let layer_tables = take_layer_tables(layer, &mut tables);
-            step_layer(layer, 0, input, own, acc, layer_tables, tmp)?;
+            let table = block(tables, blocks[0]);
+            step_layer(layer, 0, input, own, acc, table, tmp)?;
             in_range = Some((start, start + layer.out_dim));
             start += len;
         }
@@ -215,10 +235,9 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
         let (out_tmp, tmp) = rest.split_at_mut(model.output_dim);
         let _ = out_tmp;
         let (tables, acc) = self.acc.split_at_mut(self.tables_len);
-        let mut tables: &[i32] = tables;
+        let tables: &[i32] = tables;
         let mut start = 0;
-        for layer in &model.layers {
-            let layer_tables = take_layer_tables(layer, &mut tables);
+        for (layer, blocks) in model.layers.iter().zip(&self.blocks) {
             let len = Self::region_len(layer);
             let own = &mut layers_mem[start..start + len];
             start += len;
@@ -233,7 +252,7 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
                 for d in 0..layer.dirs {
                     let reverse = d == 1 || layer.has(flags::REVERSE);
                     let st = &mut own[d * per..(d + 1) * per];
-                    let table = dir_table(layer, d, layer_tables);
+                    let table = block(tables, blocks[d]);
                     for s in 0..rows {
                         let t = if reverse { rows - 1 - s } else { s };
                         let xin = &cur[t * width..(t + 1) * width];
@@ -259,7 +278,7 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
                 for t in 0..rows {
                     let xin = &cur[t * width..(t + 1) * width];
                     let dst = &mut next[t * w..(t + 1) * w];
-                    step_layer(layer, 0, xin, dst, acc, layer_tables, tmp)?;
+                    step_layer(layer, 0, xin, dst, acc, &[], tmp)?;
                 }
                 own.copy_from_slice(&next[(rows - 1) * w..rows * w]);
             }
@@ -277,40 +296,59 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
     }
 }
 
-/// The next layer's row tables off the front of `tables` (the layers' tables lie in layer
-/// order; none when the session runs without them).
-fn take_layer_tables<'t>(layer: &Layer, tables: &mut &'t [i32]) -> &'t [i32] {
-    let (own, rest) = tables.split_at(layer.table_len().min(tables.len()));
-    *tables = rest;
-    own
+/// Words a layer's block of the session's tables takes: its row tables, and with `pairs` its
+/// int8 gate rows repacked in pairs.
+fn layer_tables_len(layer: &Layer, pairs: bool) -> usize {
+    layer.table_len() + if pairs { layer.pair_len() } else { 0 }
 }
 
-/// Where direction `d`'s row table lies within its layer's [`Layer::table_len`] words: the
-/// tables of the directions that have one ([`crate::blob::Params::table`]), in direction
-/// order. `None` when that direction has none.
-fn dir_table_range(layer: &Layer, d: usize) -> Option<core::ops::Range<usize>> {
-    let has = |p: &crate::blob::Params| p.table.is_some();
-    if !layer.params.get(d).is_some_and(has) {
-        return None;
+/// Fills direction `p`'s block ([`dir_table_range`]): its row table in `form`, then, when the
+/// block has room for them, its [`Layer::pair_rows`] of `w` and of `r` repacked in pairs.
+fn build_dir(
+    layer: &Layer,
+    p: &crate::blob::Params,
+    form: crate::rowtab::Form,
+    block: &mut [i32],
+) -> bool {
+    use crate::blob::Weights;
+    use crate::rowtab::{build, pack_pairs, pairs_len, ROW_WORDS};
+    let rows = layer.table_rows();
+    let (table, pairs) = block.split_at_mut((rows * ROW_WORDS).min(block.len()));
+    if !build(p, rows, form, table) {
+        return false;
     }
-    let len = layer.table_rows() * crate::rowtab::ROW_WORDS;
-    let before = layer.params[..d].iter().filter(|p| has(p)).count();
-    Some(before * len..(before + 1) * len)
+    if pairs.is_empty() {
+        return true;
+    }
+    let (Weights::I8(w), Weights::I8(r)) = (p.w, p.r) else {
+        return false;
+    };
+    let (n, ws, rs) = (layer.pair_rows(), layer.w_stride(), layer.r_stride());
+    let pairs: &mut [u32] = bytemuck::cast_slice_mut(pairs);
+    let (wp, rp) = pairs.split_at_mut(pairs_len(n, ws).min(pairs.len()));
+    pack_pairs(w, ws, n, wp) && pack_pairs(r, rs, n, rp)
 }
 
-/// Direction `d`'s row table within the layer's `tables`: empty when it has none (or when
-/// the session runs without tables).
-fn dir_table<'t>(layer: &Layer, d: usize, tables: &'t [i32]) -> &'t [i32] {
-    dir_table_range(layer, d)
-        .and_then(|r| tables.get(r))
-        .unwrap_or(&[])
+/// A direction's block of the session's `tables` (start, end as [`Session::new`] found it;
+/// empty when it has none).
+#[inline(always)]
+fn block(tables: &[i32], (start, end): (u32, u32)) -> &[i32] {
+    tables.get(start as usize..end as usize).unwrap_or(&[])
 }
 
-/// [`dir_table`] to fill.
-fn dir_table_mut<'t>(layer: &Layer, d: usize, tables: &'t mut [i32]) -> &'t mut [i32] {
-    dir_table_range(layer, d)
-        .and_then(|r| tables.get_mut(r))
-        .unwrap_or(&mut [])
+/// Where direction `d`'s block lies within its layer's block: one per direction that has a
+/// row table ([`crate::blob::Params::table`]), in direction order, each its table and, with
+/// `pairs`, its repacked int8 rows ([`Layer::dir_pair_len`]). `None` when that direction has
+/// no table.
+fn dir_table_range(layer: &Layer, d: usize, pairs: bool) -> Option<core::ops::Range<usize>> {
+    let len = |p: &crate::blob::Params| {
+        let extra = if pairs { layer.dir_pair_len(p) } else { 0 };
+        p.table
+            .map(|_| layer.table_rows() * crate::rowtab::ROW_WORDS + extra)
+    };
+    let own = len(layer.params.get(d)?)?;
+    let before: usize = layer.params[..d].iter().filter_map(len).sum();
+    Some(before..before + own)
 }
 
 /// One direction `d` of a recurrent layer: `st` is that direction's `[h, c]`, `table` its row
@@ -336,14 +374,15 @@ fn recurrent_dir(
     }
 }
 
-/// One sample through one layer (direction `d` for recurrent ones); `own` is its memory.
+/// One sample through one layer (direction `d` for recurrent ones); `own` is its memory,
+/// `table` that direction's block of the session's tables ([`block`]; empty without).
 fn step_layer(
     layer: &Layer,
     d: usize,
     x: &[i16],
     own: &mut [i16],
     acc: &mut [i32],
-    tables: &[i32],
+    table: &[i32],
     tmp: &mut [i16],
 ) -> Result<(), StepError> {
     match layer.kind {
@@ -354,7 +393,7 @@ fn step_layer(
                 return Err(StepError::TokenOutOfRange(token));
             }
         }
-        _ => recurrent_dir(layer, d, x, own, acc, dir_table(layer, d, tables), tmp),
+        _ => recurrent_dir(layer, d, x, own, acc, table, tmp),
     }
     Ok(())
 }

@@ -268,13 +268,16 @@ pub fn each_packed(
 /// `bias`, for rows `out.len()` rows from the start of the matrices (see
 /// [`crate::blob::Params::fast`] for why this equals `sat32(ax + ah + bias)`). `xs`/`hs` are
 /// the packed input and state ([`pack16`] or [`pack8`], matching the weights); `table` is the
-/// direction's row table ([`crate::rowtab`], built for `p.table`) or empty. Returns `false`
-/// (and computes nothing) when a matrix is not laid out as the parser guarantees.
+/// direction's row table ([`crate::rowtab`], built for `p.table`) or empty, `pairs` its int8
+/// rows repacked in pairs ([`crate::rowtab::pack_pairs`], `out.len()` rows of `w` then of
+/// `r`) or empty. Returns `false` (and computes nothing) when a matrix is not laid out as the
+/// parser guarantees.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn preact_fast(
     p: &crate::blob::Params,
     table: &[i32],
+    pairs: &[u32],
     ws: usize,
     rs: usize,
     xs: &[u32],
@@ -328,6 +331,20 @@ pub fn preact_fast(
             }
             // `rowtab::form` gives TwoWord only with `p.acc32`.
             if form == Some(Form::TwoWord) {
+                use crate::rowtab::pairs_len;
+                // The rows two by two when the session keeps them repacked (an even count).
+                let (wn, rn) = (pairs_len(rows, ws), pairs_len(rows, rs));
+                if rows.is_multiple_of(2) && pairs.len() == wn + rn {
+                    let (wp, rp) = pairs.split_at(wn);
+                    #[cfg(recur_dsp)]
+                    if crate::arm::gate_pairs8(wp, ws, rp, rs, xs, hs, table, out) {
+                        return true;
+                    }
+                    #[cfg(not(recur_dsp))]
+                    if gate_pairs_table(wp, ws, rp, rs, xs, hs, table, out) {
+                        return true;
+                    }
+                }
                 #[cfg(recur_dsp)]
                 if crate::arm::gate_rows8(w, ws, r, rs, xs, hs, table, out) {
                     return true;
@@ -501,6 +518,43 @@ fn gate_rows_table<T>(
     for ((o, (wr, rr)), e) in out.iter_mut().zip(mats).zip(entries) {
         *o = row(wr, rr, e).saturating_add(e[2]);
     }
+}
+
+/// [`gate_rows_table`] on int8 rows repacked in pairs ([`crate::rowtab::pack_pairs`]): the
+/// portable twin of the Cortex-M4 kernel `arm::gate_pairs8`, same arguments, same results. `false`
+/// (nothing written) when a slice is shorter than `out.len()` rows (an even count) need.
+#[cfg(not(recur_dsp))]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn gate_pairs_table(
+    wp: &[u32],
+    ws: usize,
+    rp: &[u32],
+    rs: usize,
+    xs: &[u32],
+    hs: &[u32],
+    table: &[i32],
+    out: &mut [i32],
+) -> bool {
+    use crate::rowtab::{pair_products, pair_words, requant_two_word as rq, shift, ROW_WORDS};
+    let rows = out.len();
+    let (wpw, rpw) = (pair_words(ws), pair_words(rs));
+    if !rows.is_multiple_of(2) || xs.len() < ws / 2 || hs.len() < rs / 2 {
+        return false;
+    }
+    if wp.len() < rows / 2 * wpw || rp.len() < rows / 2 * rpw || table.len() < rows * ROW_WORDS {
+        return false;
+    }
+    for (pair, o) in out.chunks_exact_mut(2).enumerate() {
+        let (xa, xb) = pair_products(&wp[pair * wpw..(pair + 1) * wpw], ws, xs);
+        let (ha, hb) = pair_products(&rp[pair * rpw..(pair + 1) * rpw], rs, hs);
+        for (k, (dx, dh)) in [(xa, ha), (xb, hb)].into_iter().enumerate() {
+            let e = &table[(2 * pair + k) * ROW_WORDS..(2 * pair + k + 1) * ROW_WORDS];
+            let t = rq(dx, e[0], shift(e, 0), shift(e, 1)) + rq(dh, e[1], shift(e, 2), shift(e, 3));
+            o[k] = t.saturating_add(e[2]);
+        }
+    }
+    true
 }
 
 #[cfg(test)]

@@ -22,6 +22,12 @@
 //!
 //! Which rows a table holds is [`crate::Layer::table_rows`]: an LSTM's four gates; a GRU's
 //! three, then with linear_before_reset the h gate's rows again with `rbn` as bias.
+//!
+//! With int8 weights ([`Form::TwoWord`]) and room for them, a session also keeps the gate rows
+//! of the dual-product kernel ([`crate::Layer::pair_rows`]) repacked two by two after each
+//! direction's table ([`pack_pairs`]): int8 rows spend two SXTB16 per four weights that int16
+//! rows do not, and processing two rows per pass over the vector pays the vector loads, the
+//! loop and the pointer upkeep once per two rows instead, which wins those instructions back.
 
 use crate::blob::{Params, Weights};
 
@@ -93,6 +99,98 @@ fn entry(p: &Params, j: usize, form: Form) -> Option<[i32; ROW_WORDS]> {
             Some([mx, mh, bias, shifts as i32])
         }
     }
+}
+
+/// Words one pair of int8 gate rows of `stride` bytes takes in [`pack_pairs`]' layout: two
+/// words per group of four weights, one more for a last pair of weights.
+pub const fn pair_words(stride: usize) -> usize {
+    2 * (stride / 4) + (stride % 4) / 2
+}
+
+/// Words [`pack_pairs`] writes for `rows` rows of `stride` bytes (an odd last row paired with
+/// a row of zeros).
+pub const fn pairs_len(rows: usize, stride: usize) -> usize {
+    rows.div_ceil(2) * pair_words(stride)
+}
+
+/// The int8 gate rows of a [`Form::TwoWord`] direction repacked two by two in RAM, so that
+/// one pass over the pairs computes two rows' products on each load of the vector (the
+/// Cortex-M4 kernel `arm::gate_pairs8`): the words of a pair `(a, b)` are, per group of four
+/// weights, row `a`'s four bytes then row `b`'s, and for rows of `4k + 2` bytes a last word
+/// `[a[s-2], b[s-2], a[s-1], b[s-1]]` (whose SXTB16 halves are row `a`'s last pair, and
+/// rotated by 8 row `b`'s). Writes the first `rows` rows of `m` (rows of `stride` bytes, `stride` even);
+/// `false` when `m` or `out` is short or `stride` odd.
+pub fn pack_pairs(m: &[i8], stride: usize, rows: usize, out: &mut [u32]) -> bool {
+    let len = pairs_len(rows, stride);
+    if !stride.is_multiple_of(2) || m.len() / stride.max(1) < rows || out.len() < len {
+        return false;
+    }
+    let byte = |row: usize, k: usize| -> u8 {
+        if row < rows {
+            m[row * stride + k] as u8
+        } else {
+            0
+        }
+    };
+    let mut words = out[..len].iter_mut();
+    let mut put = |bytes: [u8; 4]| {
+        if let Some(w) = words.next() {
+            *w = u32::from_le_bytes(bytes);
+        }
+    };
+    for a in (0..rows).step_by(2) {
+        let b = a + 1;
+        for g in (0..stride / 4).map(|g| 4 * g) {
+            put([byte(a, g), byte(a, g + 1), byte(a, g + 2), byte(a, g + 3)]);
+            put([byte(b, g), byte(b, g + 1), byte(b, g + 2), byte(b, g + 3)]);
+        }
+        if stride % 4 == 2 {
+            let k = stride - 2;
+            put([byte(a, k), byte(b, k), byte(a, k + 1), byte(b, k + 1)]);
+        }
+    }
+    true
+}
+
+/// The products of one pair of rows from its [`pack_pairs`] words and a
+/// [`crate::rows::pack8`] vector `x` of `stride / 2` words: `(W[a]·x, W[b]·x)`, wrapping in
+/// int32 as SMLAD does (exact where used: [`crate::blob::Params::acc32`]). The portable twin
+/// of the products of the Cortex-M4 kernel `arm::gate_pairs8`.
+pub fn pair_products(words: &[u32], stride: usize, x: &[u32]) -> (i32, i32) {
+    // SXTB16: bytes 0 and 2 (or, rotated by 8, bytes 1 and 3) as two int16 halves.
+    let lanes = |w: u32, rot: u32| {
+        let w = w.rotate_right(rot);
+        (w as u8 as i8 as i32, (w >> 16) as u8 as i8 as i32)
+    };
+    let half = |v: u32| (v as i16 as i32, (v >> 16) as i16 as i32);
+    let dual = |w: (i32, i32), v: (i32, i32)| (w.0 * v.0).wrapping_add(w.1 * v.1);
+    let (mut a, mut b) = (0i32, 0i32);
+    let groups = stride / 4;
+    for g in 0..groups.min(words.len() / 2).min(x.len() / 2) {
+        let (wa, wb) = (words[2 * g], words[2 * g + 1]);
+        let (x02, x13) = (half(x[2 * g]), half(x[2 * g + 1]));
+        a = a
+            .wrapping_add(dual(lanes(wa, 0), x02))
+            .wrapping_add(dual(lanes(wa, 8), x13));
+        b = b
+            .wrapping_add(dual(lanes(wb, 0), x02))
+            .wrapping_add(dual(lanes(wb, 8), x13));
+    }
+    if stride % 4 == 2 {
+        if let (Some(&t), Some(&xt)) = (words.get(2 * groups), x.get(2 * groups)) {
+            a = a.wrapping_add(dual(lanes(t, 0), half(xt)));
+            b = b.wrapping_add(dual(lanes(t, 8), half(xt)));
+        }
+    }
+    (a, b)
+}
+
+/// A direction's RAM block (its row table, then maybe [`crate::Layer::dir_pair_len`] words)
+/// split into its row table (`table_rows` rows) and the [`pack_pairs`] words after it (empty
+/// when the session keeps none).
+pub fn split(block: &[i32], table_rows: usize) -> (&[i32], &[u32]) {
+    let (rows, pairs) = block.split_at((table_rows * ROW_WORDS).min(block.len()));
+    (rows, bytemuck::cast_slice(pairs))
 }
 
 /// `m·2^(33-s)` when it fits int32 (`s <= 33`).
@@ -189,5 +287,50 @@ mod tests {
         assert_eq!(high_word_multiplier(1 << 21, 24), Some(1 << 30));
         assert_eq!(high_word_multiplier(1 << 21, 23), None);
         assert_eq!(high_word_multiplier(-(1 << 21), 23), Some(i32::MIN));
+    }
+
+    /// Rows repacked in pairs give each row's own product: `pair_products` on `pack_pairs`'
+    /// words equals `dot8` on the rows as the blob holds them, for every even row width up to
+    /// 42 bytes (each group count and both tails), odd and even row counts (an odd last row's
+    /// partner reads as zeros), and extreme as well as random weights and vectors.
+    #[test]
+    fn pairs_give_each_rows_own_product() {
+        use crate::rows::{dot8, pack8};
+        let mut next = crate::test_rng::xorshift(0x05ee_d0f9_a1e5);
+        for stride in (2..=42).step_by(2) {
+            for rows in 1..=5 {
+                for case in 0..8 {
+                    let m: [i8; 5 * 42] = core::array::from_fn(|_| match case {
+                        0 => -128,
+                        1 => 127,
+                        _ => next() as i8,
+                    });
+                    let x: [i16; 42] = core::array::from_fn(|i| match case {
+                        0 | 1 => i16::MIN + (i % 2) as i16,
+                        _ => next() as i16,
+                    });
+                    let mut xs = [0u32; 21];
+                    pack8(&x[..stride], &mut xs[..stride / 2]);
+                    let mut words = [0u32; 3 * 21];
+                    let len = pairs_len(rows, stride);
+                    assert!(pack_pairs(&m, stride, rows, &mut words[..len]));
+                    assert!(!pack_pairs(&m, stride, rows, &mut words[..len - 1]));
+                    let pw = pair_words(stride);
+                    for (p, pair) in words[..len].chunks_exact(pw).enumerate() {
+                        let (a, b) = pair_products(pair, stride, &xs[..stride / 2]);
+                        for (row, got) in [(2 * p, a), (2 * p + 1, b)] {
+                            let want = match row < rows {
+                                true => {
+                                    dot8(&m[row * stride..(row + 1) * stride], &xs[..stride / 2])
+                                }
+                                false => 0,
+                            };
+                            assert_eq!(got as i64, want, "stride {stride} rows {rows} row {row}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(!pack_pairs(&[0; 9], 3, 3, &mut [0; 8]), "odd stride");
     }
 }
