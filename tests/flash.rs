@@ -364,7 +364,7 @@ fn bench_qemu_counts_instructions_per_step() {
         "profile total {total}, steps {want}"
     );
     assert_eq!(
-        functions[0]["function"], "recur_kernel::arm::gate_rows16",
+        functions[0]["function"], "recur_kernel::arm::gate_pairs16",
         "{b}"
     );
     for f in functions.iter().take(5) {

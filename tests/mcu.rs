@@ -328,7 +328,7 @@ fn cli_convert_then_sim_and_the_exit_2_contract() {
 }
 
 /// The row tables a session builds when given room (what recur-firmware and `recur sim` do),
-/// with or without the int8 gate rows repacked in pairs, change no output bit: every test
+/// with or without the gate rows repacked in pairs, change no output bit: every test
 /// sequence of the BasicMotions LSTM and GRU, int16 and int8, stepped sample by sample
 /// without tables, with row tables alone and with both.
 #[test]
@@ -341,11 +341,7 @@ fn row_tables_change_no_output_bit() {
             let model = sim::parse(&words, c.blob.len(), name).unwrap();
             assert!(model.row_tables_len() > 0, "{name} {bits:?}: no row table");
             let pairs = model.tables_len() - model.row_tables_len();
-            assert_eq!(
-                pairs > 0,
-                bits == WeightBits::Int8,
-                "{name} {bits:?}: {pairs} pair words"
-            );
+            assert!(pairs > 0, "{name} {bits:?}: no gate rows in pairs");
             let input = read_npy(&fixture(name).join("in_0.npy")).unwrap().to_f32();
             let without = common::host_stepped(&c.blob, &input, Tables::None);
             for tables in [Tables::RowsOnly, Tables::Full] {

@@ -174,10 +174,7 @@ fn report_layout(elf: &Path, blob: &Blob, model: &recur_kernel::Model) -> Result
         4 * model.tables_len(),
         match model.tables_len() - model.row_tables_len() {
             0 => String::new(),
-            p => format!(
-                " and int8 gate rows repacked in pairs ({} B of them)",
-                4 * p
-            ),
+            p => format!(" and gate rows repacked in pairs ({} B of them)", 4 * p),
         }
     );
     Ok(layout)

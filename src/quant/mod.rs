@@ -61,11 +61,10 @@ pub struct Memory {
     /// RAM for streaming (`step`): state + scratch + input.
     pub ram_bytes: usize,
     /// RAM a session may add for the gate rows' tables, which make each step cheaper
-    /// (recur-firmware does; `recur sim` too). With int8 weights this includes
-    /// `pair_bytes`.
+    /// (recur-firmware does; `recur sim` too), `pair_bytes` included.
     pub row_table_bytes: usize,
-    /// The part of `row_table_bytes` that holds int8 gate rows repacked two by two (a session
-    /// with room for the tables alone runs without them, a little slower).
+    /// The part of `row_table_bytes` that holds gate rows repacked two by two (a session with
+    /// room for the tables alone runs without them, a little slower).
     pub pair_bytes: usize,
     /// Models with bidirectional layers: window buffer for `run` over the calibration length.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -450,7 +449,7 @@ impl Report {
             m.scratch_bytes, m.input_bytes, m.row_table_bytes,
             match m.pair_bytes {
                 0 => String::new(),
-                p => format!(" and int8 gate rows repacked in pairs ({p} B of them)"),
+                p => format!(" and gate rows repacked in pairs ({p} B of them)"),
             },
             m.window_bytes.map_or(String::new(), |w| format!(", plus a {w} B window for bidirectional layers"))
         );

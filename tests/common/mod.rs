@@ -172,9 +172,9 @@ pub fn first_recurrent_layer(model: &recur::model::Model) -> (String, recur::ir:
 pub enum Tables {
     /// None: the session reads every parameter from the blob.
     None,
-    /// [`recur_kernel::Model::row_tables_len`]: row tables, int8 weights where they are.
+    /// [`recur_kernel::Model::row_tables_len`]: row tables, the weights where they are.
     RowsOnly,
-    /// [`recur_kernel::Model::tables_len`]: row tables and int8 gate rows repacked in pairs
+    /// [`recur_kernel::Model::tables_len`]: row tables and gate rows repacked in pairs
     /// (what recur-firmware and `recur sim` give).
     Full,
 }

@@ -648,6 +648,315 @@ pub fn gate_rows8(
     true
 }
 
+/// Whether the pair kernels' slices fit: an even, non-zero number of rows (`out.len()`),
+/// even row widths, vectors of `ws / 2` and `rs / 2` words, `out.len()` table rows and
+/// `out.len() / 2` pairs in `wp` and `rp` ([`crate::rowtab::pair_words`] each).
+#[allow(clippy::too_many_arguments)]
+fn pairs_fit(
+    form: crate::rowtab::Form,
+    wp: &[u32],
+    ws: usize,
+    rp: &[u32],
+    rs: usize,
+    xs: &[u32],
+    hs: &[u32],
+    table: &[i32],
+    out: &[i32],
+) -> bool {
+    use crate::rowtab::pair_words;
+    let rows = out.len();
+    if rows == 0 || !rows.is_multiple_of(2) || rows > (u32::MAX as usize) / 16 {
+        return false;
+    }
+    if !ws.is_multiple_of(2) || !rs.is_multiple_of(2) || xs.len() < ws / 2 || hs.len() < rs / 2 {
+        return false;
+    }
+    let pairs = rows / 2;
+    let (wpw, rpw) = (pair_words(form, ws), pair_words(form, rs));
+    table.len() / ROW_WORDS >= rows
+        && wp.len() / wpw.max(1) >= pairs
+        && rp.len() / rpw.max(1) >= pairs
+}
+
+/// [`gate_rows16`] on rows repacked two by two ([`crate::rowtab::pack_pairs`]; `wp` and `rp`
+/// hold `out.len() / 2` pairs of rows of `ws` and `rs` int16 weights, both even): each pass
+/// over a pair's words computes both rows' products on one load of each vector word, so the
+/// vectors' loads, the loop and pointer upkeep and the output store are paid once per two
+/// rows. Same results as [`gate_rows16`] on the rows before repacking. `false` (and nothing
+/// written) when `out.len()` is odd or a slice is shorter than that needs.
+#[allow(clippy::too_many_arguments)]
+pub fn gate_pairs16(
+    wp: &[u32],
+    ws: usize,
+    rp: &[u32],
+    rs: usize,
+    xs: &[u32],
+    hs: &[u32],
+    table: &[i32],
+    out: &mut [i32],
+) -> bool {
+    use crate::rowtab::Form;
+    if !pairs_fit(Form::HighWord, wp, ws, rp, rs, xs, hs, table, out) {
+        return out.is_empty();
+    }
+    let rows = out.len();
+    // Per product (`n` words per row): `n / 8` passes, then `rest`: bit 2 four more words,
+    // bit 1 two more, bit 0 one.
+    let rest = |s: usize| ((s / 2) % 8) as u32;
+    let mut ctx: [u32; 15] = [
+        xs.as_ptr() as u32,
+        (ws / 16) as u32,
+        hs.as_ptr() as u32,
+        (rs / 16) as u32,
+        wp.as_ptr() as u32,
+        rp.as_ptr() as u32,
+        table.as_ptr() as u32,
+        out.as_mut_ptr() as u32,
+        table[rows * ROW_WORDS..].as_ptr() as u32,
+        0,
+        0,
+        0,
+        0,
+        rest(ws),
+        rest(rs),
+    ];
+    // SAFETY: `rows / 2 >= 1` passes of the outer loop; each reads `ws` words of `wp` (two
+    // per word of a row: sixteen per pass, eight, four and two for bits 2, 1 and 0 of `rest`,
+    // post-indexed so that the pointer ends at the next pair) and `ws / 2` words of `xs` (the
+    // last one without advancing), then likewise `rs` words of `rp` and `rs / 2` of `hs`, two
+    // four-word table rows, and writes two elements of `out` (one STRD): all in bounds by
+    // `pairs_fit`, since the loop ends when the table pointer reaches the end of row
+    // `rows - 1`. All loads are of `&[u32]`/`&[i32]` data or the `ctx` local, word-aligned as
+    // LDM, LDRD and STRD need; `ctx` (15 words) is the only other memory read or written.
+    // SMLALD accumulates exactly in 64 bits; SMULL + MLA form the high word of `acc·m'`
+    // exactly (the product fits int64 by the fast path's bound; see `gate_rows16`), the shift
+    // amounts are table bytes (ASR reads the low byte of its register), `ax + ah` cannot
+    // overflow (each at most 2^29 in magnitude) and QADD saturates the bias addition. Flags
+    // set by each `lsls` are read only by the branches after it (LDM, LDR and SMLALD leave
+    // them). Only the declared registers are written; the stack is not used.
+    unsafe {
+        asm!(
+            "20:",
+            // input products: `passes` of eight words of each row, then what `rest` says
+            "ldr {pm}, [{ctx}, #16]",
+            "ldrd {px}, {g}, [{ctx}, #0]",
+            "movs {a0l}, #0",
+            "movs {a0h}, #0",
+            "movs {a1l}, #0",
+            "movs {a1h}, #0",
+            "cmp {g}, #0",
+            "beq 3f",
+            "2:",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r2, r12",
+            "smlald {a1l}, {a1h}, r3, r12",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r4, r12",
+            "smlald {a1l}, {a1h}, r5, r12",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r2, r12",
+            "smlald {a1l}, {a1h}, r3, r12",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r4, r12",
+            "smlald {a1l}, {a1h}, r5, r12",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r2, r12",
+            "smlald {a1l}, {a1h}, r3, r12",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r4, r12",
+            "smlald {a1l}, {a1h}, r5, r12",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r2, r12",
+            "smlald {a1l}, {a1h}, r3, r12",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r4, r12",
+            "smlald {a1l}, {a1h}, r5, r12",
+            "subs {g}, {g}, #1",
+            "bne 2b",
+            "3:",
+            "ldr {g}, [{ctx}, #52]",
+            "lsls {g}, {g}, #29", // Z: nothing left; N = bit 2 (four words)
+            "beq 6f",
+            "bpl 4f",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r2, r12",
+            "smlald {a1l}, {a1h}, r3, r12",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r4, r12",
+            "smlald {a1l}, {a1h}, r5, r12",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r2, r12",
+            "smlald {a1l}, {a1h}, r3, r12",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r4, r12",
+            "smlald {a1l}, {a1h}, r5, r12",
+            "4:",
+            "lsls {g}, {g}, #2", // C = bit 1 (two words), N = bit 0 (one word)
+            "bcc 5f",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r2, r12",
+            "smlald {a1l}, {a1h}, r3, r12",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r4, r12",
+            "smlald {a1l}, {a1h}, r5, r12",
+            "5:",
+            "bpl 6f",
+            "ldm {pm}!, {{r2, r3}}",
+            "ldr r12, [{px}]",
+            "smlald {a0l}, {a0h}, r2, r12",
+            "smlald {a1l}, {a1h}, r3, r12",
+            "6:",
+            "str {pm}, [{ctx}, #16]",
+            "strd {a0l}, {a0h}, [{ctx}, #36]",
+            "strd {a1l}, {a1h}, [{ctx}, #44]",
+            // recurrent products: `passes` of eight words of each row, then what `rest` says
+            "ldr {pm}, [{ctx}, #20]",
+            "ldrd {px}, {g}, [{ctx}, #8]",
+            "movs {a0l}, #0",
+            "movs {a0h}, #0",
+            "movs {a1l}, #0",
+            "movs {a1h}, #0",
+            "cmp {g}, #0",
+            "beq 8f",
+            "7:",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r2, r12",
+            "smlald {a1l}, {a1h}, r3, r12",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r4, r12",
+            "smlald {a1l}, {a1h}, r5, r12",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r2, r12",
+            "smlald {a1l}, {a1h}, r3, r12",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r4, r12",
+            "smlald {a1l}, {a1h}, r5, r12",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r2, r12",
+            "smlald {a1l}, {a1h}, r3, r12",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r4, r12",
+            "smlald {a1l}, {a1h}, r5, r12",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r2, r12",
+            "smlald {a1l}, {a1h}, r3, r12",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r4, r12",
+            "smlald {a1l}, {a1h}, r5, r12",
+            "subs {g}, {g}, #1",
+            "bne 7b",
+            "8:",
+            "ldr {g}, [{ctx}, #56]",
+            "lsls {g}, {g}, #29", // Z: nothing left; N = bit 2 (four words)
+            "beq 11f",
+            "bpl 9f",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r2, r12",
+            "smlald {a1l}, {a1h}, r3, r12",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r4, r12",
+            "smlald {a1l}, {a1h}, r5, r12",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r2, r12",
+            "smlald {a1l}, {a1h}, r3, r12",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r4, r12",
+            "smlald {a1l}, {a1h}, r5, r12",
+            "9:",
+            "lsls {g}, {g}, #2", // C = bit 1 (two words), N = bit 0 (one word)
+            "bcc 10f",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r2, r12",
+            "smlald {a1l}, {a1h}, r3, r12",
+            "ldr r12, [{px}], #4",
+            "smlald {a0l}, {a0h}, r4, r12",
+            "smlald {a1l}, {a1h}, r5, r12",
+            "10:",
+            "bpl 11f",
+            "ldm {pm}!, {{r2, r3}}",
+            "ldr r12, [{px}]",
+            "smlald {a0l}, {a0h}, r2, r12",
+            "smlald {a1l}, {a1h}, r3, r12",
+            "11:",
+            "str {pm}, [{ctx}, #20]",
+            // row a: table words mx', mh', bias, cx | ch << 8
+            "ldr {pm}, [{ctx}, #24]",
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            // ah = requant_high_word(recurrent product, mh', ch)
+            "add r12, {a0h}, {a0l}, lsr #31",
+            "smull {px}, {g}, {a0l}, r3",
+            "mla {g}, r12, r3, {g}",
+            "lsr r12, r5, #8",
+            "asr {g}, {g}, r12",
+            "adds {g}, {g}, #1",
+            "asrs {g}, {g}, #1",
+            // ax = requant_high_word(input product, mx', cx)
+            "ldrd {a0l}, {a0h}, [{ctx}, #36]",
+            "add r12, {a0h}, {a0l}, lsr #31",
+            "smull {px}, r3, {a0l}, r2",
+            "mla r3, r12, r2, r3",
+            "asr r3, r3, r5",
+            "adds r3, r3, #1",
+            "asrs r3, r3, #1",
+            "add r3, r3, {g}",
+            "qadd {a0l}, r3, r4",
+            // row b
+            "ldm {pm}!, {{r2, r3, r4, r5}}",
+            // ah = requant_high_word(recurrent product, mh', ch)
+            "add r12, {a1h}, {a1l}, lsr #31",
+            "smull {px}, {g}, {a1l}, r3",
+            "mla {g}, r12, r3, {g}",
+            "lsr r12, r5, #8",
+            "asr {g}, {g}, r12",
+            "adds {g}, {g}, #1",
+            "asrs {g}, {g}, #1",
+            // ax = requant_high_word(input product, mx', cx)
+            "ldrd {a1l}, {a1h}, [{ctx}, #44]",
+            "add r12, {a1h}, {a1l}, lsr #31",
+            "smull {px}, r3, {a1l}, r2",
+            "mla r3, r12, r2, r3",
+            "asr r3, r3, r5",
+            "adds r3, r3, #1",
+            "asrs r3, r3, #1",
+            "add r3, r3, {g}",
+            "qadd r3, r3, r4",
+            // out[2p], out[2p + 1]
+            "ldr {px}, [{ctx}, #28]",
+            "strd {a0l}, r3, [{px}], #8",
+            "str {px}, [{ctx}, #28]",
+            "str {pm}, [{ctx}, #24]",
+            "ldr {g}, [{ctx}, #32]",
+            "cmp {pm}, {g}",
+            "bne 20b",
+            ctx = in(reg) ctx.as_mut_ptr(),
+            pm = out(reg) _,
+            px = out(reg) _,
+            g = out(reg) _,
+            a0l = out(reg) _,
+            a0h = out(reg) _,
+            a1l = out(reg) _,
+            a1h = out(reg) _,
+            out("r2") _, out("r3") _, out("r4") _, out("r5") _, out("r12") _,
+            options(nostack),
+        );
+    }
+    true
+}
+
 /// [`gate_rows8`] on rows repacked two by two ([`crate::rowtab::pack_pairs`]; `wp` and `rp`
 /// hold `out.len() / 2` pairs of rows of `ws` and `rs` bytes, both even): each pass over a
 /// pair's words computes both rows' products on one load of the vector words, so the
@@ -665,21 +974,11 @@ pub fn gate_pairs8(
     table: &[i32],
     out: &mut [i32],
 ) -> bool {
-    use crate::rowtab::pair_words;
+    use crate::rowtab::Form;
+    if !pairs_fit(Form::TwoWord, wp, ws, rp, rs, xs, hs, table, out) {
+        return out.is_empty();
+    }
     let rows = out.len();
-    if rows == 0 || !rows.is_multiple_of(2) || rows > (u32::MAX as usize) / 16 {
-        return rows == 0;
-    }
-    if !ws.is_multiple_of(2) || !rs.is_multiple_of(2) || xs.len() < ws / 2 || hs.len() < rs / 2 {
-        return false;
-    }
-    let pairs = rows / 2;
-    if table.len() / ROW_WORDS < rows {
-        return false;
-    }
-    if wp.len() / pair_words(ws).max(1) < pairs || rp.len() / pair_words(rs).max(1) < pairs {
-        return false;
-    }
     // Per product: `s / 16` passes of four groups of four bytes, then `rest`: bit 2 two more
     // groups, bit 1 one more, bit 0 the last pair of bytes (rows of 4k + 2 bytes).
     let rest = |s: usize| ((((s / 4) % 4) << 1) | ((s % 4) / 2)) as u32;
@@ -698,12 +997,13 @@ pub fn gate_pairs8(
         rest(ws),
         rest(rs),
     ];
-    // SAFETY: `pairs >= 1` passes of the outer loop; each reads `pair_words(ws)` words of `wp`
-    // (eight per pass, four for bit 2 of `rest`, two for bit 1, one for bit 0, post-indexed
-    // so that the pointer ends at the next pair) and `ws / 2` words of `xs` (the same counts;
-    // the last-pair word is read without advancing), then likewise `pair_words(rs)` words of
+    // SAFETY: `rows / 2 >= 1` passes of the outer loop (`pairs_fit`); each reads
+    // `pair_words(TwoWord, ws)` words of `wp` (eight per pass, four for bit 2 of `rest`, two
+    // for bit 1, one for bit 0, post-indexed so that the pointer ends at the next pair) and
+    // `ws / 2` words of `xs` (the same counts; the last-pair word is read without
+    // advancing), then likewise `pair_words(TwoWord, rs)` words of
     // `rp` and `rs / 2` of `hs`, two four-word table rows, and writes two elements of `out`
-    // (one STRD): all in bounds by the checks above, since the loop ends when the table
+    // (one STRD): all in bounds by `pairs_fit`, since the loop ends when the table
     // pointer reaches the end of row `rows - 1`. All loads are of `&[u32]`/`&[i32]` data or
     // the `ctx` local, word-aligned as LDM, LDRD and STRD need; `ctx` (13 words) is the only
     // other memory read or written. SMLAD is exact (the parser's `acc32` bound on every

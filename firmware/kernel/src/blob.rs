@@ -374,7 +374,7 @@ impl Layer<'_> {
         tables.count() * self.table_rows() * crate::rowtab::ROW_WORDS
     }
 
-    /// Gate rows whose int8 weights a session may keep repacked in pairs
+    /// Gate rows whose weights a session may keep repacked in pairs
     /// ([`crate::rowtab::pack_pairs`]): the rows of the dual-product kernel, an LSTM's four
     /// gates and a GRU's z and r gates.
     pub fn pair_rows(&self) -> usize {
@@ -386,14 +386,14 @@ impl Layer<'_> {
     }
 
     /// int32 words of repacked weight pairs direction `p` of this layer takes: its
-    /// [`Layer::pair_rows`] of `w` and of `r`, for [`crate::rowtab::Form::TwoWord`] tables.
+    /// [`Layer::pair_rows`] of `w` and of `r`, for directions with a row table.
     pub fn dir_pair_len(&self, p: &Params) -> usize {
-        use crate::rowtab::{pairs_len, Form};
-        if p.table != Some(Form::TwoWord) {
+        use crate::rowtab::pairs_len;
+        let Some(form) = p.table else {
             return 0;
-        }
+        };
         let rows = self.pair_rows();
-        pairs_len(rows, self.w_stride()) + pairs_len(rows, self.r_stride())
+        pairs_len(form, rows, self.w_stride()) + pairs_len(form, rows, self.r_stride())
     }
 
     /// int32 words of repacked weight pairs this layer's directions take (see
@@ -733,15 +733,15 @@ impl<'a> Model<'a> {
         n
     }
 
-    /// int32 words of row tables ([`Layer::table_len`] summed) and of int8 weights repacked
-    /// in pairs ([`Layer::pair_len`]): a session given this many `acc` words beyond
-    /// [`Model::acc_len`] keeps its gate rows' parameters, and its int8 gate rows two by two,
-    /// in them, which makes a step cheaper (see [`crate::rowtab`]).
+    /// int32 words of row tables ([`Layer::table_len`] summed) and of gate rows repacked in
+    /// pairs ([`Layer::pair_len`]): a session given this many `acc` words beyond
+    /// [`Model::acc_len`] keeps its gate rows' parameters, and its gate rows two by two, in
+    /// them, which makes a step cheaper (see [`crate::rowtab`]).
     pub fn tables_len(&self) -> usize {
         self.row_tables_len() + self.layers.iter().map(Layer::pair_len).sum::<usize>()
     }
 
-    /// The part of [`Model::tables_len`] that is row tables alone, without the int8 weights
+    /// The part of [`Model::tables_len`] that is row tables alone, without the gate rows
     /// repacked in pairs: a session given room for this much but not for all of it runs with
     /// the tables and the weights where they are.
     pub fn row_tables_len(&self) -> usize {

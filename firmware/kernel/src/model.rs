@@ -4,7 +4,7 @@
 //! layer, each recurrent direction's state (h, then c for LSTM) or a dense/embedding layer's
 //! output, then the output vector, then int16 scratch; `acc` int32 of [`Model::acc_len`] words
 //! holds gate pre-activations, after the gate rows' tables when the caller gave room for them
-//! ([`Model::tables_len`] more words, with int8 gate rows repacked in pairs, or
+//! ([`Model::tables_len`] more words, with gate rows repacked in pairs, or
 //! [`Model::row_tables_len`] for the tables alone; see [`crate::rowtab`]). [`Session::step`] advances every
 //! layer by one sample (causal models); [`Session::run`] processes a whole window layer by
 //! layer, which is also how bidirectional layers run, in a caller-provided window buffer of
@@ -81,7 +81,7 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
             });
         }
         // Row tables when the caller gave room for them (then at the start of `acc`), laid
-        // out as `dir_table_range` says; with room for all of `tables_len`, the int8 gate rows
+        // out as `dir_table_range` says; with room for all of `tables_len`, the gate rows
         // repacked in pairs after each direction's table too.
         let spare = acc.len() - need_acc;
         let (tables_len, pairs) = if spare >= model.tables_len() {
@@ -297,7 +297,7 @@ impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
 }
 
 /// Words a layer's block of the session's tables takes: its row tables, and with `pairs` its
-/// int8 gate rows repacked in pairs.
+/// gate rows repacked in pairs.
 fn layer_tables_len(layer: &Layer, pairs: bool) -> usize {
     layer.table_len() + if pairs { layer.pair_len() } else { 0 }
 }
@@ -310,7 +310,6 @@ fn build_dir(
     form: crate::rowtab::Form,
     block: &mut [i32],
 ) -> bool {
-    use crate::blob::Weights;
     use crate::rowtab::{build, pack_pairs, pairs_len, ROW_WORDS};
     let rows = layer.table_rows();
     let (table, pairs) = block.split_at_mut((rows * ROW_WORDS).min(block.len()));
@@ -320,13 +319,10 @@ fn build_dir(
     if pairs.is_empty() {
         return true;
     }
-    let (Weights::I8(w), Weights::I8(r)) = (p.w, p.r) else {
-        return false;
-    };
     let (n, ws, rs) = (layer.pair_rows(), layer.w_stride(), layer.r_stride());
     let pairs: &mut [u32] = bytemuck::cast_slice_mut(pairs);
-    let (wp, rp) = pairs.split_at_mut(pairs_len(n, ws).min(pairs.len()));
-    pack_pairs(w, ws, n, wp) && pack_pairs(r, rs, n, rp)
+    let (wp, rp) = pairs.split_at_mut(pairs_len(form, n, ws).min(pairs.len()));
+    pack_pairs(&p.w, ws, n, wp) && pack_pairs(&p.r, rs, n, rp)
 }
 
 /// A direction's block of the session's `tables` (start, end as [`Session::new`] found it;
@@ -338,7 +334,7 @@ fn block(tables: &[i32], (start, end): (u32, u32)) -> &[i32] {
 
 /// Where direction `d`'s block lies within its layer's block: one per direction that has a
 /// row table ([`crate::blob::Params::table`]), in direction order, each its table and, with
-/// `pairs`, its repacked int8 rows ([`Layer::dir_pair_len`]). `None` when that direction has
+/// `pairs`, its repacked gate rows ([`Layer::dir_pair_len`]). `None` when that direction has
 /// no table.
 fn dir_table_range(layer: &Layer, d: usize, pairs: bool) -> Option<core::ops::Range<usize>> {
     let len = |p: &crate::blob::Params| {

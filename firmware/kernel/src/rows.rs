@@ -285,7 +285,7 @@ pub fn preact_fast(
     out: &mut [i32],
 ) -> bool {
     use crate::fixed::requant32;
-    use crate::rowtab::{Form, ROW_WORDS};
+    use crate::rowtab::{pairs_len, Form, ROW_WORDS};
     let rows = out.len();
     let (mx, sx, mh, sh, bias) = (p.mx, p.sx, p.mh, p.sh, p.bias);
     if mx.len() < rows || sx.len() < rows || mh.len() < rows || sh.len() < rows {
@@ -295,6 +295,16 @@ pub fn preact_fast(
         return false;
     }
     let form = p.table.filter(|_| table.len() >= rows * ROW_WORDS);
+    // The rows two by two when the session keeps them repacked (an even count).
+    if let Some(f) = form {
+        let (wn, rn) = (pairs_len(f, rows, ws), pairs_len(f, rows, rs));
+        if rows.is_multiple_of(2) && ws > 0 && rs > 0 && pairs.len() == wn + rn {
+            let (wp, rp) = pairs.split_at(wn);
+            if gate_pairs(f, wp, ws, rp, rs, xs, hs, table, out) {
+                return true;
+            }
+        }
+    }
     match (&p.w, &p.r) {
         (Weights::I16(w), Weights::I16(r)) => {
             let (Ok(w), Ok(r)) = (
@@ -331,20 +341,6 @@ pub fn preact_fast(
             }
             // `rowtab::form` gives TwoWord only with `p.acc32`.
             if form == Some(Form::TwoWord) {
-                use crate::rowtab::pairs_len;
-                // The rows two by two when the session keeps them repacked (an even count).
-                let (wn, rn) = (pairs_len(rows, ws), pairs_len(rows, rs));
-                if rows.is_multiple_of(2) && pairs.len() == wn + rn {
-                    let (wp, rp) = pairs.split_at(wn);
-                    #[cfg(recur_dsp)]
-                    if crate::arm::gate_pairs8(wp, ws, rp, rs, xs, hs, table, out) {
-                        return true;
-                    }
-                    #[cfg(not(recur_dsp))]
-                    if gate_pairs_table(wp, ws, rp, rs, xs, hs, table, out) {
-                        return true;
-                    }
-                }
                 #[cfg(recur_dsp)]
                 if crate::arm::gate_rows8(w, ws, r, rs, xs, hs, table, out) {
                     return true;
@@ -520,13 +516,15 @@ fn gate_rows_table<T>(
     }
 }
 
-/// [`gate_rows_table`] on int8 rows repacked in pairs ([`crate::rowtab::pack_pairs`]): the
-/// portable twin of the Cortex-M4 kernel `arm::gate_pairs8`, same arguments, same results. `false`
-/// (nothing written) when a slice is shorter than `out.len()` rows (an even count) need.
-#[cfg(not(recur_dsp))]
-#[inline(never)]
+/// The gate rows of [`preact_fast`] two by two, from rows repacked by
+/// [`crate::rowtab::pack_pairs`] in `form` (`wp` and `rp` hold `out.len() / 2` pairs of rows
+/// of `ws` and `rs` weights): on Cortex-M4 the kernels `arm::gate_pairs16` and
+/// `arm::gate_pairs8`, elsewhere their portable twin. `false` (nothing written) when a slice
+/// is shorter than that needs or `out.len()` is odd.
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn gate_pairs_table(
+fn gate_pairs(
+    form: crate::rowtab::Form,
     wp: &[u32],
     ws: usize,
     rp: &[u32],
@@ -536,9 +534,40 @@ fn gate_pairs_table(
     table: &[i32],
     out: &mut [i32],
 ) -> bool {
-    use crate::rowtab::{pair_products, pair_words, requant_two_word as rq, shift, ROW_WORDS};
+    #[cfg(recur_dsp)]
+    {
+        use crate::rowtab::Form;
+        match form {
+            Form::HighWord => crate::arm::gate_pairs16(wp, ws, rp, rs, xs, hs, table, out),
+            Form::TwoWord => crate::arm::gate_pairs8(wp, ws, rp, rs, xs, hs, table, out),
+        }
+    }
+    #[cfg(not(recur_dsp))]
+    {
+        gate_pairs_table(form, wp, ws, rp, rs, xs, hs, table, out)
+    }
+}
+
+/// [`gate_pairs`]' portable twin: [`gate_rows_table`]'s values, row by row, from the pairs'
+/// products.
+#[cfg(not(recur_dsp))]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn gate_pairs_table(
+    form: crate::rowtab::Form,
+    wp: &[u32],
+    ws: usize,
+    rp: &[u32],
+    rs: usize,
+    xs: &[u32],
+    hs: &[u32],
+    table: &[i32],
+    out: &mut [i32],
+) -> bool {
+    use crate::rowtab::{pair_products16, pair_products8, pair_words, shift, Form, ROW_WORDS};
+    use crate::rowtab::{requant_high_word, requant_two_word};
     let rows = out.len();
-    let (wpw, rpw) = (pair_words(ws), pair_words(rs));
+    let (wpw, rpw) = (pair_words(form, ws), pair_words(form, rs));
     if !rows.is_multiple_of(2) || xs.len() < ws / 2 || hs.len() < rs / 2 {
         return false;
     }
@@ -546,12 +575,36 @@ fn gate_pairs_table(
         return false;
     }
     for (pair, o) in out.chunks_exact_mut(2).enumerate() {
-        let (xa, xb) = pair_products(&wp[pair * wpw..(pair + 1) * wpw], ws, xs);
-        let (ha, hb) = pair_products(&rp[pair * rpw..(pair + 1) * rpw], rs, hs);
-        for (k, (dx, dh)) in [(xa, ha), (xb, hb)].into_iter().enumerate() {
-            let e = &table[(2 * pair + k) * ROW_WORDS..(2 * pair + k + 1) * ROW_WORDS];
-            let t = rq(dx, e[0], shift(e, 0), shift(e, 1)) + rq(dh, e[1], shift(e, 2), shift(e, 3));
-            o[k] = t.saturating_add(e[2]);
+        let (wq, rq) = (
+            &wp[pair * wpw..(pair + 1) * wpw],
+            &rp[pair * rpw..(pair + 1) * rpw],
+        );
+        let rows_of = |k: usize| &table[(2 * pair + k) * ROW_WORDS..(2 * pair + k + 1) * ROW_WORDS];
+        let values: [i32; 2] = match form {
+            Form::HighWord => {
+                let ((xa, xb), (ha, hb)) = (pair_products16(wq, xs), pair_products16(rq, hs));
+                let mut v = [0; 2];
+                for (k, (dx, dh)) in [(xa, ha), (xb, hb)].into_iter().enumerate() {
+                    let e = rows_of(k);
+                    v[k] = requant_high_word(dx, e[0], shift(e, 0))
+                        + requant_high_word(dh, e[1], shift(e, 1));
+                }
+                v
+            }
+            Form::TwoWord => {
+                let (xa, xb) = pair_products8(wq, ws, &xs[..ws / 2]);
+                let (ha, hb) = pair_products8(rq, rs, &hs[..rs / 2]);
+                let mut v = [0; 2];
+                for (k, (dx, dh)) in [(xa, ha), (xb, hb)].into_iter().enumerate() {
+                    let e = rows_of(k);
+                    v[k] = requant_two_word(dx, e[0], shift(e, 0), shift(e, 1))
+                        + requant_two_word(dh, e[1], shift(e, 2), shift(e, 3));
+                }
+                v
+            }
+        };
+        for (k, (o, v)) in o.iter_mut().zip(values).enumerate() {
+            *o = v.saturating_add(rows_of(k)[2]);
         }
     }
     true

@@ -101,28 +101,62 @@ fn entry(p: &Params, j: usize, form: Form) -> Option<[i32; ROW_WORDS]> {
     }
 }
 
-/// Words one pair of int8 gate rows of `stride` bytes takes in [`pack_pairs`]' layout: two
-/// words per group of four weights, one more for a last pair of weights.
-pub const fn pair_words(stride: usize) -> usize {
-    2 * (stride / 4) + (stride % 4) / 2
+/// Words one pair of gate rows of `stride` weights (even) takes in [`pack_pairs`]' layout:
+/// int16 ([`Form::HighWord`]) one word per two weights of each row; int8
+/// ([`Form::TwoWord`]) two words per group of four weights, one more for a last pair.
+pub const fn pair_words(form: Form, stride: usize) -> usize {
+    match form {
+        Form::HighWord => stride,
+        Form::TwoWord => 2 * (stride / 4) + (stride % 4) / 2,
+    }
 }
 
-/// Words [`pack_pairs`] writes for `rows` rows of `stride` bytes (an odd last row paired with
-/// a row of zeros).
-pub const fn pairs_len(rows: usize, stride: usize) -> usize {
-    rows.div_ceil(2) * pair_words(stride)
+/// Words [`pack_pairs`] writes for `rows` rows of `stride` weights (an odd last row paired
+/// with a row of zeros).
+pub const fn pairs_len(form: Form, rows: usize, stride: usize) -> usize {
+    rows.div_ceil(2) * pair_words(form, stride)
 }
 
-/// The int8 gate rows of a [`Form::TwoWord`] direction repacked two by two in RAM, so that
-/// one pass over the pairs computes two rows' products on each load of the vector (the
-/// Cortex-M4 kernel `arm::gate_pairs8`): the words of a pair `(a, b)` are, per group of four
+/// A direction's gate rows repacked two by two in RAM, so that one pass over the pairs
+/// computes two rows' products on each load of the vector (the Cortex-M4 kernels
+/// `arm::gate_pairs16` and `arm::gate_pairs8`). The words of a pair `(a, b)` are, for int16
+/// rows, row `a`'s word `k` then row `b`'s, for each `k`; for int8 rows, per group of four
 /// weights, row `a`'s four bytes then row `b`'s, and for rows of `4k + 2` bytes a last word
 /// `[a[s-2], b[s-2], a[s-1], b[s-1]]` (whose SXTB16 halves are row `a`'s last pair, and
-/// rotated by 8 row `b`'s). Writes the first `rows` rows of `m` (rows of `stride` bytes, `stride` even);
-/// `false` when `m` or `out` is short or `stride` odd.
-pub fn pack_pairs(m: &[i8], stride: usize, rows: usize, out: &mut [u32]) -> bool {
-    let len = pairs_len(rows, stride);
-    if !stride.is_multiple_of(2) || m.len() / stride.max(1) < rows || out.len() < len {
+/// rotated by 8 row `b`'s). Writes the first `rows` rows of `m` (rows of `stride` weights,
+/// `stride` even) in the layout of `m`'s type; `false` when `m` or `out` is short or
+/// `stride` odd.
+pub fn pack_pairs(m: &Weights, stride: usize, rows: usize, out: &mut [u32]) -> bool {
+    if !stride.is_multiple_of(2) {
+        return false;
+    }
+    match m {
+        Weights::I16(m) => {
+            let len = pairs_len(Form::HighWord, rows, stride);
+            let Ok(m) = bytemuck::try_cast_slice::<i16, u32>(m) else {
+                return false;
+            };
+            let sw = stride / 2;
+            if m.len() / sw.max(1) < rows || out.len() < len {
+                return false;
+            }
+            let word = |row: usize, k: usize| if row < rows { m[row * sw + k] } else { 0 };
+            let pairs = out[..len].chunks_exact_mut(2 * sw.max(1));
+            for (a, pair) in (0..rows).step_by(2).zip(pairs) {
+                for (k, two) in pair.chunks_exact_mut(2).enumerate() {
+                    two.copy_from_slice(&[word(a, k), word(a + 1, k)]);
+                }
+            }
+            true
+        }
+        Weights::I8(m) => pack_pairs8(m, stride, rows, &mut out[..]),
+    }
+}
+
+/// [`pack_pairs`] for int8 rows.
+fn pack_pairs8(m: &[i8], stride: usize, rows: usize, out: &mut [u32]) -> bool {
+    let len = pairs_len(Form::TwoWord, rows, stride);
+    if m.len() / stride.max(1) < rows || out.len() < len {
         return false;
     }
     let byte = |row: usize, k: usize| -> u8 {
@@ -152,11 +186,27 @@ pub fn pack_pairs(m: &[i8], stride: usize, rows: usize, out: &mut [u32]) -> bool
     true
 }
 
-/// The products of one pair of rows from its [`pack_pairs`] words and a
+/// The products of one pair of int16 rows from its [`pack_pairs`] words and a
+/// [`crate::rows::pack16`] vector `x`: `(W[a]·x, W[b]·x)`, exact. The portable twin of the
+/// products of the Cortex-M4 kernel `arm::gate_pairs16`.
+pub fn pair_products16(words: &[u32], x: &[u32]) -> (i64, i64) {
+    let dual = |w: u32, v: u32| {
+        (w as i16 as i64) * (v as i16 as i64)
+            + ((w >> 16) as i16 as i64) * ((v >> 16) as i16 as i64)
+    };
+    let (mut a, mut b) = (0i64, 0i64);
+    for (two, &v) in words.chunks_exact(2).zip(x) {
+        a += dual(two[0], v);
+        b += dual(two[1], v);
+    }
+    (a, b)
+}
+
+/// The products of one pair of int8 rows from its [`pack_pairs`] words and a
 /// [`crate::rows::pack8`] vector `x` of `stride / 2` words: `(W[a]·x, W[b]·x)`, wrapping in
 /// int32 as SMLAD does (exact where used: [`crate::blob::Params::acc32`]). The portable twin
 /// of the products of the Cortex-M4 kernel `arm::gate_pairs8`.
-pub fn pair_products(words: &[u32], stride: usize, x: &[u32]) -> (i32, i32) {
+pub fn pair_products8(words: &[u32], stride: usize, x: &[u32]) -> (i32, i32) {
     // SXTB16: bytes 0 and 2 (or, rotated by 8, bytes 1 and 3) as two int16 halves.
     let lanes = |w: u32, rot: u32| {
         let w = w.rotate_right(rot);
@@ -289,48 +339,80 @@ mod tests {
         assert_eq!(high_word_multiplier(-(1 << 21), 23), Some(i32::MIN));
     }
 
-    /// Rows repacked in pairs give each row's own product: `pair_products` on `pack_pairs`'
-    /// words equals `dot8` on the rows as the blob holds them, for every even row width up to
-    /// 42 bytes (each group count and both tails), odd and even row counts (an odd last row's
-    /// partner reads as zeros), and extreme as well as random weights and vectors.
+    /// Rows repacked in pairs give each row's own product: `pair_products8`/`16` on
+    /// `pack_pairs`' words equal `dot8`/`dot16` on the rows as the blob holds them, for every
+    /// even row width up to 42 weights (each group count and both int8 tails), odd and even
+    /// row counts (an odd last row's partner reads as zeros), and extreme as well as random
+    /// weights and vectors.
     #[test]
     fn pairs_give_each_rows_own_product() {
-        use crate::rows::{dot8, pack8};
+        use crate::rows::{dot16, dot8, pack16, pack8};
         let mut next = crate::test_rng::xorshift(0x05ee_d0f9_a1e5);
         for stride in (2..=42).step_by(2) {
+            let sw = stride / 2;
             for rows in 1..=5 {
                 for case in 0..8 {
-                    let m: [i8; 5 * 42] = core::array::from_fn(|_| match case {
-                        0 => -128,
-                        1 => 127,
-                        _ => next() as i8,
-                    });
+                    let pick = |v: u64, lo: i64, hi: i64| match case {
+                        0 => lo,
+                        1 => hi,
+                        _ => v as i64,
+                    };
+                    let m8: [i8; 5 * 42] = core::array::from_fn(|_| pick(next(), -128, 127) as i8);
+                    // int16 rows on words, as the parser has them.
+                    let mut m16 = [0u32; 5 * 21];
+                    for v in bytemuck::cast_slice_mut::<u32, i16>(&mut m16) {
+                        *v = pick(next(), -32768, 32767) as i16;
+                    }
+                    let m16: &[i16] = bytemuck::cast_slice(&m16);
                     let x: [i16; 42] = core::array::from_fn(|i| match case {
                         0 | 1 => i16::MIN + (i % 2) as i16,
                         _ => next() as i16,
                     });
-                    let mut xs = [0u32; 21];
-                    pack8(&x[..stride], &mut xs[..stride / 2]);
-                    let mut words = [0u32; 3 * 21];
-                    let len = pairs_len(rows, stride);
-                    assert!(pack_pairs(&m, stride, rows, &mut words[..len]));
-                    assert!(!pack_pairs(&m, stride, rows, &mut words[..len - 1]));
-                    let pw = pair_words(stride);
-                    for (p, pair) in words[..len].chunks_exact(pw).enumerate() {
-                        let (a, b) = pair_products(pair, stride, &xs[..stride / 2]);
-                        for (row, got) in [(2 * p, a), (2 * p + 1, b)] {
-                            let want = match row < rows {
-                                true => {
-                                    dot8(&m[row * stride..(row + 1) * stride], &xs[..stride / 2])
+                    let (mut xs8, mut xs16) = ([0u32; 21], [0u32; 21]);
+                    pack8(&x[..stride], &mut xs8[..sw]);
+                    pack16(&x[..stride], &mut xs16[..sw]);
+                    let mut words = [0u32; 3 * 42];
+                    for form in [Form::TwoWord, Form::HighWord] {
+                        let m = match form {
+                            Form::TwoWord => Weights::I8(&m8),
+                            Form::HighWord => Weights::I16(m16),
+                        };
+                        let len = pairs_len(form, rows, stride);
+                        assert!(pack_pairs(&m, stride, rows, &mut words[..len]));
+                        assert!(!pack_pairs(&m, stride, rows, &mut words[..len - 1]));
+                        let pw = pair_words(form, stride);
+                        for (p, pair) in words[..len].chunks_exact(pw).enumerate() {
+                            let (a, b) = match form {
+                                Form::TwoWord => {
+                                    let (a, b) = pair_products8(pair, stride, &xs8[..sw]);
+                                    (a as i64, b as i64)
                                 }
-                                false => 0,
+                                Form::HighWord => pair_products16(pair, &xs16[..sw]),
                             };
-                            assert_eq!(got as i64, want, "stride {stride} rows {rows} row {row}");
+                            for (row, got) in [(2 * p, a), (2 * p + 1, b)] {
+                                let want = match (row < rows, &m) {
+                                    (false, _) => 0,
+                                    (true, Weights::I8(m)) => {
+                                        dot8(&m[row * stride..(row + 1) * stride], &xs8[..sw])
+                                    }
+                                    (true, Weights::I16(m)) => {
+                                        let w: &[u32] = bytemuck::cast_slice(m);
+                                        dot16(&w[row * sw..(row + 1) * sw], &xs16[..sw])
+                                    }
+                                };
+                                assert_eq!(
+                                    got, want,
+                                    "{form:?} stride {stride} rows {rows} row {row}"
+                                );
+                            }
                         }
                     }
                 }
             }
         }
-        assert!(!pack_pairs(&[0; 9], 3, 3, &mut [0; 8]), "odd stride");
+        assert!(
+            !pack_pairs(&Weights::I8(&[0; 9]), 3, 3, &mut [0; 8]),
+            "odd stride"
+        );
     }
 }
