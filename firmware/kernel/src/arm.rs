@@ -12,7 +12,7 @@
 
 use core::arch::asm;
 
-use crate::rowtab::ROW_WORDS;
+use crate::rowtab::{Form, PairRows, ROW_WORDS};
 
 /// `Σ lo·lo + hi·hi` over the int16 halves of `min(w.len(), x.len())` word pairs (SMLALD).
 #[inline(always)]
@@ -648,34 +648,218 @@ pub fn gate_rows8(
     true
 }
 
-/// Whether the pair kernels' slices fit: an even, non-zero number of rows (`out.len()`),
-/// even row widths, vectors of `ws / 2` and `rs / 2` words, `out.len()` table rows and
-/// `out.len() / 2` pairs in `wp` and `rp` ([`crate::rowtab::pair_words`] each).
-#[allow(clippy::too_many_arguments)]
-fn pairs_fit(
-    form: crate::rowtab::Form,
-    wp: &[u32],
-    ws: usize,
-    rp: &[u32],
-    rs: usize,
+/// One product of both rows of a pair ([`gate_pairs16`], [`gate_pairs8`]) as `asm!` template
+/// text: the matrix pointer from context word `$pm`, the vector pointer and pass count from
+/// words `$px` and `$px + 4`, the accumulators zeroed (`$zero`), `passes` of `$pass`, then
+/// the remainder word at `$rest` (bit 2: `$half`, bit 1: `$one`, bit 0: `$last`), with local
+/// labels `$l`. The flags set by each `lsls` are read only by the branches after it (the
+/// bodies are loads, SXTB16 and dual MACs, which leave them).
+macro_rules! pair_product {
+    ($zero:ident, $pass:ident, $half:ident, $one:ident, $last:ident, $pm:literal, $px:literal,
+     $rest:literal, [$l0:literal, $l1:literal, $l2:literal, $l3:literal, $l4:literal]) => {
+        concat!(
+            "ldr {pm}, [{ctx}, #",
+            $pm,
+            "]\n",
+            "ldrd {px}, {g}, [{ctx}, #",
+            $px,
+            "]\n",
+            $zero!(),
+            "cmp {g}, #0\n",
+            "beq ",
+            $l1,
+            "f\n",
+            $l0,
+            ":\n",
+            $pass!(),
+            "subs {g}, {g}, #1\n",
+            "bne ",
+            $l0,
+            "b\n",
+            $l1,
+            ":\n",
+            "ldr {g}, [{ctx}, #",
+            $rest,
+            "]\n",
+            "lsls {g}, {g}, #29\n", // Z: nothing left; N = bit 2
+            "beq ",
+            $l4,
+            "f\n",
+            "bpl ",
+            $l2,
+            "f\n",
+            $half!(),
+            $l2,
+            ":\n",
+            "lsls {g}, {g}, #2\n", // C = bit 1, N = bit 0
+            "bcc ",
+            $l3,
+            "f\n",
+            $one!(),
+            $l3,
+            ":\n",
+            "bpl ",
+            $l4,
+            "f\n",
+            $last!(),
+            $l4,
+            ":\n",
+        )
+    };
+}
+
+/// [`gate_pairs16`]: its four 64-bit accumulators zeroed.
+macro_rules! zero16 {
+    () => {
+        "movs {a0l}, #0\nmovs {a0h}, #0\nmovs {a1l}, #0\nmovs {a1h}, #0\n"
+    };
+}
+
+/// [`gate_pairs16`]: two words of each row of the pair (8 MACs in 7 instructions).
+macro_rules! two16 {
+    () => {
+        concat!(
+            "ldm {pm}!, {{r2, r3, r4, r5}}\n",
+            "ldr r12, [{px}], #4\n",
+            "smlald {a0l}, {a0h}, r2, r12\n",
+            "smlald {a1l}, {a1h}, r3, r12\n",
+            "ldr r12, [{px}], #4\n",
+            "smlald {a0l}, {a0h}, r4, r12\n",
+            "smlald {a1l}, {a1h}, r5, r12\n",
+        )
+    };
+}
+
+/// [`gate_pairs16`]: four words of each row.
+macro_rules! four16 {
+    () => {
+        concat!(two16!(), two16!())
+    };
+}
+
+/// [`gate_pairs16`]: a pass, eight words of each row.
+macro_rules! pass16 {
+    () => {
+        concat!(four16!(), four16!())
+    };
+}
+
+/// [`gate_pairs16`]: the last word of each row (the vector pointer is not advanced).
+macro_rules! one16 {
+    () => {
+        concat!(
+            "ldm {pm}!, {{r2, r3}}\n",
+            "ldr r12, [{px}]\n",
+            "smlald {a0l}, {a0h}, r2, r12\n",
+            "smlald {a1l}, {a1h}, r3, r12\n",
+        )
+    };
+}
+
+/// [`gate_pairs8`]: its two accumulators zeroed.
+macro_rules! zero8 {
+    () => {
+        "movs {a0}, #0\nmovs {a1}, #0\n"
+    };
+}
+
+/// [`gate_pairs8`]: one group of four weights of each row (8 MACs).
+macro_rules! group8 {
+    () => {
+        concat!(
+            "ldm {pm}!, {{r2, r3}}\n",
+            "ldm {px}!, {{r4, r5}}\n",
+            "sxtb16 {t}, r2\n",
+            "smlad {a0}, {t}, r4, {a0}\n",
+            "sxtb16 r2, r2, ror #8\n",
+            "smlad {a0}, r2, r5, {a0}\n",
+            "sxtb16 {t}, r3\n",
+            "smlad {a1}, {t}, r4, {a1}\n",
+            "sxtb16 r3, r3, ror #8\n",
+            "smlad {a1}, r3, r5, {a1}\n",
+        )
+    };
+}
+
+/// [`gate_pairs8`]: two groups of each row, both rows' words in one LDM (16 MACs in 19
+/// instructions).
+macro_rules! two_groups8 {
+    () => {
+        concat!(
+            "ldm {pm}!, {{r2, r3, r12, lr}}\n",
+            "ldm {px}!, {{r4, r5}}\n",
+            "sxtb16 {t}, r2\n",
+            "smlad {a0}, {t}, r4, {a0}\n",
+            "sxtb16 r2, r2, ror #8\n",
+            "smlad {a0}, r2, r5, {a0}\n",
+            "sxtb16 {t}, r3\n",
+            "smlad {a1}, {t}, r4, {a1}\n",
+            "sxtb16 r3, r3, ror #8\n",
+            "smlad {a1}, r3, r5, {a1}\n",
+            "ldm {px}!, {{r4, r5}}\n",
+            "sxtb16 {t}, r12\n",
+            "smlad {a0}, {t}, r4, {a0}\n",
+            "sxtb16 r12, r12, ror #8\n",
+            "smlad {a0}, r12, r5, {a0}\n",
+            "sxtb16 {t}, lr\n",
+            "smlad {a1}, {t}, r4, {a1}\n",
+            "sxtb16 lr, lr, ror #8\n",
+            "smlad {a1}, lr, r5, {a1}\n",
+        )
+    };
+}
+
+/// [`gate_pairs8`]: a pass, four groups of each row.
+macro_rules! pass8 {
+    () => {
+        concat!(two_groups8!(), two_groups8!())
+    };
+}
+
+/// [`gate_pairs8`]: the last pair of weights of each row, from one word `[a, b, a', b']` and
+/// the vector's last word (not advanced).
+macro_rules! tail8 {
+    () => {
+        concat!(
+            "ldr r2, [{pm}], #4\n",
+            "ldr r4, [{px}]\n",
+            "sxtb16 {t}, r2\n",
+            "smlad {a0}, {t}, r4, {a0}\n",
+            "sxtb16 r2, r2, ror #8\n",
+            "smlad {a1}, r2, r4, {a1}\n",
+        )
+    };
+}
+
+/// The context both pair kernels keep in memory: vector pointers and pass counts, the
+/// advancing matrix, table and output pointers, where the table ends, each product's
+/// remainder bits, then four words for the input products while the recurrent ones run.
+fn pair_context(
+    p: &PairRows,
+    passes: fn(usize) -> usize,
+    rest: fn(usize) -> u32,
     xs: &[u32],
     hs: &[u32],
     table: &[i32],
-    out: &[i32],
-) -> bool {
-    use crate::rowtab::pair_words;
-    let rows = out.len();
-    if rows == 0 || !rows.is_multiple_of(2) || rows > (u32::MAX as usize) / 16 {
-        return false;
-    }
-    if !ws.is_multiple_of(2) || !rs.is_multiple_of(2) || xs.len() < ws / 2 || hs.len() < rs / 2 {
-        return false;
-    }
-    let pairs = rows / 2;
-    let (wpw, rpw) = (pair_words(form, ws), pair_words(form, rs));
-    table.len() / ROW_WORDS >= rows
-        && wp.len() / wpw.max(1) >= pairs
-        && rp.len() / rpw.max(1) >= pairs
+    out: &mut [i32],
+) -> [u32; 15] {
+    [
+        xs.as_ptr() as u32,
+        passes(p.ws) as u32,
+        hs.as_ptr() as u32,
+        passes(p.rs) as u32,
+        p.w.as_ptr() as u32,
+        p.r.as_ptr() as u32,
+        table.as_ptr() as u32,
+        out.as_mut_ptr() as u32,
+        table[out.len() * ROW_WORDS..].as_ptr() as u32,
+        rest(p.ws),
+        rest(p.rs),
+        0,
+        0,
+        0,
+        0,
+    ]
 }
 
 /// [`gate_rows16`] on rows repacked two by two ([`crate::rowtab::pack_pairs`]; `wp` and `rp`
@@ -684,44 +868,15 @@ fn pairs_fit(
 /// vectors' loads, the loop and pointer upkeep and the output store are paid once per two
 /// rows. Same results as [`gate_rows16`] on the rows before repacking. `false` (and nothing
 /// written) when `out.len()` is odd or a slice is shorter than that needs.
-#[allow(clippy::too_many_arguments)]
-pub fn gate_pairs16(
-    wp: &[u32],
-    ws: usize,
-    rp: &[u32],
-    rs: usize,
-    xs: &[u32],
-    hs: &[u32],
-    table: &[i32],
-    out: &mut [i32],
-) -> bool {
-    use crate::rowtab::Form;
-    if !pairs_fit(Form::HighWord, wp, ws, rp, rs, xs, hs, table, out) {
+pub fn gate_pairs16(p: &PairRows, xs: &[u32], hs: &[u32], table: &[i32], out: &mut [i32]) -> bool {
+    if p.form != Form::HighWord || !p.fit(xs, hs, table, out.len()) {
         return out.is_empty();
     }
-    let rows = out.len();
-    // Per product (`n` words per row): `n / 8` passes, then `rest`: bit 2 four more words,
-    // bit 1 two more, bit 0 one.
-    let rest = |s: usize| ((s / 2) % 8) as u32;
-    let mut ctx: [u32; 15] = [
-        xs.as_ptr() as u32,
-        (ws / 16) as u32,
-        hs.as_ptr() as u32,
-        (rs / 16) as u32,
-        wp.as_ptr() as u32,
-        rp.as_ptr() as u32,
-        table.as_ptr() as u32,
-        out.as_mut_ptr() as u32,
-        table[rows * ROW_WORDS..].as_ptr() as u32,
-        0,
-        0,
-        0,
-        0,
-        rest(ws),
-        rest(rs),
-    ];
-    // SAFETY: `rows / 2 >= 1` passes of the outer loop; each reads `ws` words of `wp` (two
-    // per word of a row: sixteen per pass, eight, four and two for bits 2, 1 and 0 of `rest`,
+    // Per product (`n = s / 2` words per row): `n / 8` passes, then the remainder's bits: bit 2
+    // four more words, bit 1 two more, bit 0 one.
+    let mut ctx = pair_context(p, |s| s / 16, |s| ((s / 2) % 8) as u32, xs, hs, table, out);
+    // SAFETY: `rows / 2 >= 1` passes of the outer loop (`PairRows::fit`); each reads `ws`
+    // words of `p.w` (two per word of a row: sixteen per pass, eight, four and two for bits 2, 1 and 0 of `rest`,
     // post-indexed so that the pointer ends at the next pair) and `ws / 2` words of `xs` (the
     // last one without advancing), then likewise `rs` words of `rp` and `rs / 2` of `hs`, two
     // four-word table rows, and writes two elements of `out` (one STRD): all in bounds by
@@ -737,161 +892,11 @@ pub fn gate_pairs16(
     unsafe {
         asm!(
             "20:",
-            // input products: `passes` of eight words of each row, then what `rest` says
-            "ldr {pm}, [{ctx}, #16]",
-            "ldrd {px}, {g}, [{ctx}, #0]",
-            "movs {a0l}, #0",
-            "movs {a0h}, #0",
-            "movs {a1l}, #0",
-            "movs {a1h}, #0",
-            "cmp {g}, #0",
-            "beq 3f",
-            "2:",
-            "ldm {pm}!, {{r2, r3, r4, r5}}",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r2, r12",
-            "smlald {a1l}, {a1h}, r3, r12",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r4, r12",
-            "smlald {a1l}, {a1h}, r5, r12",
-            "ldm {pm}!, {{r2, r3, r4, r5}}",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r2, r12",
-            "smlald {a1l}, {a1h}, r3, r12",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r4, r12",
-            "smlald {a1l}, {a1h}, r5, r12",
-            "ldm {pm}!, {{r2, r3, r4, r5}}",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r2, r12",
-            "smlald {a1l}, {a1h}, r3, r12",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r4, r12",
-            "smlald {a1l}, {a1h}, r5, r12",
-            "ldm {pm}!, {{r2, r3, r4, r5}}",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r2, r12",
-            "smlald {a1l}, {a1h}, r3, r12",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r4, r12",
-            "smlald {a1l}, {a1h}, r5, r12",
-            "subs {g}, {g}, #1",
-            "bne 2b",
-            "3:",
-            "ldr {g}, [{ctx}, #52]",
-            "lsls {g}, {g}, #29", // Z: nothing left; N = bit 2 (four words)
-            "beq 6f",
-            "bpl 4f",
-            "ldm {pm}!, {{r2, r3, r4, r5}}",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r2, r12",
-            "smlald {a1l}, {a1h}, r3, r12",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r4, r12",
-            "smlald {a1l}, {a1h}, r5, r12",
-            "ldm {pm}!, {{r2, r3, r4, r5}}",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r2, r12",
-            "smlald {a1l}, {a1h}, r3, r12",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r4, r12",
-            "smlald {a1l}, {a1h}, r5, r12",
-            "4:",
-            "lsls {g}, {g}, #2", // C = bit 1 (two words), N = bit 0 (one word)
-            "bcc 5f",
-            "ldm {pm}!, {{r2, r3, r4, r5}}",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r2, r12",
-            "smlald {a1l}, {a1h}, r3, r12",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r4, r12",
-            "smlald {a1l}, {a1h}, r5, r12",
-            "5:",
-            "bpl 6f",
-            "ldm {pm}!, {{r2, r3}}",
-            "ldr r12, [{px}]",
-            "smlald {a0l}, {a0h}, r2, r12",
-            "smlald {a1l}, {a1h}, r3, r12",
-            "6:",
+            pair_product!(zero16, pass16, four16, two16, one16, 16, 0, 36, [2, 3, 4, 5, 6]),
             "str {pm}, [{ctx}, #16]",
-            "strd {a0l}, {a0h}, [{ctx}, #36]",
-            "strd {a1l}, {a1h}, [{ctx}, #44]",
-            // recurrent products: `passes` of eight words of each row, then what `rest` says
-            "ldr {pm}, [{ctx}, #20]",
-            "ldrd {px}, {g}, [{ctx}, #8]",
-            "movs {a0l}, #0",
-            "movs {a0h}, #0",
-            "movs {a1l}, #0",
-            "movs {a1h}, #0",
-            "cmp {g}, #0",
-            "beq 8f",
-            "7:",
-            "ldm {pm}!, {{r2, r3, r4, r5}}",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r2, r12",
-            "smlald {a1l}, {a1h}, r3, r12",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r4, r12",
-            "smlald {a1l}, {a1h}, r5, r12",
-            "ldm {pm}!, {{r2, r3, r4, r5}}",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r2, r12",
-            "smlald {a1l}, {a1h}, r3, r12",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r4, r12",
-            "smlald {a1l}, {a1h}, r5, r12",
-            "ldm {pm}!, {{r2, r3, r4, r5}}",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r2, r12",
-            "smlald {a1l}, {a1h}, r3, r12",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r4, r12",
-            "smlald {a1l}, {a1h}, r5, r12",
-            "ldm {pm}!, {{r2, r3, r4, r5}}",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r2, r12",
-            "smlald {a1l}, {a1h}, r3, r12",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r4, r12",
-            "smlald {a1l}, {a1h}, r5, r12",
-            "subs {g}, {g}, #1",
-            "bne 7b",
-            "8:",
-            "ldr {g}, [{ctx}, #56]",
-            "lsls {g}, {g}, #29", // Z: nothing left; N = bit 2 (four words)
-            "beq 11f",
-            "bpl 9f",
-            "ldm {pm}!, {{r2, r3, r4, r5}}",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r2, r12",
-            "smlald {a1l}, {a1h}, r3, r12",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r4, r12",
-            "smlald {a1l}, {a1h}, r5, r12",
-            "ldm {pm}!, {{r2, r3, r4, r5}}",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r2, r12",
-            "smlald {a1l}, {a1h}, r3, r12",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r4, r12",
-            "smlald {a1l}, {a1h}, r5, r12",
-            "9:",
-            "lsls {g}, {g}, #2", // C = bit 1 (two words), N = bit 0 (one word)
-            "bcc 10f",
-            "ldm {pm}!, {{r2, r3, r4, r5}}",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r2, r12",
-            "smlald {a1l}, {a1h}, r3, r12",
-            "ldr r12, [{px}], #4",
-            "smlald {a0l}, {a0h}, r4, r12",
-            "smlald {a1l}, {a1h}, r5, r12",
-            "10:",
-            "bpl 11f",
-            "ldm {pm}!, {{r2, r3}}",
-            "ldr r12, [{px}]",
-            "smlald {a0l}, {a0h}, r2, r12",
-            "smlald {a1l}, {a1h}, r3, r12",
-            "11:",
+            "strd {a0l}, {a0h}, [{ctx}, #44]",
+            "strd {a1l}, {a1h}, [{ctx}, #52]",
+            pair_product!(zero16, pass16, four16, two16, one16, 20, 8, 40, [7, 8, 9, 10, 11]),
             "str {pm}, [{ctx}, #20]",
             // row a: table words mx', mh', bias, cx | ch << 8
             "ldr {pm}, [{ctx}, #24]",
@@ -905,7 +910,7 @@ pub fn gate_pairs16(
             "adds {g}, {g}, #1",
             "asrs {g}, {g}, #1",
             // ax = requant_high_word(input product, mx', cx)
-            "ldrd {a0l}, {a0h}, [{ctx}, #36]",
+            "ldrd {a0l}, {a0h}, [{ctx}, #44]",
             "add r12, {a0h}, {a0l}, lsr #31",
             "smull {px}, r3, {a0l}, r2",
             "mla r3, r12, r2, r3",
@@ -925,7 +930,7 @@ pub fn gate_pairs16(
             "adds {g}, {g}, #1",
             "asrs {g}, {g}, #1",
             // ax = requant_high_word(input product, mx', cx)
-            "ldrd {a1l}, {a1h}, [{ctx}, #44]",
+            "ldrd {a1l}, {a1h}, [{ctx}, #52]",
             "add r12, {a1h}, {a1l}, lsr #31",
             "smull {px}, r3, {a1l}, r2",
             "mla r3, r12, r2, r3",
@@ -963,49 +968,23 @@ pub fn gate_pairs16(
 /// vectors' loads, the loop and pointer upkeep and the output store are paid once per two
 /// rows. Same results as [`gate_rows8`] on the rows before repacking. `false` (and nothing
 /// written) when `out.len()` is odd or a slice is shorter than that needs.
-#[allow(clippy::too_many_arguments)]
-pub fn gate_pairs8(
-    wp: &[u32],
-    ws: usize,
-    rp: &[u32],
-    rs: usize,
-    xs: &[u32],
-    hs: &[u32],
-    table: &[i32],
-    out: &mut [i32],
-) -> bool {
-    use crate::rowtab::Form;
-    if !pairs_fit(Form::TwoWord, wp, ws, rp, rs, xs, hs, table, out) {
+pub fn gate_pairs8(p: &PairRows, xs: &[u32], hs: &[u32], table: &[i32], out: &mut [i32]) -> bool {
+    if p.form != Form::TwoWord || !p.fit(xs, hs, table, out.len()) {
         return out.is_empty();
     }
-    let rows = out.len();
-    // Per product: `s / 16` passes of four groups of four bytes, then `rest`: bit 2 two more
-    // groups, bit 1 one more, bit 0 the last pair of bytes (rows of 4k + 2 bytes).
+    // Per product: `s / 16` passes of four groups of four bytes, then the remainder's bits:
+    // bit 2 two more groups, bit 1 one more, bit 0 the last pair of bytes (rows of 4k + 2).
     let rest = |s: usize| ((((s / 4) % 4) << 1) | ((s % 4) / 2)) as u32;
-    let mut ctx: [u32; 13] = [
-        xs.as_ptr() as u32,
-        (ws / 16) as u32,
-        hs.as_ptr() as u32,
-        (rs / 16) as u32,
-        wp.as_ptr() as u32,
-        rp.as_ptr() as u32,
-        table.as_ptr() as u32,
-        out.as_mut_ptr() as u32,
-        table[rows * ROW_WORDS..].as_ptr() as u32,
-        0,
-        0,
-        rest(ws),
-        rest(rs),
-    ];
-    // SAFETY: `rows / 2 >= 1` passes of the outer loop (`pairs_fit`); each reads
-    // `pair_words(TwoWord, ws)` words of `wp` (eight per pass, four for bit 2 of `rest`, two
+    let mut ctx = pair_context(p, |s| s / 16, rest, xs, hs, table, out);
+    // SAFETY: `rows / 2 >= 1` passes of the outer loop (`PairRows::fit`); each reads
+    // `pair_words(TwoWord, ws)` words of `p.w` (eight per pass, four for bit 2 of `rest`, two
     // for bit 1, one for bit 0, post-indexed so that the pointer ends at the next pair) and
     // `ws / 2` words of `xs` (the same counts; the last-pair word is read without
     // advancing), then likewise `pair_words(TwoWord, rs)` words of
     // `rp` and `rs / 2` of `hs`, two four-word table rows, and writes two elements of `out`
     // (one STRD): all in bounds by `pairs_fit`, since the loop ends when the table
     // pointer reaches the end of row `rows - 1`. All loads are of `&[u32]`/`&[i32]` data or
-    // the `ctx` local, word-aligned as LDM, LDRD and STRD need; `ctx` (13 words) is the only
+    // the `ctx` local, word-aligned as LDM, LDRD and STRD need; `ctx` (15 words) is the only
     // other memory read or written. SMLAD is exact (the parser's `acc32` bound on every
     // partial sum, whatever its order), SMULL forms `acc·m` exactly, the shift amounts are
     // table bytes (LSR/LSL read the low byte of their register and give 0 for 32), `ax + ah`
@@ -1015,196 +994,10 @@ pub fn gate_pairs8(
     unsafe {
         asm!(
             "20:",
-            // input products: `passes` of four groups, then what `rest` says
-            "ldr {pm}, [{ctx}, #16]",
-            "ldrd {px}, {g}, [{ctx}, #0]",
-            "movs {a0}, #0",
-            "movs {a1}, #0",
-            "cmp {g}, #0",
-            "beq 3f",
-            "2:",
-            "ldm {pm}!, {{r2, r3, r12, lr}}",
-            "ldm {px}!, {{r4, r5}}",
-            "sxtb16 {t}, r2",
-            "smlad {a0}, {t}, r4, {a0}",
-            "sxtb16 r2, r2, ror #8",
-            "smlad {a0}, r2, r5, {a0}",
-            "sxtb16 {t}, r3",
-            "smlad {a1}, {t}, r4, {a1}",
-            "sxtb16 r3, r3, ror #8",
-            "smlad {a1}, r3, r5, {a1}",
-            "ldm {px}!, {{r4, r5}}",
-            "sxtb16 {t}, r12",
-            "smlad {a0}, {t}, r4, {a0}",
-            "sxtb16 r12, r12, ror #8",
-            "smlad {a0}, r12, r5, {a0}",
-            "sxtb16 {t}, lr",
-            "smlad {a1}, {t}, r4, {a1}",
-            "sxtb16 lr, lr, ror #8",
-            "smlad {a1}, lr, r5, {a1}",
-            "ldm {pm}!, {{r2, r3, r12, lr}}",
-            "ldm {px}!, {{r4, r5}}",
-            "sxtb16 {t}, r2",
-            "smlad {a0}, {t}, r4, {a0}",
-            "sxtb16 r2, r2, ror #8",
-            "smlad {a0}, r2, r5, {a0}",
-            "sxtb16 {t}, r3",
-            "smlad {a1}, {t}, r4, {a1}",
-            "sxtb16 r3, r3, ror #8",
-            "smlad {a1}, r3, r5, {a1}",
-            "ldm {px}!, {{r4, r5}}",
-            "sxtb16 {t}, r12",
-            "smlad {a0}, {t}, r4, {a0}",
-            "sxtb16 r12, r12, ror #8",
-            "smlad {a0}, r12, r5, {a0}",
-            "sxtb16 {t}, lr",
-            "smlad {a1}, {t}, r4, {a1}",
-            "sxtb16 lr, lr, ror #8",
-            "smlad {a1}, lr, r5, {a1}",
-            "subs {g}, {g}, #1",
-            "bne 2b",
-            "3:",
-            "ldr {g}, [{ctx}, #44]",
-            "lsls {g}, {g}, #29", // Z: nothing left; N = bit 2 (two groups)
-            "beq 6f",
-            "bpl 4f",
-            "ldm {pm}!, {{r2, r3, r12, lr}}",
-            "ldm {px}!, {{r4, r5}}",
-            "sxtb16 {t}, r2",
-            "smlad {a0}, {t}, r4, {a0}",
-            "sxtb16 r2, r2, ror #8",
-            "smlad {a0}, r2, r5, {a0}",
-            "sxtb16 {t}, r3",
-            "smlad {a1}, {t}, r4, {a1}",
-            "sxtb16 r3, r3, ror #8",
-            "smlad {a1}, r3, r5, {a1}",
-            "ldm {px}!, {{r4, r5}}",
-            "sxtb16 {t}, r12",
-            "smlad {a0}, {t}, r4, {a0}",
-            "sxtb16 r12, r12, ror #8",
-            "smlad {a0}, r12, r5, {a0}",
-            "sxtb16 {t}, lr",
-            "smlad {a1}, {t}, r4, {a1}",
-            "sxtb16 lr, lr, ror #8",
-            "smlad {a1}, lr, r5, {a1}",
-            "4:",
-            "lsls {g}, {g}, #2", // C = bit 1 (one group), N = bit 0 (the last pair)
-            "bcc 5f",
-            "ldm {pm}!, {{r2, r3}}",
-            "ldm {px}!, {{r4, r5}}",
-            "sxtb16 {t}, r2",
-            "smlad {a0}, {t}, r4, {a0}",
-            "sxtb16 r2, r2, ror #8",
-            "smlad {a0}, r2, r5, {a0}",
-            "sxtb16 {t}, r3",
-            "smlad {a1}, {t}, r4, {a1}",
-            "sxtb16 r3, r3, ror #8",
-            "smlad {a1}, r3, r5, {a1}",
-            "5:",
-            "bpl 6f",
-            "ldr r2, [{pm}], #4",
-            "ldr r4, [{px}]",
-            "sxtb16 {t}, r2",
-            "smlad {a0}, {t}, r4, {a0}",
-            "sxtb16 r2, r2, ror #8",
-            "smlad {a1}, r2, r4, {a1}",
-            "6:",
+            pair_product!(zero8, pass8, two_groups8, group8, tail8, 16, 0, 36, [2, 3, 4, 5, 6]),
             "str {pm}, [{ctx}, #16]",
-            "strd {a0}, {a1}, [{ctx}, #36]",
-            // recurrent products: `passes` of four groups, then what `rest` says
-            "ldr {pm}, [{ctx}, #20]",
-            "ldrd {px}, {g}, [{ctx}, #8]",
-            "movs {a0}, #0",
-            "movs {a1}, #0",
-            "cmp {g}, #0",
-            "beq 8f",
-            "7:",
-            "ldm {pm}!, {{r2, r3, r12, lr}}",
-            "ldm {px}!, {{r4, r5}}",
-            "sxtb16 {t}, r2",
-            "smlad {a0}, {t}, r4, {a0}",
-            "sxtb16 r2, r2, ror #8",
-            "smlad {a0}, r2, r5, {a0}",
-            "sxtb16 {t}, r3",
-            "smlad {a1}, {t}, r4, {a1}",
-            "sxtb16 r3, r3, ror #8",
-            "smlad {a1}, r3, r5, {a1}",
-            "ldm {px}!, {{r4, r5}}",
-            "sxtb16 {t}, r12",
-            "smlad {a0}, {t}, r4, {a0}",
-            "sxtb16 r12, r12, ror #8",
-            "smlad {a0}, r12, r5, {a0}",
-            "sxtb16 {t}, lr",
-            "smlad {a1}, {t}, r4, {a1}",
-            "sxtb16 lr, lr, ror #8",
-            "smlad {a1}, lr, r5, {a1}",
-            "ldm {pm}!, {{r2, r3, r12, lr}}",
-            "ldm {px}!, {{r4, r5}}",
-            "sxtb16 {t}, r2",
-            "smlad {a0}, {t}, r4, {a0}",
-            "sxtb16 r2, r2, ror #8",
-            "smlad {a0}, r2, r5, {a0}",
-            "sxtb16 {t}, r3",
-            "smlad {a1}, {t}, r4, {a1}",
-            "sxtb16 r3, r3, ror #8",
-            "smlad {a1}, r3, r5, {a1}",
-            "ldm {px}!, {{r4, r5}}",
-            "sxtb16 {t}, r12",
-            "smlad {a0}, {t}, r4, {a0}",
-            "sxtb16 r12, r12, ror #8",
-            "smlad {a0}, r12, r5, {a0}",
-            "sxtb16 {t}, lr",
-            "smlad {a1}, {t}, r4, {a1}",
-            "sxtb16 lr, lr, ror #8",
-            "smlad {a1}, lr, r5, {a1}",
-            "subs {g}, {g}, #1",
-            "bne 7b",
-            "8:",
-            "ldr {g}, [{ctx}, #48]",
-            "lsls {g}, {g}, #29", // Z: nothing left; N = bit 2 (two groups)
-            "beq 11f",
-            "bpl 9f",
-            "ldm {pm}!, {{r2, r3, r12, lr}}",
-            "ldm {px}!, {{r4, r5}}",
-            "sxtb16 {t}, r2",
-            "smlad {a0}, {t}, r4, {a0}",
-            "sxtb16 r2, r2, ror #8",
-            "smlad {a0}, r2, r5, {a0}",
-            "sxtb16 {t}, r3",
-            "smlad {a1}, {t}, r4, {a1}",
-            "sxtb16 r3, r3, ror #8",
-            "smlad {a1}, r3, r5, {a1}",
-            "ldm {px}!, {{r4, r5}}",
-            "sxtb16 {t}, r12",
-            "smlad {a0}, {t}, r4, {a0}",
-            "sxtb16 r12, r12, ror #8",
-            "smlad {a0}, r12, r5, {a0}",
-            "sxtb16 {t}, lr",
-            "smlad {a1}, {t}, r4, {a1}",
-            "sxtb16 lr, lr, ror #8",
-            "smlad {a1}, lr, r5, {a1}",
-            "9:",
-            "lsls {g}, {g}, #2", // C = bit 1 (one group), N = bit 0 (the last pair)
-            "bcc 10f",
-            "ldm {pm}!, {{r2, r3}}",
-            "ldm {px}!, {{r4, r5}}",
-            "sxtb16 {t}, r2",
-            "smlad {a0}, {t}, r4, {a0}",
-            "sxtb16 r2, r2, ror #8",
-            "smlad {a0}, r2, r5, {a0}",
-            "sxtb16 {t}, r3",
-            "smlad {a1}, {t}, r4, {a1}",
-            "sxtb16 r3, r3, ror #8",
-            "smlad {a1}, r3, r5, {a1}",
-            "10:",
-            "bpl 11f",
-            "ldr r2, [{pm}], #4",
-            "ldr r4, [{px}]",
-            "sxtb16 {t}, r2",
-            "smlad {a0}, {t}, r4, {a0}",
-            "sxtb16 r2, r2, ror #8",
-            "smlad {a1}, r2, r4, {a1}",
-            "11:",
+            "strd {a0}, {a1}, [{ctx}, #44]",
+            pair_product!(zero8, pass8, two_groups8, group8, tail8, 20, 8, 40, [7, 8, 9, 10, 11]),
             "str {pm}, [{ctx}, #20]",
             // row a: table words mx, mh, bias, (sx-1) | (33-sx) << 8 | (sh-1) << 16 | (33-sh) << 24
             "ldr {pm}, [{ctx}, #24]",
@@ -1219,7 +1012,7 @@ pub fn gate_pairs8(
             "adds {px}, {px}, #1",
             "asrs {px}, {px}, #1",
             // ax = requant_two_word(input product a, mx, sx - 1, 33 - sx); lr keeps b's
-            "ldrd {a0}, lr, [{ctx}, #36]",
+            "ldrd {a0}, lr, [{ctx}, #44]",
             "smull {g}, r3, {a0}, r2",
             "lsr {g}, {g}, r5",
             "lsr r12, r5, #8",

@@ -299,8 +299,15 @@ pub fn preact_fast(
     if let Some(f) = form {
         let (wn, rn) = (pairs_len(f, rows, ws), pairs_len(f, rows, rs));
         if rows.is_multiple_of(2) && ws > 0 && rs > 0 && pairs.len() == wn + rn {
-            let (wp, rp) = pairs.split_at(wn);
-            if gate_pairs(f, wp, ws, rp, rs, xs, hs, table, out) {
+            let (w, r) = pairs.split_at(wn);
+            let p = crate::rowtab::PairRows {
+                form: f,
+                w,
+                ws,
+                r,
+                rs,
+            };
+            if gate_pairs(&p, xs, hs, table, out) {
                 return true;
             }
         }
@@ -517,18 +524,12 @@ fn gate_rows_table<T>(
 }
 
 /// The gate rows of [`preact_fast`] two by two, from rows repacked by
-/// [`crate::rowtab::pack_pairs`] in `form` (`wp` and `rp` hold `out.len() / 2` pairs of rows
-/// of `ws` and `rs` weights): on Cortex-M4 the kernels `arm::gate_pairs16` and
-/// `arm::gate_pairs8`, elsewhere their portable twin. `false` (nothing written) when a slice
-/// is shorter than that needs or `out.len()` is odd.
+/// [`crate::rowtab::pack_pairs`]: on Cortex-M4 the kernels `arm::gate_pairs16` and
+/// `arm::gate_pairs8`, elsewhere their portable twin. `false` (nothing written) when the
+/// slices do not fit ([`crate::rowtab::PairRows::fit`]).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn gate_pairs(
-    form: crate::rowtab::Form,
-    wp: &[u32],
-    ws: usize,
-    rp: &[u32],
-    rs: usize,
+    p: &crate::rowtab::PairRows,
     xs: &[u32],
     hs: &[u32],
     table: &[i32],
@@ -537,14 +538,14 @@ fn gate_pairs(
     #[cfg(recur_dsp)]
     {
         use crate::rowtab::Form;
-        match form {
-            Form::HighWord => crate::arm::gate_pairs16(wp, ws, rp, rs, xs, hs, table, out),
-            Form::TwoWord => crate::arm::gate_pairs8(wp, ws, rp, rs, xs, hs, table, out),
+        match p.form {
+            Form::HighWord => crate::arm::gate_pairs16(p, xs, hs, table, out),
+            Form::TwoWord => crate::arm::gate_pairs8(p, xs, hs, table, out),
         }
     }
     #[cfg(not(recur_dsp))]
     {
-        gate_pairs_table(form, wp, ws, rp, rs, xs, hs, table, out)
+        gate_pairs_table(p, xs, hs, table, out)
     }
 }
 
@@ -552,13 +553,8 @@ fn gate_pairs(
 /// products.
 #[cfg(not(recur_dsp))]
 #[inline(never)]
-#[allow(clippy::too_many_arguments)]
 fn gate_pairs_table(
-    form: crate::rowtab::Form,
-    wp: &[u32],
-    ws: usize,
-    rp: &[u32],
-    rs: usize,
+    p: &crate::rowtab::PairRows,
     xs: &[u32],
     hs: &[u32],
     table: &[i32],
@@ -566,45 +562,37 @@ fn gate_pairs_table(
 ) -> bool {
     use crate::rowtab::{pair_products16, pair_products8, pair_words, shift, Form, ROW_WORDS};
     use crate::rowtab::{requant_high_word, requant_two_word};
-    let rows = out.len();
-    let (wpw, rpw) = (pair_words(form, ws), pair_words(form, rs));
-    if !rows.is_multiple_of(2) || xs.len() < ws / 2 || hs.len() < rs / 2 {
+    if !p.fit(xs, hs, table, out.len()) {
         return false;
     }
-    if wp.len() < rows / 2 * wpw || rp.len() < rows / 2 * rpw || table.len() < rows * ROW_WORDS {
-        return false;
-    }
+    let (ws, rs) = (p.ws, p.rs);
+    let (wpw, rpw) = (pair_words(p.form, ws), pair_words(p.form, rs));
     for (pair, o) in out.chunks_exact_mut(2).enumerate() {
-        let (wq, rq) = (
-            &wp[pair * wpw..(pair + 1) * wpw],
-            &rp[pair * rpw..(pair + 1) * rpw],
-        );
-        let rows_of = |k: usize| &table[(2 * pair + k) * ROW_WORDS..(2 * pair + k + 1) * ROW_WORDS];
-        let values: [i32; 2] = match form {
+        let wq = &p.w[pair * wpw..(pair + 1) * wpw];
+        let rq = &p.r[pair * rpw..(pair + 1) * rpw];
+        let entry = |k: usize| &table[(2 * pair + k) * ROW_WORDS..(2 * pair + k + 1) * ROW_WORDS];
+        let mut v = [0i32; 2];
+        match p.form {
             Form::HighWord => {
                 let ((xa, xb), (ha, hb)) = (pair_products16(wq, xs), pair_products16(rq, hs));
-                let mut v = [0; 2];
                 for (k, (dx, dh)) in [(xa, ha), (xb, hb)].into_iter().enumerate() {
-                    let e = rows_of(k);
+                    let e = entry(k);
                     v[k] = requant_high_word(dx, e[0], shift(e, 0))
                         + requant_high_word(dh, e[1], shift(e, 1));
                 }
-                v
             }
             Form::TwoWord => {
                 let (xa, xb) = pair_products8(wq, ws, &xs[..ws / 2]);
                 let (ha, hb) = pair_products8(rq, rs, &hs[..rs / 2]);
-                let mut v = [0; 2];
                 for (k, (dx, dh)) in [(xa, ha), (xb, hb)].into_iter().enumerate() {
-                    let e = rows_of(k);
+                    let e = entry(k);
                     v[k] = requant_two_word(dx, e[0], shift(e, 0), shift(e, 1))
                         + requant_two_word(dh, e[1], shift(e, 2), shift(e, 3));
                 }
-                v
             }
-        };
-        for (k, (o, v)) in o.iter_mut().zip(values).enumerate() {
-            *o = v.saturating_add(rows_of(k)[2]);
+        }
+        for (k, (o, v)) in o.iter_mut().zip(v).enumerate() {
+            *o = v.saturating_add(entry(k)[2]);
         }
     }
     true

@@ -235,6 +235,44 @@ pub fn pair_products8(words: &[u32], stride: usize, x: &[u32]) -> (i32, i32) {
     (a, b)
 }
 
+/// A direction's gate rows repacked in pairs ([`pack_pairs`]) as the pair kernels read them:
+/// `w` holds pairs of rows of `ws` weights, `r` pairs of rows of `rs` weights, in `form`'s
+/// layout.
+#[derive(Debug, Clone, Copy)]
+pub struct PairRows<'p> {
+    /// The direction's table form, which fixes the weights' type and layout.
+    pub form: Form,
+    /// The input matrix's pairs.
+    pub w: &'p [u32],
+    /// Input weights per row (even).
+    pub ws: usize,
+    /// The recurrent matrix's pairs.
+    pub r: &'p [u32],
+    /// Recurrent weights per row (even).
+    pub rs: usize,
+}
+
+impl PairRows<'_> {
+    /// Whether a pair kernel may compute `rows` gate rows from these pairs, vectors `xs` and
+    /// `hs` and `table`: an even, non-zero row count (below 2^28), even row widths, vectors
+    /// of `ws / 2` and `rs / 2` words, `rows` table rows and `rows / 2` pairs in `w` and `r`.
+    pub fn fit(&self, xs: &[u32], hs: &[u32], table: &[i32], rows: usize) -> bool {
+        let (ws, rs) = (self.ws, self.rs);
+        if rows == 0 || !rows.is_multiple_of(2) || rows > (u32::MAX as usize) / 16 {
+            return false;
+        }
+        if !ws.is_multiple_of(2) || !rs.is_multiple_of(2) || xs.len() < ws / 2 || hs.len() < rs / 2
+        {
+            return false;
+        }
+        let (wpw, rpw) = (pair_words(self.form, ws), pair_words(self.form, rs));
+        let pairs = rows / 2;
+        table.len() / ROW_WORDS >= rows
+            && self.w.len() / wpw.max(1) >= pairs
+            && self.r.len() / rpw.max(1) >= pairs
+    }
+}
+
 /// A direction's RAM block (its row table, then maybe [`crate::Layer::dir_pair_len`] words)
 /// split into its row table (`table_rows` rows) and the [`pack_pairs`] words after it (empty
 /// when the session keeps none).
