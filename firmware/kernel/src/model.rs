@@ -5,11 +5,11 @@
 //! output, then the output vector, then int16 scratch; `acc` int32 of [`Model::acc_len`] words
 //! holds gate pre-activations, after the gate rows' tables when the caller gave room for them
 //! ([`Model::tables_len`] more words, with gate rows repacked in pairs, or
-//! [`Model::row_tables_len`] for the tables alone; see [`crate::rowtab`]). [`Session::step`] advances every
-//! layer by one sample (causal models); [`Session::run`] processes a whole window layer by
-//! layer, which is also how bidirectional layers run, in a caller-provided window buffer of
-//! [`Model::window_len`] words. A step on the same samples gives exactly what `run` gives at
-//! the window's last step.
+//! [`Model::row_tables_len`] for the tables alone; see [`crate::rowtab`]). [`Session::step`]
+//! advances every layer by one sample (causal models); [`Session::run`] processes a whole
+//! window layer by layer, which is also how bidirectional layers run, in a caller-provided
+//! window buffer of [`Model::window_len`] words. A step on the same samples gives exactly what
+//! `run` gives at the window's last step.
 
 use crate::blob::{flags, InputKind, Layer, LayerKind, Model, OutputAct, Reduce};
 use crate::{dense, gru, lstm, rnn};
@@ -60,8 +60,9 @@ pub struct Session<'m, 'a, 'b> {
 impl<'m, 'a, 'b> Session<'m, 'a, 'b> {
     /// Binds the model to caller memory (checked against the model's needs) and zeroes the
     /// state. With `acc` of at least [`Model::tables_len`] + [`Model::acc_len`] words, the
-    /// session also builds the gate rows' tables ([`crate::rowtab`]) there: the same
-    /// results, in fewer instructions per step.
+    /// session also builds the gate rows' tables and their weights repacked in pairs
+    /// ([`crate::rowtab`]) there; with [`Model::row_tables_len`] + [`Model::acc_len`], the
+    /// tables alone: the same results either way, in fewer instructions per step.
     pub fn new(
         model: &'m Model<'a>,
         mem: &'b mut [i16],
