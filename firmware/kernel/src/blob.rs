@@ -375,12 +375,12 @@ impl Layer<'_> {
     }
 
     /// Gate rows whose weights a session may keep repacked in pairs
-    /// ([`crate::rowtab::pack_pairs`]): the rows of the dual-product kernel, an LSTM's four
-    /// gates and a GRU's z and r gates.
+    /// ([`crate::rowtab::pack_pairs`]): an LSTM's four gates, a GRU's three (z and r on the
+    /// dual-product kernel, the h gate's input and recurrent products apart).
     pub fn pair_rows(&self) -> usize {
         match self.kind {
             LayerKind::Lstm => 4 * self.out_dim,
-            LayerKind::Gru => 2 * self.out_dim,
+            LayerKind::Gru => 3 * self.out_dim,
             _ => 0,
         }
     }

@@ -145,19 +145,37 @@ fn products_fast(
     let pack = rows::packing(&p.w);
     pack(x, xs);
     pack(&h[..n], hs);
-    let (table, pairs) = crate::rowtab::split(table, layer.table_rows());
-    if !rows::preact_fast(p, table, pairs, ws, rs, xs, hs, &mut gates[..2 * n]) {
+    let (table, pairs) = crate::rowtab::split(table, layer, p);
+    if !rows::preact_fast(
+        p,
+        table,
+        pairs.as_ref(),
+        ws,
+        rs,
+        xs,
+        hs,
+        &mut gates[..2 * n],
+    ) {
         return false;
     }
     let (gn, gh) = gates[2 * n..].split_at_mut(n);
     // With the row table: the h gate's rows on the rows kernel too, its input product (rows
-    // 2H..3H of the table) and with lbr its recurrent one (rows 3H..4H, `rbn` as bias) apart.
+    // 2H..3H of the table) and with lbr its recurrent one (rows 3H..4H, `rbn` as bias) apart;
+    // two by two from the pairs (rows 2H..3H of each matrix) when the session keeps them.
     if let Some(form) = p.table {
         let rows_of = |g: usize| {
             table
                 .get(g * n * ROW_WORDS..(g + 1) * n * ROW_WORDS)
                 .unwrap_or(&[])
         };
+        if let Some(h_rows) = pairs.and_then(|pr| pr.from_row(2 * n)) {
+            let (input, recurrent) = (h_rows.one_side(false), h_rows.one_side(true));
+            let done = rows::gate_pairs(&input, xs, &[], rows_of(2), gn)
+                && (!lbr || rows::gate_pairs(&recurrent, &[], hs, rows_of(3), gh));
+            if done {
+                return true;
+            }
+        }
         let (w, r) = (&p.w, &p.r);
         let done = rows::single_rows_fast(w, ws, 2 * n, xs, Side::Input, form, rows_of(2), gn)
             && (!lbr

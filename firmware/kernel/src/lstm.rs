@@ -56,9 +56,9 @@ fn step_fast(
     let pack = rows::packing(&p.w);
     pack(&x[..layer.in_dim], xs);
     pack(&h[..n], hs);
-    let (table, pairs) = crate::rowtab::split(table, layer.table_rows());
+    let (table, pairs) = crate::rowtab::split(table, layer, p);
     let (ws, rs) = (layer.w_stride(), layer.r_stride());
-    if !rows::preact_fast(p, table, pairs, ws, rs, xs, hs, gates) {
+    if !rows::preact_fast(p, table, pairs.as_ref(), ws, rs, xs, hs, gates) {
         return false;
     }
     // The common case (no clip, no input_forget, `c << (20 - frac_c)` within int32) without

@@ -268,16 +268,16 @@ pub fn each_packed(
 /// `bias`, for rows `out.len()` rows from the start of the matrices (see
 /// [`crate::blob::Params::fast`] for why this equals `sat32(ax + ah + bias)`). `xs`/`hs` are
 /// the packed input and state ([`pack16`] or [`pack8`], matching the weights); `table` is the
-/// direction's row table ([`crate::rowtab`], built for `p.table`) or empty, `pairs` its int8
-/// rows repacked in pairs ([`crate::rowtab::pack_pairs`], `out.len()` rows of `w` then of
-/// `r`) or empty. Returns `false` (and computes nothing) when a matrix is not laid out as the
+/// direction's row table ([`crate::rowtab`], built for `p.table`) or empty, `pairs` its gate
+/// rows repacked in pairs ([`crate::rowtab::split`]; at least `out.len()` rows) if the
+/// session keeps them. Returns `false` (and computes nothing) when a matrix is not laid out as the
 /// parser guarantees.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn preact_fast(
     p: &crate::blob::Params,
     table: &[i32],
-    pairs: &[u32],
+    pairs: Option<&crate::rowtab::PairRows>,
     ws: usize,
     rs: usize,
     xs: &[u32],
@@ -285,7 +285,7 @@ pub fn preact_fast(
     out: &mut [i32],
 ) -> bool {
     use crate::fixed::requant32;
-    use crate::rowtab::{pairs_len, Form, ROW_WORDS};
+    use crate::rowtab::{Form, ROW_WORDS};
     let rows = out.len();
     let (mx, sx, mh, sh, bias) = (p.mx, p.sx, p.mh, p.sh, p.bias);
     if mx.len() < rows || sx.len() < rows || mh.len() < rows || sh.len() < rows {
@@ -296,20 +296,9 @@ pub fn preact_fast(
     }
     let form = p.table.filter(|_| table.len() >= rows * ROW_WORDS);
     // The rows two by two when the session keeps them repacked (an even count).
-    if let Some(f) = form {
-        let (wn, rn) = (pairs_len(f, rows, ws), pairs_len(f, rows, rs));
-        if rows.is_multiple_of(2) && ws > 0 && rs > 0 && pairs.len() == wn + rn {
-            let (w, r) = pairs.split_at(wn);
-            let p = crate::rowtab::PairRows {
-                form: f,
-                w,
-                ws,
-                r,
-                rs,
-            };
-            if gate_pairs(&p, xs, hs, table, out) {
-                return true;
-            }
+    if let Some(pr) = pairs.filter(|pr| form == Some(pr.form) && (pr.ws, pr.rs) == (ws, rs)) {
+        if gate_pairs(pr, xs, hs, table, out) {
+            return true;
         }
     }
     match (&p.w, &p.r) {
@@ -528,7 +517,7 @@ fn gate_rows_table<T>(
 /// `arm::gate_pairs8`, elsewhere their portable twin. `false` (nothing written) when the
 /// slices do not fit ([`crate::rowtab::PairRows::fit`]).
 #[inline(always)]
-fn gate_pairs(
+pub fn gate_pairs(
     p: &crate::rowtab::PairRows,
     xs: &[u32],
     hs: &[u32],

@@ -29,7 +29,7 @@
 //! rows do not, and processing two rows per pass over the vector pays the vector loads, the
 //! loop and the pointer upkeep once per two rows instead, which wins those instructions back.
 
-use crate::blob::{Params, Weights};
+use crate::blob::{Layer, Params, Weights};
 
 /// int32 words per gate row.
 pub const ROW_WORDS: usize = 4;
@@ -268,17 +268,63 @@ impl PairRows<'_> {
         let (wpw, rpw) = (pair_words(self.form, ws), pair_words(self.form, rs));
         let pairs = rows / 2;
         table.len() / ROW_WORDS >= rows
-            && self.w.len() / wpw.max(1) >= pairs
-            && self.r.len() / rpw.max(1) >= pairs
+            && pairs.checked_mul(wpw).is_some_and(|n| self.w.len() >= n)
+            && pairs.checked_mul(rpw).is_some_and(|n| self.r.len() >= n)
     }
 }
 
 /// A direction's RAM block (its row table, then maybe [`crate::Layer::dir_pair_len`] words)
-/// split into its row table (`table_rows` rows) and the [`pack_pairs`] words after it (empty
-/// when the session keeps none).
-pub fn split(block: &[i32], table_rows: usize) -> (&[i32], &[u32]) {
-    let (rows, pairs) = block.split_at((table_rows * ROW_WORDS).min(block.len()));
-    (rows, bytemuck::cast_slice(pairs))
+/// split into its row table and, when the block holds them, its gate rows in pairs
+/// ([`crate::Layer::pair_rows`] rows of `w`, then of `r`).
+pub fn split<'b>(block: &'b [i32], layer: &Layer, p: &Params) -> (&'b [i32], Option<PairRows<'b>>) {
+    let (table, rest) = block.split_at((layer.table_rows() * ROW_WORDS).min(block.len()));
+    let pairs: &[u32] = bytemuck::cast_slice(rest);
+    let (rows, ws, rs) = (layer.pair_rows(), layer.w_stride(), layer.r_stride());
+    let found = p.table.and_then(|form| {
+        let wn = pairs_len(form, rows, ws);
+        (!pairs.is_empty() && pairs.len() == wn + pairs_len(form, rows, rs)).then(|| {
+            let (w, r) = pairs.split_at(wn);
+            PairRows { form, w, ws, r, rs }
+        })
+    });
+    (table, found)
+}
+
+impl<'p> PairRows<'p> {
+    /// These pairs from row `first` on (`first` even: a pair boundary; `None` when odd or
+    /// past the end).
+    pub fn from_row(&self, first: usize) -> Option<PairRows<'p>> {
+        if !first.is_multiple_of(2) {
+            return None;
+        }
+        let (wpw, rpw) = (
+            pair_words(self.form, self.ws),
+            pair_words(self.form, self.rs),
+        );
+        Some(PairRows {
+            w: self.w.get(first / 2 * wpw..)?,
+            r: self.r.get(first / 2 * rpw..)?,
+            ..*self
+        })
+    }
+
+    /// Only the input product's rows (the recurrent side zero wide), or with `recurrent` only
+    /// the recurrent product's: the kernels requantise the zero-wide product to 0, so a row is
+    /// its one product, requantised, plus its bias.
+    pub fn one_side(&self, recurrent: bool) -> PairRows<'p> {
+        match recurrent {
+            false => PairRows {
+                r: &[],
+                rs: 0,
+                ..*self
+            },
+            true => PairRows {
+                w: &[],
+                ws: 0,
+                ..*self
+            },
+        }
+    }
 }
 
 /// `m·2^(33-s)` when it fits int32 (`s <= 33`).
