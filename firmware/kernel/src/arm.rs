@@ -5,8 +5,10 @@
 //! the firmware's outputs with the host's bit for bit.
 //!
 //! Register lists of LDM must be ascending, so the data registers are named (r2-r5, r12, lr);
-//! pointers, counters and accumulators are left to the compiler. No function here touches the
-//! stack or writes memory.
+//! pointers, counters and accumulators are left to the compiler. The repeated instruction
+//! sequences (a pair of rows' products, the table interpolation of tanh and sigmoid) are
+//! `asm!` template macros whose registers are named where they are used. No function here
+//! touches the stack; each writes only the slices it is given and its own locals.
 
 #![allow(unsafe_code)]
 
@@ -649,39 +651,41 @@ pub fn gate_rows8(
 }
 
 /// One product of both rows of a pair ([`gate_pairs16`], [`gate_pairs8`]) as `asm!` template
-/// text: the matrix pointer from context word `$pm`, the vector pointer and pass count from
-/// words `$px` and `$px + 4`, the accumulators zeroed (`$zero`), `passes` of `$pass`, then
-/// the remainder word at `$rest` (bit 2: `$half`, bit 1: `$one`, bit 0: `$last`), with local
-/// labels `$l`. The flags set by each `lsls` are read only by the branches after it (the
-/// bodies are loads, SXTB16 and dual MACs, which leave them).
+/// text: the matrix pointer from context word `$pm`, the vector pointer and its pass mark
+/// from words `$px` and `$px + 4` (`$lp` says how the passes are counted: `count8!` or
+/// `end16!`), the accumulators zeroed (`$zero`), the passes of `$pass`, then the remainder
+/// word at `$rest` (bit 2: `$half`, bit 1: `$one`, bit 0: `$last`), with local labels `$l`.
+/// The flags set by each `lsls` are read only by the branches after it (the bodies are
+/// loads, SXTB16 and dual MACs, which leave them).
 macro_rules! pair_product {
-    ($zero:ident, $pass:ident, $half:ident, $one:ident, $last:ident, $pm:literal, $px:literal,
-     $rest:literal, [$l0:literal, $l1:literal, $l2:literal, $l3:literal, $l4:literal]) => {
+    ($lp:ident, $zero:ident, $pass:ident, $half:ident, $one:ident, $last:ident, $pm:literal,
+     $px:literal, $pe:literal, $rest:literal,
+     [$l0:literal, $l1:literal, $l2:literal, $l3:literal, $l4:literal]) => {
         concat!(
             "ldr {pm}, [{ctx}, #",
             $pm,
             "]\n",
-            "ldrd {px}, {g}, [{ctx}, #",
-            $px,
-            "]\n",
+            $lp!(open $px),
             $zero!(),
-            "cmp {g}, #0\n",
+            $lp!(test),
             "beq ",
             $l1,
             "f\n",
             $l0,
             ":\n",
             $pass!(),
-            "subs {g}, {g}, #1\n",
+            $lp!(again $pe),
             "bne ",
             $l0,
             "b\n",
             $l1,
             ":\n",
-            "ldr {g}, [{ctx}, #",
-            $rest,
-            "]\n",
-            "lsls {g}, {g}, #29\n", // Z: nothing left; N = bit 2
+            $lp!(rest $rest),
+            "lsls ",
+            $lp!(reg),
+            ", ",
+            $lp!(reg),
+            ", #29\n", // Z: nothing left; N = bit 2
             "beq ",
             $l4,
             "f\n",
@@ -689,9 +693,14 @@ macro_rules! pair_product {
             $l2,
             "f\n",
             $half!(),
+            $lp!(keep $rest),
             $l2,
             ":\n",
-            "lsls {g}, {g}, #2\n", // C = bit 1, N = bit 0
+            "lsls ",
+            $lp!(reg),
+            ", ",
+            $lp!(reg),
+            ", #2\n", // C = bit 1, N = bit 0
             "bcc ",
             $l3,
             "f\n",
@@ -708,6 +717,54 @@ macro_rules! pair_product {
     };
 }
 
+/// [`gate_pairs8`]'s passes, counted down in `{g}` (context word `$px + 4` holds their
+/// number); `{g}` also keeps the remainder bits, which no body touches.
+macro_rules! count8 {
+    (open $px:literal) => {
+        concat!("ldrd {px}, {g}, [{ctx}, #", $px, "]\n")
+    };
+    (test) => {
+        "cmp {g}, #0\n"
+    };
+    (again $pe:literal) => {
+        "subs {g}, {g}, #1\n"
+    };
+    (rest $rest:literal) => {
+        concat!("ldr {g}, [{ctx}, #", $rest, "]\n")
+    };
+    (keep $rest:literal) => {
+        ""
+    };
+    (reg) => {
+        "{g}"
+    };
+}
+
+/// [`gate_pairs16`]'s passes, run until the vector pointer reaches where they end (context
+/// word `$pe`): its passes load two vector words per LDM into r12 and lr, so no register is
+/// left for a count, and r2 (free between passes) holds the mark and then the remainder
+/// bits, reloaded after the four-word step that overwrites it.
+macro_rules! end16 {
+    (open $px:literal) => {
+        concat!("ldrd {px}, r2, [{ctx}, #", $px, "]\n")
+    };
+    (test) => {
+        "cmp {px}, r2\n"
+    };
+    (again $pe:literal) => {
+        concat!("ldr r2, [{ctx}, #", $pe, "]\ncmp {px}, r2\n")
+    };
+    (rest $rest:literal) => {
+        concat!("ldr r2, [{ctx}, #", $rest, "]\n")
+    };
+    (keep $rest:literal) => {
+        concat!("ldr r2, [{ctx}, #", $rest, "]\nlsls r2, r2, #29\n")
+    };
+    (reg) => {
+        "r2"
+    };
+}
+
 /// [`gate_pairs16`]: its four 64-bit accumulators zeroed.
 macro_rules! zero16 {
     () => {
@@ -715,17 +772,16 @@ macro_rules! zero16 {
     };
 }
 
-/// [`gate_pairs16`]: two words of each row of the pair (8 MACs in 7 instructions).
+/// [`gate_pairs16`]: two words of each row of the pair (8 MACs in 6 instructions).
 macro_rules! two16 {
     () => {
         concat!(
             "ldm {pm}!, {{r2, r3, r4, r5}}\n",
-            "ldr r12, [{px}], #4\n",
+            "ldm {px}!, {{r12, lr}}\n",
             "smlald {a0l}, {a0h}, r2, r12\n",
             "smlald {a1l}, {a1h}, r3, r12\n",
-            "ldr r12, [{px}], #4\n",
-            "smlald {a0l}, {a0h}, r4, r12\n",
-            "smlald {a1l}, {a1h}, r5, r12\n",
+            "smlald {a0l}, {a0h}, r4, lr\n",
+            "smlald {a1l}, {a1h}, r5, lr\n",
         )
     };
 }
@@ -831,23 +887,39 @@ macro_rules! tail8 {
     };
 }
 
-/// The context both pair kernels keep in memory: vector pointers and pass counts, the
-/// advancing matrix, table and output pointers, where the table ends, each product's
-/// remainder bits, then four words for the input products while the recurrent ones run.
+/// How a pair kernel's context marks where a product's passes stop (the word after each
+/// vector pointer).
+#[derive(Clone, Copy)]
+enum PassMark {
+    /// Their number ([`gate_pairs8`], which counts them down).
+    Count,
+    /// The vector word they end at ([`gate_pairs16`], which has no register for a count).
+    End,
+}
+
+/// The context both pair kernels keep in memory: vector pointers and their pass marks (eight
+/// vector words per pass), the advancing matrix, table and output pointers, where the table
+/// ends, each product's remainder bits, then four words for the input products while the
+/// recurrent ones run.
 fn pair_context(
     p: &PairRows,
-    passes: fn(usize) -> usize,
+    mark: PassMark,
     rest: fn(usize) -> u32,
     xs: &[u32],
     hs: &[u32],
     table: &[i32],
     out: &mut [i32],
 ) -> [u32; 15] {
+    let pass_mark = |v: &[u32], s: usize| match mark {
+        PassMark::Count => (s / 16) as u32,
+        // `8 * (s / 16) <= s / 2 <= v.len()` words (`PairRows::fit`): in bounds or one past.
+        PassMark::End => v[8 * (s / 16)..].as_ptr() as u32,
+    };
     [
         xs.as_ptr() as u32,
-        passes(p.ws) as u32,
+        pass_mark(xs, p.ws),
         hs.as_ptr() as u32,
-        passes(p.rs) as u32,
+        pass_mark(hs, p.rs),
         p.w.as_ptr() as u32,
         p.r.as_ptr() as u32,
         table.as_ptr() as u32,
@@ -874,11 +946,14 @@ pub fn gate_pairs16(p: &PairRows, xs: &[u32], hs: &[u32], table: &[i32], out: &m
     }
     // Per product (`n = s / 2` words per row): `n / 8` passes, then the remainder's bits: bit 2
     // four more words, bit 1 two more, bit 0 one.
-    let mut ctx = pair_context(p, |s| s / 16, |s| ((s / 2) % 8) as u32, xs, hs, table, out);
+    let rest = |s: usize| ((s / 2) % 8) as u32;
+    let mut ctx = pair_context(p, PassMark::End, rest, xs, hs, table, out);
     // SAFETY: `rows / 2 >= 1` passes of the outer loop (`PairRows::fit`); each reads `ws`
-    // words of `p.w` (two per word of a row: sixteen per pass, eight, four and two for bits 2, 1 and 0 of `rest`,
-    // post-indexed so that the pointer ends at the next pair) and `ws / 2` words of `xs` (the
-    // last one without advancing), then likewise `rs` words of `rp` and `rs / 2` of `hs`, two
+    // words of `p.w` (two per word of a row: sixteen per pass, eight, four and two for bits
+    // 2, 1 and 0 of `rest`, post-indexed so that the pointer ends at the next pair) and
+    // `ws / 2` words of `xs` (eight per pass, the passes running until the pointer equals the
+    // context's end mark, `8 * (ws / 16)` words in; the last word without advancing), then
+    // likewise `rs` words of `rp` and `rs / 2` of `hs`, two
     // four-word table rows, and writes two elements of `out` (one STRD): all in bounds by
     // `pairs_fit`, since the loop ends when the table pointer reaches the end of row
     // `rows - 1`. All loads are of `&[u32]`/`&[i32]` data or the `ctx` local, word-aligned as
@@ -892,23 +967,23 @@ pub fn gate_pairs16(p: &PairRows, xs: &[u32], hs: &[u32], table: &[i32], out: &m
     unsafe {
         asm!(
             "20:",
-            pair_product!(zero16, pass16, four16, two16, one16, 16, 0, 36, [2, 3, 4, 5, 6]),
+            pair_product!(end16, zero16, pass16, four16, two16, one16, 16, 0, 4, 36, [2, 3, 4, 5, 6]),
             "str {pm}, [{ctx}, #16]",
             "strd {a0l}, {a0h}, [{ctx}, #44]",
             "strd {a1l}, {a1h}, [{ctx}, #52]",
-            pair_product!(zero16, pass16, four16, two16, one16, 20, 8, 40, [7, 8, 9, 10, 11]),
+            pair_product!(end16, zero16, pass16, four16, two16, one16, 20, 8, 12, 40, [7, 8, 9, 10, 11]),
             "str {pm}, [{ctx}, #20]",
             // row a: table words mx', mh', bias, cx | ch << 8
             "ldr {pm}, [{ctx}, #24]",
             "ldm {pm}!, {{r2, r3, r4, r5}}",
             // ah = requant_high_word(recurrent product, mh', ch)
             "add r12, {a0h}, {a0l}, lsr #31",
-            "smull {px}, {g}, {a0l}, r3",
-            "mla {g}, r12, r3, {g}",
+            "smull {px}, lr, {a0l}, r3",
+            "mla lr, r12, r3, lr",
             "lsr r12, r5, #8",
-            "asr {g}, {g}, r12",
-            "adds {g}, {g}, #1",
-            "asrs {g}, {g}, #1",
+            "asr lr, lr, r12",
+            "adds lr, lr, #1",
+            "asrs lr, lr, #1",
             // ax = requant_high_word(input product, mx', cx)
             "ldrd {a0l}, {a0h}, [{ctx}, #44]",
             "add r12, {a0h}, {a0l}, lsr #31",
@@ -917,18 +992,18 @@ pub fn gate_pairs16(p: &PairRows, xs: &[u32], hs: &[u32], table: &[i32], out: &m
             "asr r3, r3, r5",
             "adds r3, r3, #1",
             "asrs r3, r3, #1",
-            "add r3, r3, {g}",
+            "add r3, r3, lr",
             "qadd {a0l}, r3, r4",
             // row b
             "ldm {pm}!, {{r2, r3, r4, r5}}",
             // ah = requant_high_word(recurrent product, mh', ch)
             "add r12, {a1h}, {a1l}, lsr #31",
-            "smull {px}, {g}, {a1l}, r3",
-            "mla {g}, r12, r3, {g}",
+            "smull {px}, lr, {a1l}, r3",
+            "mla lr, r12, r3, lr",
             "lsr r12, r5, #8",
-            "asr {g}, {g}, r12",
-            "adds {g}, {g}, #1",
-            "asrs {g}, {g}, #1",
+            "asr lr, lr, r12",
+            "adds lr, lr, #1",
+            "asrs lr, lr, #1",
             // ax = requant_high_word(input product, mx', cx)
             "ldrd {a1l}, {a1h}, [{ctx}, #52]",
             "add r12, {a1h}, {a1l}, lsr #31",
@@ -937,25 +1012,24 @@ pub fn gate_pairs16(p: &PairRows, xs: &[u32], hs: &[u32], table: &[i32], out: &m
             "asr r3, r3, r5",
             "adds r3, r3, #1",
             "asrs r3, r3, #1",
-            "add r3, r3, {g}",
+            "add r3, r3, lr",
             "qadd r3, r3, r4",
             // out[2p], out[2p + 1]
             "ldr {px}, [{ctx}, #28]",
             "strd {a0l}, r3, [{px}], #8",
             "str {px}, [{ctx}, #28]",
             "str {pm}, [{ctx}, #24]",
-            "ldr {g}, [{ctx}, #32]",
-            "cmp {pm}, {g}",
+            "ldr lr, [{ctx}, #32]",
+            "cmp {pm}, lr",
             "bne 20b",
             ctx = in(reg) ctx.as_mut_ptr(),
             pm = out(reg) _,
             px = out(reg) _,
-            g = out(reg) _,
             a0l = out(reg) _,
             a0h = out(reg) _,
             a1l = out(reg) _,
             a1h = out(reg) _,
-            out("r2") _, out("r3") _, out("r4") _, out("r5") _, out("r12") _,
+            out("r2") _, out("r3") _, out("r4") _, out("r5") _, out("r12") _, out("lr") _,
             options(nostack),
         );
     }
@@ -975,7 +1049,7 @@ pub fn gate_pairs8(p: &PairRows, xs: &[u32], hs: &[u32], table: &[i32], out: &mu
     // Per product: `s / 16` passes of four groups of four bytes, then the remainder's bits:
     // bit 2 two more groups, bit 1 one more, bit 0 the last pair of bytes (rows of 4k + 2).
     let rest = |s: usize| ((((s / 4) % 4) << 1) | ((s % 4) / 2)) as u32;
-    let mut ctx = pair_context(p, |s| s / 16, rest, xs, hs, table, out);
+    let mut ctx = pair_context(p, PassMark::Count, rest, xs, hs, table, out);
     // SAFETY: `rows / 2 >= 1` passes of the outer loop (`PairRows::fit`); each reads
     // `pair_words(TwoWord, ws)` words of `p.w` (eight per pass, four for bit 2 of `rest`, two
     // for bit 1, one for bit 0, post-indexed so that the pointer ends at the next pair) and
@@ -994,10 +1068,10 @@ pub fn gate_pairs8(p: &PairRows, xs: &[u32], hs: &[u32], table: &[i32], out: &mu
     unsafe {
         asm!(
             "20:",
-            pair_product!(zero8, pass8, two_groups8, group8, tail8, 16, 0, 36, [2, 3, 4, 5, 6]),
+            pair_product!(count8, zero8, pass8, two_groups8, group8, tail8, 16, 0, 4, 36, [2, 3, 4, 5, 6]),
             "str {pm}, [{ctx}, #16]",
             "strd {a0}, {a1}, [{ctx}, #44]",
-            pair_product!(zero8, pass8, two_groups8, group8, tail8, 20, 8, 40, [7, 8, 9, 10, 11]),
+            pair_product!(count8, zero8, pass8, two_groups8, group8, tail8, 20, 8, 12, 40, [7, 8, 9, 10, 11]),
             "str {pm}, [{ctx}, #20]",
             // row a: table words mx, mh, bias, (sx-1) | (33-sx) << 8 | (sh-1) << 16 | (33-sh) << 24
             "ldr {pm}, [{ctx}, #24]",
@@ -1103,6 +1177,99 @@ pub fn copy_pairs(x: &[i16], out: &mut [u32]) -> usize {
     n
 }
 
+/// The interpolation shared by `tanh_q20!` and `sigmoid_q20!` as `asm!` template text:
+/// `$dst = a + round((b - a)·frac / 2^15)` for a value `$v` already saturated to
+/// [-2^23, 2^23 - 1], `a`, `b` the table entries at `$v >> 15` and the next (one LDR from
+/// `{t}`, the table's middle; `{k}` holds 2^14), `frac = $v & 0x7fff`. `$a`, `$b`, `$c` are
+/// scratch registers; `$v` may be `$dst`.
+macro_rules! interp_q15 {
+    ($v:literal, $a:literal, $b:literal, $c:literal, $dst:literal) => {
+        concat!(
+            "asr ",
+            $a,
+            ", ",
+            $v,
+            ", #15\n",
+            "ubfx ",
+            $b,
+            ", ",
+            $v,
+            ", #0, #15\n",
+            "ldr ",
+            $a,
+            ", [{t}, ",
+            $a,
+            ", lsl #1]\n",
+            "sxth ",
+            $c,
+            ", ",
+            $a,
+            "\n",
+            "rsb ",
+            $a,
+            ", ",
+            $c,
+            ", ",
+            $a,
+            ", asr #16\n",
+            "mla ",
+            $a,
+            ", ",
+            $a,
+            ", ",
+            $b,
+            ", {k}\n",
+            "add ",
+            $dst,
+            ", ",
+            $c,
+            ", ",
+            $a,
+            ", asr #15\n",
+        )
+    };
+}
+
+/// `crate::lut::tanh_q20_i32` of register `$v`, in place, as `asm!` template text (scratch
+/// `$a`, `$b`, `$c`; see [`interp_q15`]).
+macro_rules! tanh_q20 {
+    ($v:literal, $a:literal, $b:literal, $c:literal) => {
+        concat!(
+            "ssat ",
+            $v,
+            ", #24, ",
+            $v,
+            "\n",
+            interp_q15!($v, $a, $b, $c, $v),
+        )
+    };
+}
+
+/// `crate::lut::sigmoid_q20_i32` of register `$v` into `$dst`, as `asm!` template text
+/// (`$v` and scratch `$a`, `$b`, `$c` overwritten; see [`interp_q15`]).
+macro_rules! sigmoid_q20 {
+    ($v:literal, $a:literal, $b:literal, $c:literal, $dst:literal) => {
+        concat!(
+            "ssat ",
+            $v,
+            ", #24, ",
+            $v,
+            ", asr #1\n",
+            interp_q15!($v, $a, $b, $c, $v),
+            "add ",
+            $v,
+            ", ",
+            $v,
+            ", #32768\n",
+            "asr ",
+            $dst,
+            ", ",
+            $v,
+            ", #1\n",
+        )
+    };
+}
+
 /// The fast path's LSTM cell update for layers without clip or input_forget and with
 /// `frac_c >= 4`, one unit per pass: for each `k < n`, with gates `i, o, f, g` at `gates[k]`,
 /// `gates[n + k]`, `gates[2n + k]`, `gates[3n + k]` (Q20), `c[k]` and `h[k]` become what
@@ -1140,26 +1307,10 @@ pub fn lstm_cells(gates: &[i32], n: usize, h: &mut [i16], c: &mut [i16], frac_c:
             // g = tanh(g_pre)
             "add r12, {gp}, {n4}, lsl #1",
             "ldr r2, [r12, {n4}]",
-            "ssat r2, #24, r2",
-            "asr r3, r2, #15",
-            "ubfx r4, r2, #0, #15",
-            "ldr r3, [{t}, r3, lsl #1]",
-            "sxth r5, r3",
-            "rsb r3, r5, r3, asr #16",
-            "mla r3, r3, r4, {k}",
-            "add r2, r5, r3, asr #15",
+            tanh_q20!("r2", "r3", "r4", "r5"),
             // i = sigmoid(i_pre)
             "ldr r3, [{gp}]",
-            "ssat r3, #24, r3, asr #1",
-            "asr r4, r3, #15",
-            "ubfx r5, r3, #0, #15",
-            "ldr r4, [{t}, r4, lsl #1]",
-            "sxth r12, r4",
-            "rsb r4, r12, r4, asr #16",
-            "mla r4, r4, r5, {k}",
-            "add r3, r12, r4, asr #15",
-            "add r3, r3, #32768",
-            "asr r3, r3, #1",
+            sigmoid_q20!("r3", "r4", "r5", "r12", "r3"),
             // ig = r(i·g, 30 - frac_c)
             "ldrd r4, r5, [{ctx}]",
             "mla r2, r3, r2, r4",
@@ -1167,16 +1318,7 @@ pub fn lstm_cells(gates: &[i32], n: usize, h: &mut [i16], c: &mut [i16], frac_c:
             // f = sigmoid(f_pre)
             "add r12, {gp}, {n4}, lsl #1",
             "ldr r3, [r12]",
-            "ssat r3, #24, r3, asr #1",
-            "asr r4, r3, #15",
-            "ubfx r5, r3, #0, #15",
-            "ldr r4, [{t}, r4, lsl #1]",
-            "sxth r12, r4",
-            "rsb r4, r12, r4, asr #16",
-            "mla r4, r4, r5, {k}",
-            "add r3, r12, r4, asr #15",
-            "add r3, r3, #32768",
-            "asr r3, r3, #1",
+            sigmoid_q20!("r3", "r4", "r5", "r12", "r3"),
             // c = sat16(r(f·c, 15) + ig)
             "ldrsh r4, [{cp}]",
             "mla r3, r3, r4, {k}",
@@ -1186,26 +1328,10 @@ pub fn lstm_cells(gates: &[i32], n: usize, h: &mut [i16], c: &mut [i16], frac_c:
             // tc = tanh(c << (20 - frac_c))
             "ldr r3, [{ctx}, #8]",
             "lsl r2, r2, r3",
-            "ssat r2, #24, r2",
-            "asr r3, r2, #15",
-            "ubfx r4, r2, #0, #15",
-            "ldr r3, [{t}, r3, lsl #1]",
-            "sxth r5, r3",
-            "rsb r3, r5, r3, asr #16",
-            "mla r3, r3, r4, {k}",
-            "add r2, r5, r3, asr #15",
+            tanh_q20!("r2", "r3", "r4", "r5"),
             // o = sigmoid(o_pre)
             "ldr r3, [{gp}, {n4}]",
-            "ssat r3, #24, r3, asr #1",
-            "asr r4, r3, #15",
-            "ubfx r5, r3, #0, #15",
-            "ldr r4, [{t}, r4, lsl #1]",
-            "sxth r12, r4",
-            "rsb r4, r12, r4, asr #16",
-            "mla r4, r4, r5, {k}",
-            "add r3, r12, r4, asr #15",
-            "add r3, r3, #32768",
-            "asr r3, r3, #1",
+            sigmoid_q20!("r3", "r4", "r5", "r12", "r3"),
             // h = sat16(r(o·tc, 15))
             "mla r2, r3, r2, {k}",
             "ssat r2, #16, r2, asr #15",
@@ -1222,6 +1348,71 @@ pub fn lstm_cells(gates: &[i32], n: usize, h: &mut [i16], c: &mut [i16], frac_c:
             k = in(reg) 1u32 << 14,
             ctx = in(reg) ctx.as_ptr(),
             out("r2") _, out("r3") _, out("r4") _, out("r5") _, out("r12") _,
+            options(nostack),
+        );
+    }
+    true
+}
+
+/// A GRU layer's element-wise part with linear_before_reset and no clip, per unit `k` of `n`:
+/// `z = sigmoid(acc[k])`, `r = sigmoid(acc[n + k])`, `g = acc[2n + k] +sat round(r·acc[3n + k]
+/// / 2^15)`, then `h[k] = sat16(tanh(g) + round(z·(h[k] - tanh(g)) / 2^15))`: the same `h` as
+/// `gru::step`'s portable loops, in one pass (`acc` is read only). `false` (nothing written)
+/// when `n` is 0 or a slice is shorter than that needs.
+pub fn gru_cells(acc: &[i32], n: usize, h: &mut [i16]) -> bool {
+    if n == 0 || n > (u32::MAX as usize) / 16 || acc.len() / 4 < n || h.len() < n {
+        return false;
+    }
+    let table = &crate::lut::TANH_Q15;
+    // SAFETY: `n >= 1` passes; pass `k` reads `acc[k]`, `acc[n + k]`, `acc[2n + k]`,
+    // `acc[3n + k]` (in bounds: `acc.len() >= 4n`) and `h[k]`, and writes `h[k]` (`h` at least
+    // `n` long); the pass ends when the `h` pointer reaches `h[n]`. Table reads as in
+    // [`lstm_cells`]: an index `v >> 15` of a value saturated to [-2^23, 2^23 - 1] is in
+    // -256..=255, so the (possibly unaligned, which ARMv7-M allows on normal memory) word at
+    // byte `2·(idx + 256)` of the 513-entry table ends at byte 1,026 at most. The arithmetic
+    // is `sigmoid_q20_i32`'s and `tanh_q20_i32`'s (see [`lstm_cells`]), `gru::reset_combine`'s
+    // (SMULL forms `r·gh` exactly; with the rounding constant added in 64 bits, bits 15..46
+    // are the quotient, which lies strictly inside int32; QADD saturates the sum) and
+    // `gru::update`'s (`z·(h - n) + 2^14 < 2^31`). Labels are local; only the declared
+    // registers are written; the stack is not used.
+    unsafe {
+        asm!(
+            "2:",
+            // z = sigmoid(acc[k]), kept in lr
+            "ldr r3, [{gp}]",
+            sigmoid_q20!("r3", "r4", "r5", "r12", "lr"),
+            // r = sigmoid(acc[n + k])
+            "ldr r3, [{gp}, {n4}]",
+            sigmoid_q20!("r3", "r4", "r5", "r12", "r2"),
+            // g = gn +sat round(r·gh / 2^15)
+            "add r12, {gp}, {n4}, lsl #1",
+            "ldr r3, [r12]",
+            "ldr r4, [r12, {n4}]",
+            "smull r4, r5, r2, r4",
+            "adds r4, r4, #16384",
+            "adc r5, r5, #0",
+            "lsr r4, r4, #15",
+            "orr r4, r4, r5, lsl #17",
+            "qadd r3, r3, r4",
+            // n = tanh(g)
+            tanh_q20!("r3", "r4", "r5", "r12"),
+            // h = sat16(n + round(z·(h - n) / 2^15))
+            "ldrsh r4, [{hp}]",
+            "sub r4, r4, r3",
+            "mla r4, lr, r4, {k}",
+            "add r3, r3, r4, asr #15",
+            "ssat r3, #16, r3",
+            "strh r3, [{hp}], #2",
+            "add {gp}, {gp}, #4",
+            "cmp {hp}, {end}",
+            "bne 2b",
+            gp = inout(reg) acc.as_ptr() => _,
+            n4 = in(reg) 4 * n as u32,
+            hp = inout(reg) h.as_mut_ptr() => _,
+            end = in(reg) h[n..].as_ptr(),
+            t = in(reg) table.as_ptr().wrapping_add(256),
+            k = in(reg) 1u32 << 14,
+            out("r2") _, out("r3") _, out("r4") _, out("r5") _, out("r12") _, out("lr") _,
             options(nostack),
         );
     }

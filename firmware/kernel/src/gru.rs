@@ -51,6 +51,11 @@ pub fn step(
             });
         }
     }
+    // With linear_before_reset and no clip, on Cortex-M4: the rest in one asm pass per unit.
+    #[cfg(recur_dsp)]
+    if lbr && layer.clip_q20 == 0 && crate::arm::gru_cells(acc, n, h) {
+        return;
+    }
     // z and r, activated in place (Q15 values held in int32); the clip test once, not per
     // value.
     if layer.clip_q20 > 0 {
