@@ -116,6 +116,31 @@ pub fn dot8(w: &[i8], x: &[u32]) -> i64 {
     ((hi as u64) << 32 | lo as u64) as i64
 }
 
+/// The end of [`requant32`] and [`requant32_i32`] as `asm!` template text: `{pl}` =
+/// `(floor(p / 2^(s-1)) + 1) >> 1` for the 64-bit product `p` in `{ph}:{pl}` and the shift
+/// `s` (1..=62) in `{s}`, with `{t}` as scratch. When `s - 1 >= 32` the quotient is the high
+/// word shifted; otherwise the bits of both words around bit `s - 1` (register-specified
+/// LSL/LSR by 32 give 0, as `s = 1` needs).
+macro_rules! shift_round {
+    () => {
+        concat!(
+            "rsbs {t}, {s}, #33\n", // 32 - (s - 1)
+            "bgt 2f\n",
+            "negs {t}, {t}\n", // (s - 1) - 32 >= 0: floor(p / 2^(s-1)) = ph >> that
+            "asr {pl}, {ph}, {t}\n",
+            "b 3f\n",
+            "2:\n",
+            "lsl {ph}, {ph}, {t}\n",
+            "sub {t}, {s}, #1\n",
+            "lsr {pl}, {pl}, {t}\n",
+            "orr {pl}, {pl}, {ph}\n",
+            "3:\n",
+            "adds {pl}, {pl}, #1\n",
+            "asrs {pl}, {pl}, #1\n",
+        )
+    };
+}
+
 /// [`crate::fixed::requant32`]: `(floor(acc·m / 2^(s-1)) + 1) >> 1` with `s` in 1..=62.
 #[inline(always)]
 pub fn requant32(acc: i64, m: i32, s: u8) -> i32 {
@@ -129,19 +154,7 @@ pub fn requant32(acc: i64, m: i32, s: u8) -> i32 {
             "add {t}, {hi}, {lo}, lsr #31",
             "smull {pl}, {ph}, {lo}, {m}",
             "mla {ph}, {t}, {m}, {ph}",
-            "rsbs {t}, {s}, #33", // 32 - (s - 1)
-            "bgt 2f",
-            "negs {t}, {t}", // (s - 1) - 32 >= 0: floor(p / 2^(s-1)) = ph >> that
-            "asr {pl}, {ph}, {t}",
-            "b 3f",
-            "2:",
-            "lsl {ph}, {ph}, {t}",
-            "sub {t}, {s}, #1",
-            "lsr {pl}, {pl}, {t}",
-            "orr {pl}, {pl}, {ph}", // s - 1 < 32: the two words' bits around bit s - 1
-            "3:",
-            "adds {pl}, {pl}, #1",
-            "asrs {pl}, {pl}, #1",
+            shift_round!(),
             lo = in(reg) lo,
             hi = in(reg) hi,
             m = in(reg) m,
@@ -233,19 +246,7 @@ pub fn requant32_i32(acc: i32, m: i32, s: u8) -> i32 {
     unsafe {
         asm!(
             "smull {pl}, {ph}, {a}, {m}",
-            "rsbs {t}, {s}, #33", // 32 - (s - 1)
-            "bgt 2f",
-            "negs {t}, {t}", // (s - 1) - 32 >= 0: floor(p / 2^(s-1)) = ph >> that
-            "asr {pl}, {ph}, {t}",
-            "b 3f",
-            "2:",
-            "lsl {ph}, {ph}, {t}",
-            "sub {t}, {s}, #1",
-            "lsr {pl}, {pl}, {t}",
-            "orr {pl}, {pl}, {ph}", // s - 1 < 32: the two words' bits around bit s - 1
-            "3:",
-            "adds {pl}, {pl}, #1",
-            "asrs {pl}, {pl}, #1",
+            shift_round!(),
             a = in(reg) acc,
             m = in(reg) m,
             s = in(reg) s as u32,
