@@ -444,18 +444,22 @@ fn sized_layer_blob(
 }
 
 /// Layer sizes whose products end in every tail of recur-kernel's Cortex-M4 loops (int16:
-/// 8-word passes, then 4, 2 and 1 words; int8: 16-byte passes, then 8 and 4 bytes, input rows
-/// with a last pair, and recurrent rows not on words, which take the portable code), LSTM and
+/// 8-word passes, then 4, 2 and 1 words; int8: 16-byte passes, then 8 and 4 bytes, and rows
+/// of 4k + 2 bytes, whose last pair the pairs keep in a word of its own), LSTM and
 /// GRU, int16 and int8: the firmware's output after every sample equals recur-kernel stepped
-/// on the host without row tables, bit for bit (the firmware runs with them).
+/// on the host without row tables, bit for bit (the firmware runs with them), and so does the
+/// host stepped with its tables and pairs (the kernels' portable twin).
 #[test]
 fn odd_layer_sizes_firmware_equals_host_bit_for_bit() {
     let cases = [
         ("lstm_base", 2, 14),
         ("lstm_base", 11, 20),
         ("lstm_base", 8, 28),
+        // Without linear_before_reset: the h gate's recurrent product of r ⊙ h on the row
+        // kernels too (pairs for even H; an odd H takes the single-row kernel).
         ("gru_base", 5, 22),
         ("gru_base", 6, 24),
+        ("gru_base", 3, 13),
         ("lstm_base", 3, 6),
         // linear_before_reset: the h gate's recurrent rows on their own (int16: 8 + 4 + 1
         // words; 8 + 2 words, and int8 16 + 4 bytes on words).
@@ -478,12 +482,20 @@ fn odd_layer_sizes_firmware_equals_host_bit_for_bit() {
             ok(&flash(&blob, &x, &chip));
             let (steps, host) = (raw(&chip, "steps_raw.npy"), host_stepped(&blob, &x));
             assert_bit_equal(&steps, &host, &format!("{template} {i}x{h} {bits}"));
+            // The host's portable twin of the kernels, with the tables and pairs, too.
+            let xs: ArrayD<f32> = ndarray_npy::read_npy(&x).unwrap();
+            let twin = common::host_stepped(&bytes, &xs, common::Tables::Full);
+            assert_bit_equal(
+                &twin,
+                &host,
+                &format!("{template} {i}x{h} {bits} host tables"),
+            );
             println!(
                 "{template} I={i} H={h} {bits}: firmware (with row tables) == host on {} \
                  outputs{}",
                 steps.len(),
                 if odd_int8_rows {
-                    ", recurrent rows off words: portable products"
+                    ", recurrent rows of 4k + 2 bytes: a last pair of its own in the pairs"
                 } else {
                     ""
                 }

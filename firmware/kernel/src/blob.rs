@@ -359,10 +359,11 @@ impl Layer<'_> {
     }
 
     /// Gate rows a direction's row table holds: an LSTM's four gates; a GRU's z, r and h
-    /// gates, then with linear_before_reset the h gate's rows again with `rbn` as their bias
-    /// (its recurrent product is requantised on its own).
+    /// gates, then the h gate's rows again for its recurrent product, which is requantised on
+    /// its own (bias `rbn` with linear_before_reset; without, 0: that product, of `r ⊙ h`,
+    /// is added to the gate's input product).
     pub fn table_rows(&self) -> usize {
-        table_rows(self.kind, self.out_dim, self.flags)
+        table_rows(self.kind, self.out_dim)
     }
 
     /// int32 words of row tables ([`crate::rowtab`]) this layer keeps in a session's `acc`
@@ -457,13 +458,11 @@ fn fits_acc32(p: &Params, ws: usize, rs: usize) -> bool {
     ok(w, ws) && ok(r, rs)
 }
 
-/// Gate rows of a row table for a layer of `kind` with hidden size `h` and `flags`
+/// Gate rows of a row table for a layer of `kind` with hidden size `h`
 /// ([`Layer::table_rows`]).
-const fn table_rows(kind: LayerKind, h: usize, flags: u8) -> usize {
+const fn table_rows(kind: LayerKind, h: usize) -> usize {
     match kind {
-        LayerKind::Lstm => 4 * h,
-        LayerKind::Gru if flags & flags::LINEAR_BEFORE_RESET != 0 => 4 * h,
-        LayerKind::Gru => 3 * h,
+        LayerKind::Lstm | LayerKind::Gru => 4 * h,
         _ => 0,
     }
 }
@@ -918,9 +917,7 @@ fn parse_layer<'a>(
                 p.fast = fits_fast_path(p, even(in_dim), even(h));
                 p.acc32 = p.fast && fits_acc32(p, even(in_dim), even(h));
                 p.table = match kind {
-                    LayerKind::Lstm | LayerKind::Gru => {
-                        crate::rowtab::form(p, table_rows(kind, h, fl))
-                    }
+                    LayerKind::Lstm | LayerKind::Gru => crate::rowtab::form(p, table_rows(kind, h)),
                     _ => None,
                 };
             }

@@ -78,10 +78,12 @@ pub fn step(
         for k in 0..n {
             tmp[k] = mul_q15(acc[n + k] as i16, h[k]);
         }
-        rows::each(&p.r, rs, &tmp[..n], 2 * n..3 * n, |j, dh| {
-            let ah = requant(dh, p.mh[j], p.sh[j]);
-            acc[j] = sat32(acc[j] as i64 + ah);
-        });
+        if !(p.fast && reset_product_fast(layer, p, table, &tmp[..n], acc)) {
+            rows::each(&p.r, rs, &tmp[..n], 2 * n..3 * n, |j, dh| {
+                let ah = requant(dh, p.mh[j], p.sh[j]);
+                acc[j] = sat32(acc[j] as i64 + ah);
+            });
+        }
     }
     // h = n + z·(h - n) in int32: z in 0..=32767 and |h - n| <= 65534, so the product plus
     // the rounding constant is below 32767·65534 + 2^14 < 2^31, and the sum fits as well.
@@ -205,6 +207,64 @@ fn products_fast(
         if !ok {
             return false;
         }
+    }
+    true
+}
+
+/// Without linear_before_reset, on the fast path with a row table: the h gate's recurrent
+/// product of `rh = r ⊙ h` on the row kernels (from the pairs when the session keeps them),
+/// requantised by the table's fourth block (bias 0) into `acc[3H..4H]`, then added with
+/// saturation to the gate's input product in `acc[2H..3H]`: the values of the general path,
+/// since `Params::fast` bounds every recurrent row for any vector of int16 values (`|r ⊙ h|
+/// <= |h|`), so requant32 equals requant and `sat32(a + b)` is `a.saturating_add(b)`. `false`
+/// (nothing changed in `acc[..3H]`) when the session has no table or a buffer is not laid out
+/// for it.
+fn reset_product_fast(
+    layer: &Layer,
+    p: &Params,
+    table: &[i32],
+    rh: &[i16],
+    acc: &mut [i32],
+) -> bool {
+    let n = layer.out_dim;
+    let Some(form) = p.table else {
+        return false;
+    };
+    let (wx, wh) = (rows::words(layer.in_dim), rows::words(n));
+    if acc.len() < 4 * n + wx + wh || rh.len() != n {
+        return false;
+    }
+    let (gates, scratch) = acc.split_at_mut(4 * n);
+    let hs: &mut [u32] = bytemuck::cast_slice_mut(&mut scratch[wx..wx + wh]);
+    rows::packing(&p.r)(rh, hs);
+    let (table, pairs) = crate::rowtab::split(table, layer, p);
+    let recurrent_rows = table
+        .get(3 * n * ROW_WORDS..4 * n * ROW_WORDS)
+        .unwrap_or(&[]);
+    let (gn, gh) = gates[2 * n..].split_at_mut(n);
+    let on_pairs = pairs
+        .and_then(|pr| pr.from_row(2 * n))
+        .is_some_and(|h_rows| {
+            rows::gate_pairs(&h_rows.one_side(true), &[], hs, recurrent_rows, gh)
+        });
+    let done = on_pairs || {
+        let rs = layer.r_stride();
+        rows::single_rows_fast(
+            &p.r,
+            rs,
+            2 * n,
+            hs,
+            Side::Recurrent,
+            form,
+            recurrent_rows,
+            gh,
+        )
+    };
+    if !done {
+        return false;
+    }
+    for (g, &a) in gn.iter_mut().zip(gh.iter()) {
+        *g = g.saturating_add(a);
     }
     true
 }

@@ -21,7 +21,8 @@
 //! (TwoWord).
 //!
 //! Which rows a table holds is [`crate::Layer::table_rows`]: an LSTM's four gates; a GRU's
-//! three, then with linear_before_reset the h gate's rows again with `rbn` as bias.
+//! three, then the h gate's rows again for its recurrent product on its own, with `rbn` as
+//! bias (linear_before_reset) or 0.
 //!
 //! With int8 weights ([`Form::TwoWord`]) and room for them, a session also keeps the gate rows
 //! of the dual-product kernel ([`crate::Layer::pair_rows`]) repacked two by two after each
@@ -72,13 +73,18 @@ pub fn build(p: &Params, rows: usize, form: Form, out: &mut [i32]) -> bool {
 }
 
 /// Row `j`'s table entry in `form`, if the row fits it. Rows past the gates' own (`j >=
-/// bias.len()`: a GRU with linear_before_reset) repeat the h gate's rows with `rbn` as their
-/// bias, for that gate's recurrent product on its own.
+/// bias.len()`, only a GRU's table has them: its fourth block of `H`) repeat the h gate's
+/// rows for that gate's recurrent product on its own, with `rbn` as their bias under
+/// linear_before_reset and 0 without (`rbn` empty).
 fn entry(p: &Params, j: usize, form: Form) -> Option<[i32; ROW_WORDS]> {
     let gates = p.bias.len();
     let (row, bias) = match j.checked_sub(gates) {
         None => (j, *p.bias.get(j)?),
-        Some(k) => ((gates - p.rbn.len()).checked_add(k)?, *p.rbn.get(k)?),
+        Some(k) => {
+            let h = gates / 3;
+            let bias = if p.rbn.is_empty() { 0 } else { *p.rbn.get(k)? };
+            ((k < h).then_some(2 * h + k)?, bias)
+        }
     };
     let (mx, sx) = (*p.mx.get(row)?, *p.sx.get(row)?);
     let (mh, sh) = (*p.mh.get(row)?, *p.sh.get(row)?);
