@@ -1419,3 +1419,92 @@ pub fn gru_cells(acc: &[i32], n: usize, h: &mut [i16]) -> bool {
     }
     true
 }
+
+/// A GRU layer's gates without linear_before_reset and without clip, per unit `k` of `n`:
+/// `acc[k] = sigmoid(acc[k])` (z, Q15 in int32, as `gru::step` leaves it for the update) and
+/// `rh[k] = sat16(round(sigmoid(acc[n + k])·h[k] / 2^15))` (`r ⊙ h`, `fixed::mul_q15`), in
+/// one pass. `false` (nothing written) when `n` is 0 or a slice is shorter than that needs.
+pub fn gru_gates(acc: &mut [i32], n: usize, h: &[i16], rh: &mut [i16]) -> bool {
+    if n == 0 || n > (u32::MAX as usize) / 16 || acc.len() / 2 < n || h.len() < n || rh.len() < n {
+        return false;
+    }
+    let table = &crate::lut::TANH_Q15;
+    // SAFETY: `n >= 1` passes; pass `k` reads `acc[k]`, `acc[n + k]` (in bounds: `acc.len() >=
+    // 2n`) and `h[k]`, and writes `acc[k]` and `rh[k]` (`h`, `rh` at least `n` long); the pass
+    // ends when the `h` pointer reaches `h[n]`. Table reads as in [`lstm_cells`]. The
+    // arithmetic is `sigmoid_q20_i32`'s (see [`lstm_cells`]) and `mul_q15`'s: `|r·h| < 2^30`,
+    // so MLA with the rounding constant cannot overflow and SSAT saturates as `sat16` does.
+    // Labels are local; only the declared registers are written; the stack is not used.
+    unsafe {
+        asm!(
+            "2:",
+            // z = sigmoid(acc[k]), back into acc[k]
+            "ldr r3, [{gp}]",
+            sigmoid_q20!("r3", "r4", "r5", "r12", "r3"),
+            "str r3, [{gp}], #4",
+            // r = sigmoid(acc[n + k]); rh[k] = sat16(round(r·h[k] / 2^15))
+            "ldr r3, [{gp}, {n4}]",
+            sigmoid_q20!("r3", "r4", "r5", "r12", "r3"),
+            "ldrsh r4, [{hp}], #2",
+            "mla r3, r3, r4, {k}",
+            "ssat r3, #16, r3, asr #15",
+            "strh r3, [{rp}], #2",
+            "cmp {hp}, {end}",
+            "bne 2b",
+            gp = inout(reg) acc.as_mut_ptr() => _,
+            // acc[n + k] from the advanced pointer &acc[k + 1]
+            n4 = in(reg) 4 * n as u32 - 4,
+            hp = inout(reg) h.as_ptr() => _,
+            end = in(reg) h[n..].as_ptr(),
+            rp = inout(reg) rh.as_mut_ptr() => _,
+            t = in(reg) table.as_ptr().wrapping_add(256),
+            k = in(reg) 1u32 << 14,
+            out("r3") _, out("r4") _, out("r5") _, out("r12") _,
+            options(nostack),
+        );
+    }
+    true
+}
+
+/// A GRU layer's update without clip, per unit `k` of `n`: `h[k] = sat16(tanh(g) +
+/// round(z·(h[k] - tanh(g)) / 2^15))` with `z = acc[k]` (already activated, Q15) and `g =
+/// acc[2n + k]` (the h gate's pre-activation), as `gru::step`'s portable update loop. `false`
+/// (nothing written) when `n` is 0 or a slice is shorter than that needs.
+pub fn gru_update(acc: &[i32], n: usize, h: &mut [i16]) -> bool {
+    if n == 0 || n > (u32::MAX as usize) / 16 || acc.len() / 3 < n || h.len() < n {
+        return false;
+    }
+    let table = &crate::lut::TANH_Q15;
+    // SAFETY: `n >= 1` passes; pass `k` reads `acc[k]`, `acc[2n + k]` (in bounds: `acc.len()
+    // >= 3n`) and `h[k]`, and writes `h[k]` (`h` at least `n` long); the pass ends when the
+    // `h` pointer reaches `h[n]`. Table reads as in [`lstm_cells`]. The arithmetic is
+    // `tanh_q20_i32`'s and `gru::update`'s (`z·(h - n) + 2^14 < 2^31` for `z` in 0..=32767).
+    // Labels are local; only the declared registers are written; the stack is not used.
+    unsafe {
+        asm!(
+            "2:",
+            // n = tanh(acc[2n + k])
+            "ldr r3, [{gp}, {n8}]",
+            tanh_q20!("r3", "r4", "r5", "r12"),
+            // h = sat16(n + round(z·(h - n) / 2^15))
+            "ldr r2, [{gp}], #4",
+            "ldrsh r4, [{hp}]",
+            "sub r4, r4, r3",
+            "mla r4, r2, r4, {k}",
+            "add r3, r3, r4, asr #15",
+            "ssat r3, #16, r3",
+            "strh r3, [{hp}], #2",
+            "cmp {hp}, {end}",
+            "bne 2b",
+            gp = inout(reg) acc.as_ptr() => _,
+            n8 = in(reg) 8 * n as u32,
+            hp = inout(reg) h.as_mut_ptr() => _,
+            end = in(reg) h[n..].as_ptr(),
+            t = in(reg) table.as_ptr().wrapping_add(256),
+            k = in(reg) 1u32 << 14,
+            out("r2") _, out("r3") _, out("r4") _, out("r5") _, out("r12") _,
+            options(nostack),
+        );
+    }
+    true
+}

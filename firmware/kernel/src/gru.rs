@@ -56,15 +56,20 @@ pub fn step(
     if lbr && layer.clip_q20 == 0 && crate::arm::gru_cells(acc, n, h) {
         return;
     }
+    // Without linear_before_reset and clip, on Cortex-M4: z activated in place and r ⊙ h into
+    // `tmp` in one asm pass per unit.
+    let gated = !lbr && layer.clip_q20 == 0 && gates_asm(acc, n, h, tmp);
     // z and r, activated in place (Q15 values held in int32); the clip test once, not per
     // value.
-    if layer.clip_q20 > 0 {
-        for a in acc.iter_mut().take(2 * n) {
-            *a = sigmoid_q20_i32(clip(*a));
-        }
-    } else {
-        for a in acc.iter_mut().take(2 * n) {
-            *a = sigmoid_q20_i32(*a);
+    if !gated {
+        if layer.clip_q20 > 0 {
+            for a in acc.iter_mut().take(2 * n) {
+                *a = sigmoid_q20_i32(clip(*a));
+            }
+        } else {
+            for a in acc.iter_mut().take(2 * n) {
+                *a = sigmoid_q20_i32(*a);
+            }
         }
     }
     if lbr {
@@ -75,8 +80,10 @@ pub fn step(
             *g = reset_combine(*g, r, gh);
         }
     } else {
-        for k in 0..n {
-            tmp[k] = mul_q15(acc[n + k] as i16, h[k]);
+        if !gated {
+            for k in 0..n {
+                tmp[k] = mul_q15(acc[n + k] as i16, h[k]);
+            }
         }
         if !(p.fast && reset_product_fast(layer, p, table, &tmp[..n], acc)) {
             rows::each(&p.r, rs, &tmp[..n], 2 * n..3 * n, |j, dh| {
@@ -87,7 +94,11 @@ pub fn step(
     }
     // h = n + z·(h - n) in int32: z in 0..=32767 and |h - n| <= 65534, so the product plus
     // the rounding constant is below 32767·65534 + 2^14 < 2^31, and the sum fits as well.
-    // The clip test once, not per unit.
+    // The clip test once, not per unit; without clip, on Cortex-M4, one asm pass per unit.
+    #[cfg(recur_dsp)]
+    if layer.clip_q20 == 0 && crate::arm::gru_update(acc, n, h) {
+        return;
+    }
     let (z, rest) = acc.split_at(n.min(acc.len()));
     let gn = rest.get(n..2 * n).unwrap_or(&[]);
     let units = h.iter_mut().zip(z).zip(gn);
@@ -99,6 +110,20 @@ pub fn step(
         for ((hk, &z), &g) in units {
             *hk = update(*hk, z, tanh_q20_i32(g));
         }
+    }
+}
+
+/// [`crate::arm::gru_gates`] on Cortex-M4 (`false` elsewhere: the portable loops run).
+#[inline(always)]
+fn gates_asm(acc: &mut [i32], n: usize, h: &[i16], rh: &mut [i16]) -> bool {
+    #[cfg(recur_dsp)]
+    {
+        crate::arm::gru_gates(acc, n, h, rh)
+    }
+    #[cfg(not(recur_dsp))]
+    {
+        let _ = (acc, n, h, rh);
+        false
     }
 }
 
