@@ -377,7 +377,7 @@ fn bench_qemu_counts_instructions_per_step() {
 }
 
 /// A one-layer chain on the cell of the matrix fixture `template` (`lstm_base`, `gru_base`,
-/// `gru_lbr1`)
+/// `gru_lbr1`, `rnn_base`)
 /// with `i` inputs and `h` units, small pseudo-random weights (so that the quantised rows
 /// take the row-table forms) and biases of up to ±1 (so that the gates leave their linear
 /// range), and `[4, 30, i]` inputs: the blob (`bits`) and the input written to `dir`.
@@ -445,8 +445,8 @@ fn sized_layer_blob(
 
 /// Layer sizes whose products end in every tail of recur-kernel's Cortex-M4 loops (int16:
 /// 8-word passes, then 4, 2 and 1 words; int8: 16-byte passes, then 8 and 4 bytes, and rows
-/// of 4k + 2 bytes, whose last pair the pairs keep in a word of its own), LSTM and
-/// GRU, int16 and int8: the firmware's output after every sample equals recur-kernel stepped
+/// of 4k + 2 bytes, whose last pair the pairs keep in a word of its own), LSTM, GRU and
+/// SimpleRNN, int16 and int8: the firmware's output after every sample equals recur-kernel stepped
 /// on the host without row tables, bit for bit (the firmware runs with them), and so does the
 /// host stepped with its tables and pairs (the kernels' portable twin).
 #[test]
@@ -461,6 +461,9 @@ fn odd_layer_sizes_firmware_equals_host_bit_for_bit() {
         ("gru_base", 6, 24),
         ("gru_base", 3, 13),
         ("lstm_base", 3, 6),
+        // SimpleRNN rows on the same kernels (pairs for even H).
+        ("rnn_base", 5, 22),
+        ("rnn_base", 3, 13),
         // linear_before_reset: the h gate's recurrent rows on their own (int16: 8 + 4 + 1
         // words; 8 + 2 words, and int8 16 + 4 bytes on words).
         ("gru_lbr1", 7, 26),

@@ -329,12 +329,12 @@ fn cli_convert_then_sim_and_the_exit_2_contract() {
 
 /// The row tables a session builds when given room (what recur-firmware and `recur sim` do),
 /// with or without the gate rows repacked in pairs, change no output bit: every test
-/// sequence of the BasicMotions LSTM and GRU, int16 and int8, stepped sample by sample
-/// without tables, with row tables alone and with both.
+/// sequence of the BasicMotions LSTM and GRU and of the digits SimpleRNN, int16 and int8,
+/// stepped sample by sample without tables, with row tables alone and with both.
 #[test]
 fn row_tables_change_no_output_bit() {
     use common::Tables;
-    for name in ["basicmotions_lstm", "basicmotions_gru"] {
+    for name in ["basicmotions_lstm", "basicmotions_gru", "digits_rnn"] {
         for bits in [WeightBits::Int16, WeightBits::Int8] {
             let c = convert(name, bits).unwrap();
             let words = sim::aligned(&c.blob);

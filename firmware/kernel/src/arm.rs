@@ -1508,3 +1508,36 @@ pub fn gru_update(acc: &[i32], n: usize, h: &mut [i16]) -> bool {
     }
     true
 }
+
+/// A tanh SimpleRNN's activation, per unit `k` of `n`: `h[k] = tanh(acc[k])`
+/// (`crate::lut::tanh_q20`), in one pass. `false` (nothing written) when `n` is 0 or a slice
+/// is shorter than that needs.
+pub fn tanh_units(acc: &[i32], n: usize, h: &mut [i16]) -> bool {
+    if n == 0 || n > (u32::MAX as usize) / 16 || acc.len() < n || h.len() < n {
+        return false;
+    }
+    let table = &crate::lut::TANH_Q15;
+    // SAFETY: `n >= 1` passes; pass `k` reads `acc[k]` and writes `h[k]` (both at least `n`
+    // long); the pass ends when the `h` pointer reaches `h[n]`. Table reads as in
+    // [`lstm_cells`]; the arithmetic is `tanh_q20_i32`'s, whose value lies between two int16
+    // table entries, so the halfword store keeps it whole. Labels are local; only the
+    // declared registers are written; the stack is not used.
+    unsafe {
+        asm!(
+            "2:",
+            "ldr r3, [{gp}], #4",
+            tanh_q20!("r3", "r4", "r5", "r12"),
+            "strh r3, [{hp}], #2",
+            "cmp {hp}, {end}",
+            "bne 2b",
+            gp = inout(reg) acc.as_ptr() => _,
+            hp = inout(reg) h.as_mut_ptr() => _,
+            end = in(reg) h[n..].as_ptr(),
+            t = in(reg) table.as_ptr().wrapping_add(256),
+            k = in(reg) 1u32 << 14,
+            out("r3") _, out("r4") _, out("r5") _, out("r12") _,
+            options(nostack),
+        );
+    }
+    true
+}

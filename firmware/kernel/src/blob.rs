@@ -353,13 +353,16 @@ impl Layer<'_> {
                     + crate::rows::words(self.in_dim)
                     + crate::rows::words(self.out_dim)
             }
-            LayerKind::Rnn => self.out_dim,
+            // H preactivations, then x and h packed for the fast path.
+            LayerKind::Rnn => {
+                self.out_dim + crate::rows::words(self.in_dim) + crate::rows::words(self.out_dim)
+            }
             _ => 0,
         }
     }
 
-    /// Gate rows a direction's row table holds: an LSTM's four gates; a GRU's z, r and h
-    /// gates, then the h gate's rows again for its recurrent product, which is requantised on
+    /// Gate rows a direction's row table holds: a SimpleRNN's rows; an LSTM's four gates; a
+    /// GRU's z, r and h gates, then the h gate's rows again for its recurrent product, which is requantised on
     /// its own (bias `rbn` with linear_before_reset; without, 0: that product, of `r ⊙ h`,
     /// is added to the gate's input product).
     pub fn table_rows(&self) -> usize {
@@ -376,10 +379,12 @@ impl Layer<'_> {
     }
 
     /// Gate rows whose weights a session may keep repacked in pairs
-    /// ([`crate::rowtab::pack_pairs`]): an LSTM's four gates, a GRU's three (z and r on the
-    /// dual-product kernel, the h gate's input and recurrent products apart).
+    /// ([`crate::rowtab::pack_pairs`]): a SimpleRNN's rows, an LSTM's four gates, a GRU's
+    /// three (z and r on the dual-product kernel, the h gate's input and recurrent products
+    /// apart).
     pub fn pair_rows(&self) -> usize {
         match self.kind {
+            LayerKind::Rnn => self.out_dim,
             LayerKind::Lstm => 4 * self.out_dim,
             LayerKind::Gru => 3 * self.out_dim,
             _ => 0,
@@ -462,6 +467,7 @@ fn fits_acc32(p: &Params, ws: usize, rs: usize) -> bool {
 /// ([`Layer::table_rows`]).
 const fn table_rows(kind: LayerKind, h: usize) -> usize {
     match kind {
+        LayerKind::Rnn => h,
         LayerKind::Lstm | LayerKind::Gru => 4 * h,
         _ => 0,
     }
@@ -917,7 +923,9 @@ fn parse_layer<'a>(
                 p.fast = fits_fast_path(p, even(in_dim), even(h));
                 p.acc32 = p.fast && fits_acc32(p, even(in_dim), even(h));
                 p.table = match kind {
-                    LayerKind::Lstm | LayerKind::Gru => crate::rowtab::form(p, table_rows(kind, h)),
+                    LayerKind::Rnn | LayerKind::Lstm | LayerKind::Gru => {
+                        crate::rowtab::form(p, table_rows(kind, h))
+                    }
                     _ => None,
                 };
             }

@@ -366,7 +366,7 @@ fn recurrent_dir(
             lstm::step(layer, p, table, x, h, c, acc);
         }
         LayerKind::Gru => gru::step(layer, p, table, x, st, acc, tmp),
-        LayerKind::Rnn => rnn::step(layer, p, x, st, acc),
+        LayerKind::Rnn => rnn::step(layer, p, table, x, st, acc),
         _ => {}
     }
 }
