@@ -256,7 +256,8 @@ pub struct Params<'a> {
     /// int32 fast path ([`crate::fixed::requant32`]): for each row `j`, with `|x|, |h| <=
     /// 2^15`, `|rq(W[j]·x)| <= 2^29` and `|rq(R[j]·h)| <= 2^29`, and both shifts >= 1. Then
     /// `ax + ah` is exact in int32 and `sat32(ax + ah + bias)` equals
-    /// `(ax + ah).saturating_add(bias)`.
+    /// `(ax + ah).saturating_add(bias)`. For a Dense layer, the same bound on `rq(W[j]·x)`
+    /// alone (its `requant` then equals `requant32`).
     pub fast: bool,
     /// Set by the parser, with `fast`, when `w` and `r` are int8 and every row's `Σ|w|` in
     /// each is below 2^16: then with `|x|, |h| <= 2^15` every partial sum of a row's products
@@ -446,6 +447,22 @@ fn fits_fast_path(p: &Params, ws: usize, rs: usize) -> bool {
         let bx = requant_bound(abs_sum(&p.w, j, ws) << 15, p.mx[j], sx);
         let bh = requant_bound(abs_sum(&p.r, j, rs) << 15, p.mh[j], sh);
         sx >= 1 && sh >= 1 && bx <= LIMIT && bh <= LIMIT
+    })
+}
+
+/// Whether every row of a Dense layer's `p` passes the int32 fast path's bound on its one
+/// product (see [`Params::fast`]), as [`fits_fast_path`] for the input side.
+fn fits_dense_fast_path(p: &Params, ws: usize) -> bool {
+    const LIMIT: u64 = 1 << 29;
+    let rows = p.mx.len();
+    if ws == 0 || p.sx.len() != rows || p.bias.len() != rows {
+        return false;
+    }
+    (0..rows).all(|j| {
+        let abs_sum: u64 = (j * ws..(j + 1) * ws)
+            .map(|i| p.w.get(i).unsigned_abs() as u64)
+            .sum();
+        p.sx[j] >= 1 && requant_bound(abs_sum << 15, p.mx[j], p.sx[j]) <= LIMIT
     })
 }
 
@@ -900,6 +917,7 @@ fn parse_layer<'a>(
             p.w = cur.weights(out_dim * even(in_dim), bits)?;
             p.bias = cur.i32s(out_dim)?;
             (p.mx, p.sx) = cur.multipliers(out_dim)?;
+            p.fast = fits_dense_fast_path(p, even(in_dim));
         }
         _ => {
             let g = match kind {

@@ -6,7 +6,7 @@
 //! `p_i = round(e_i · 2^15 / Σe)` (Q15). The maximum's exp is 32767, so the sum is never 0.
 
 use crate::blob::{Layer, Params};
-use crate::fixed::{requant, sat16, sat32, shr_round};
+use crate::fixed::{requant, requant32, sat16, sat32, shr_round};
 use crate::lut::{exp_q20, sigmoid_q20};
 use crate::rows;
 
@@ -47,8 +47,14 @@ fn dense_packed(
     let xs: &mut [u32] = bytemuck::cast_slice_mut(&mut scratch[..wx]);
     let ws = layer.w_stride();
     let per_row = p.mx.iter().zip(p.sx).zip(p.bias);
-    let fin =
-        |d: i64, (&m, &s): (&i32, &u8), b: i32| sat16(shr_round(requant(d, m, s) + b as i64, 8));
+    let fast = p.fast;
+    let fin = |d: i64, (&m, &s): (&i32, &u8), b: i32| {
+        if fast {
+            finish_fast(requant32(d, m, s), b)
+        } else {
+            sat16(shr_round(requant(d, m, s) + b as i64, 8))
+        }
+    };
     match p.w {
         crate::blob::Weights::I16(w) => {
             let Ok(w) = bytemuck::try_cast_slice::<i16, u32>(w) else {
@@ -74,6 +80,16 @@ fn dense_packed(
         }
     }
     true
+}
+
+/// A Dense row's output from its requantised product `r` (`|r| <= 2^29`, `Params::fast`) and
+/// bias `b`: `sat16(shr_round(r + b, 8))` in int32. `r +sat b` differs from `r + b` only when
+/// that leaves int32, and then both give the same saturated int16;
+/// `floor((v + 128) / 256) = floor((floor(v / 128) + 1) / 2)` needs no wider type.
+#[inline(always)]
+fn finish_fast(r: i32, b: i32) -> i16 {
+    let v = r.saturating_add(b);
+    (((v >> 7) + 1) >> 1).clamp(-32768, 32767) as i16
 }
 
 /// Copies embedding row `token` to `out`; `false` when the token is out of range.
@@ -136,5 +152,54 @@ impl Layer<'_> {
     /// Row stride of an embedding table (width rounded up to even).
     pub fn w_stride_embedding(&self) -> usize {
         crate::blob::even(self.out_dim)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_rng::xorshift;
+
+    /// `finish_fast` equals the int64 form `sat16(shr_round(r + b, 8))` on the extremes of
+    /// both operands (r within the fast path's ±2^29) and on a million random cases.
+    #[test]
+    fn finish_fast_equals_the_int64_form() {
+        let int64_form = |r: i32, b: i32| sat16(shr_round(r as i64 + b as i64, 8));
+        let rs = [
+            -(1 << 29),
+            -(1 << 29) + 1,
+            -129,
+            -128,
+            -127,
+            -1,
+            0,
+            1,
+            127,
+            128,
+            1 << 29,
+        ];
+        let bs = [
+            i32::MIN,
+            i32::MIN + 1,
+            -(1 << 30),
+            -128,
+            -1,
+            0,
+            1,
+            127,
+            1 << 30,
+            i32::MAX,
+        ];
+        for &r in &rs {
+            for &b in &bs {
+                assert_eq!(finish_fast(r, b), int64_form(r, b), "r {r} b {b}");
+            }
+        }
+        let mut next = xorshift(0x5eed_d3a5);
+        for _ in 0..1_000_000 {
+            let r = (next() as i32) >> 2; // within ±2^29
+            let b = next() as i32;
+            assert_eq!(finish_fast(r, b), int64_form(r, b), "r {r} b {b}");
+        }
     }
 }
