@@ -6,7 +6,7 @@
 //! `p_i = round(e_i · 2^15 / Σe)` (Q15). The maximum's exp is 32767, so the sum is never 0.
 
 use crate::blob::{Layer, Params};
-use crate::fixed::{requant, requant32, sat16, sat32, shr_round};
+use crate::fixed::{requant, requant32, requant32_i32, sat16, sat32, shr_round};
 use crate::lut::{exp_q20, sigmoid_q20};
 use crate::rows;
 
@@ -107,10 +107,21 @@ pub fn embed(layer: &Layer, p: &Params, token: usize, out: &mut [i16]) -> bool {
 /// Softmax of int16 logits; `m`/`s` take a logit difference to Q20. Writes Q15 to `out`,
 /// using `exps` (`[len]` int32) as scratch.
 pub fn softmax(x: &[i16], m: i32, s: u8, exps: &mut [i32], out: &mut [i16]) {
-    let max = x.iter().copied().max().unwrap_or(0) as i64;
+    let max = x.iter().copied().max().unwrap_or(0) as i32;
+    // The differences `v - max` lie in -65535..=0. When `m` and `s` take every one of them to
+    // at most 2^29 in magnitude (checked once per call), `requant32_i32` equals `requant` and
+    // `sat32` is the identity: one SMULL per logit instead of the int64 form.
+    let fast = (1..=62).contains(&s)
+        && (65_535 * m.unsigned_abs() as u64 + (1u64 << s.saturating_sub(1))) >> s <= 1 << 29;
     let mut sum = 0i64;
     for (e, &v) in exps.iter_mut().zip(x) {
-        *e = exp_q20(sat32(requant(v as i64 - max, m, s))) as i32;
+        let d = v as i32 - max;
+        let q = if fast {
+            requant32_i32(d, m, s)
+        } else {
+            sat32(requant(d as i64, m, s))
+        };
+        *e = exp_q20(q) as i32;
         sum += *e as i64;
     }
     let sum = sum.max(1);
@@ -159,6 +170,40 @@ impl Layer<'_> {
 mod tests {
     use super::*;
     use crate::test_rng::xorshift;
+
+    /// `softmax` equals its int64 form (every logit difference through `requant` and
+    /// `sat32`) for multipliers on both sides of its fast path's bound, on extreme and random
+    /// logits.
+    #[test]
+    fn softmax_equals_the_int64_form() {
+        let int64_form = |x: &[i16], m: i32, s: u8| {
+            let max = x.iter().copied().max().unwrap() as i64;
+            let e: [i64; 6] =
+                core::array::from_fn(|k| exp_q20(sat32(requant(x[k] as i64 - max, m, s))) as i64);
+            let sum: i64 = e.iter().sum::<i64>().max(1);
+            e.map(|e| sat16(((e << 15) + sum / 2) / sum))
+        };
+        let mut next = xorshift(0x50f7_4a11);
+        let scales = [
+            (1 << 30, 20),
+            (i32::MAX, 18),
+            (i32::MIN + 1, 20),
+            (1 << 20, 4),
+            (3, 1),
+        ];
+        for (m, s) in scales {
+            for round in 0..20_000 {
+                let x: [i16; 6] = if round == 0 {
+                    [i16::MIN, i16::MAX, 0, -1, 1, i16::MIN]
+                } else {
+                    core::array::from_fn(|_| next() as i16)
+                };
+                let (mut exps, mut out) = ([0i32; 6], [0i16; 6]);
+                softmax(&x, m, s, &mut exps, &mut out);
+                assert_eq!(out, int64_form(&x, m, s), "x {x:?} m {m} s {s}");
+            }
+        }
+    }
 
     /// `finish_fast` equals the int64 form `sat16(shr_round(r + b, 8))` on the extremes of
     /// both operands (r within the fast path's ±2^29) and on a million random cases.
