@@ -100,10 +100,15 @@ fn assert_bit_equal(got: &ArrayD<i16>, want: &ArrayD<i16>, what: &str) {
 }
 
 /// The blob's output after every sample of `input` (`[N, T, F]` f32), stepped on the host
-/// through recur-kernel (without row tables) from a zero state per sequence: `[N, T, O]`.
+/// through recur-kernel on its general path (no row tables, no fast path: int64
+/// accumulators and requantisation throughout) from a zero state per sequence: `[N, T, O]`.
 fn host_stepped(blob: &Path, input: &Path) -> ArrayD<i16> {
     let x: ArrayD<f32> = ndarray_npy::read_npy(input).unwrap();
-    common::host_stepped(&std::fs::read(blob).unwrap(), &x, common::Tables::None)
+    common::host_stepped(
+        &std::fs::read(blob).unwrap(),
+        &x,
+        common::Tables::GeneralPath,
+    )
 }
 
 /// Converts, simulates on the host, runs in QEMU, and asserts the two agree exactly.
@@ -128,7 +133,8 @@ fn firmware_equals_sim(name: &str, weights: &str) {
         std::fs::read(host.join("output.npy")).unwrap(),
         std::fs::read(chip.join("output.npy")).unwrap()
     );
-    // Every step's output against recur-kernel stepped on the host, sequence by sequence.
+    // Every step's output against recur-kernel stepped on the host on its general path (no
+    // tables, no fast path), sequence by sequence.
     let steps = raw(&chip, "steps_raw.npy");
     let host_steps = host_stepped(&blob, &input);
     assert_bit_equal(&steps, &host_steps, &format!("{name} {weights} per step"));
@@ -446,9 +452,10 @@ fn sized_layer_blob(
 /// Layer sizes whose products end in every tail of recur-kernel's Cortex-M4 loops (int16:
 /// 8-word passes, then 4, 2 and 1 words; int8: 16-byte passes, then 8 and 4 bytes, and rows
 /// of 4k + 2 bytes, whose last pair the pairs keep in a word of its own), LSTM, GRU and
-/// SimpleRNN, int16 and int8: the firmware's output after every sample equals recur-kernel stepped
-/// on the host without row tables, bit for bit (the firmware runs with them), and so does the
-/// host stepped with its tables and pairs (the kernels' portable twin).
+/// SimpleRNN, int16 and int8: the firmware's output after every sample equals recur-kernel
+/// stepped on the host on its general path (no tables, no fast path: int64 throughout), bit
+/// for bit (the firmware runs its asm with tables and pairs), and so does the host stepped
+/// with its tables and pairs (the kernels' portable twin).
 #[test]
 fn odd_layer_sizes_firmware_equals_host_bit_for_bit() {
     let cases = [
@@ -494,8 +501,8 @@ fn odd_layer_sizes_firmware_equals_host_bit_for_bit() {
                 &format!("{template} {i}x{h} {bits} host tables"),
             );
             println!(
-                "{template} I={i} H={h} {bits}: firmware (with row tables) == host on {} \
-                 outputs{}",
+                "{template} I={i} H={h} {bits}: firmware (with row tables) == host general path \
+                 on {} outputs{}",
                 steps.len(),
                 if odd_int8_rows {
                     ", recurrent rows of 4k + 2 bytes: a last pair of its own in the pairs"

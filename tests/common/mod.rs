@@ -177,18 +177,28 @@ pub enum Tables {
     /// [`recur_kernel::Model::tables_len`]: row tables and gate rows repacked in pairs
     /// (what recur-firmware and `recur sim` give).
     Full,
+    /// No tables, and every layer's fast-path flags cleared as if the parser had not proven
+    /// its bounds: the general path, int64 accumulators and `requant` everywhere, which the
+    /// fast paths (and the firmware's asm) must equal bit for bit.
+    GeneralPath,
 }
 
 /// A blob's output after every sample of `x` (`[N, T, F]` f32), stepped through recur-kernel
 /// on the host from a zero state per sequence, with `tables` room: `[N, T, O]`.
 pub fn host_stepped(blob: &[u8], x: &ArrayD<f32>, tables: Tables) -> ndarray::ArrayD<i16> {
     let words = recur::quant::sim::aligned(blob);
-    let model = recur::quant::sim::parse(&words, blob.len(), "blob").unwrap();
+    let mut model = recur::quant::sim::parse(&words, blob.len(), "blob").unwrap();
     let (n, t, f) = (x.shape()[0], x.shape()[1], x.shape()[2]);
     let extra = match tables {
         Tables::None => 0,
         Tables::RowsOnly => model.row_tables_len(),
         Tables::Full => model.tables_len(),
+        Tables::GeneralPath => {
+            for p in model.layers.iter_mut().flat_map(|l| l.params.iter_mut()) {
+                (p.fast, p.acc32, p.table) = (false, false, None);
+            }
+            0
+        }
     };
     let mut mem = vec![0i16; model.session_len()];
     let mut acc = vec![0i32; model.acc_len() + extra];
