@@ -81,11 +81,12 @@ awk '
 ' "$LOG" "$COUNTS"
 
 echo
-echo "Instructions per time step of recur-firmware (recur-kernel, fixed point) on BasicMotions"
-echo "(recur convert --target mcu, then recur bench OUT.rcm --qemu over all 4,000 test samples)"
+echo "Instructions per time step of recur-firmware (recur-kernel, fixed point) on the bundled"
+echo "BasicMotions LSTM and GRU and the digits SimpleRNN (recur convert --target mcu, then"
+echo "recur bench OUT.rcm --qemu over all test samples)"
 BLOBS=$(mktemp -d)
 trap 'rm -rf "$COUNTS" "$LOG" "$BLOBS"' EXIT
-for m in basicmotions_lstm basicmotions_gru; do
+for m in basicmotions_lstm basicmotions_gru digits_rnn; do
   for w in int16 int8; do
     D=models/real/$m
     cargo run --quiet -- convert "$D/model.onnx" --target mcu --weights "$w" --calib "$D/in_0.npy" \
