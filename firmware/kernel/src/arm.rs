@@ -1280,7 +1280,7 @@ macro_rules! sigmoid_q20 {
 /// LDR. `false` (nothing written) when a slice is shorter than `n` units need or `frac_c` is
 /// outside 4..=15.
 pub fn lstm_cells(gates: &[i32], n: usize, h: &mut [i16], c: &mut [i16], frac_c: u8) -> bool {
-    if n == 0 || n > (u32::MAX as usize) / 16 || !(4..=15).contains(&frac_c) {
+    if !units_fit(n) || !(4..=15).contains(&frac_c) {
         return n == 0;
     }
     if gates.len() / 4 < n || h.len() < n || c.len() < n {
@@ -1355,13 +1355,38 @@ pub fn lstm_cells(gates: &[i32], n: usize, h: &mut [i16], c: &mut [i16], frac_c:
     true
 }
 
+/// `h[k] = sat16(n + round(z·(h[k] - n) / 2^15))` (`gru::update`) as `asm!` template text:
+/// `n` in r3, `z` (Q15, 0..=32767) in register `$z`, `{hp}` at `h[k]` and advanced past it,
+/// `{k}` holding 2^14; r4 is scratch. `z·(h - n) + 2^14 < 2^31`, so MLA cannot overflow.
+macro_rules! gru_blend {
+    ($z:literal) => {
+        concat!(
+            "ldrsh r4, [{hp}]\n",
+            "sub r4, r4, r3\n",
+            "mla r4, ",
+            $z,
+            ", r4, {k}\n",
+            "add r3, r3, r4, asr #15\n",
+            "ssat r3, #16, r3\n",
+            "strh r3, [{hp}], #2\n",
+        )
+    };
+}
+
+/// Whether `n` units suit the element-wise passes below: at least one, and their byte
+/// offsets (up to 16 per unit) fit a 32-bit register.
+#[inline(always)]
+fn units_fit(n: usize) -> bool {
+    n >= 1 && n <= (u32::MAX as usize) / 16
+}
+
 /// A GRU layer's element-wise part with linear_before_reset and no clip, per unit `k` of `n`:
 /// `z = sigmoid(acc[k])`, `r = sigmoid(acc[n + k])`, `g = acc[2n + k] +sat round(r·acc[3n + k]
 /// / 2^15)`, then `h[k] = sat16(tanh(g) + round(z·(h[k] - tanh(g)) / 2^15))`: the same `h` as
 /// `gru::step`'s portable loops, in one pass (`acc` is read only). `false` (nothing written)
 /// when `n` is 0 or a slice is shorter than that needs.
 pub fn gru_cells(acc: &[i32], n: usize, h: &mut [i16]) -> bool {
-    if n == 0 || n > (u32::MAX as usize) / 16 || acc.len() / 4 < n || h.len() < n {
+    if !units_fit(n) || acc.len() / 4 < n || h.len() < n {
         return false;
     }
     let table = &crate::lut::TANH_Q15;
@@ -1398,12 +1423,7 @@ pub fn gru_cells(acc: &[i32], n: usize, h: &mut [i16]) -> bool {
             // n = tanh(g)
             tanh_q20!("r3", "r4", "r5", "r12"),
             // h = sat16(n + round(z·(h - n) / 2^15))
-            "ldrsh r4, [{hp}]",
-            "sub r4, r4, r3",
-            "mla r4, lr, r4, {k}",
-            "add r3, r3, r4, asr #15",
-            "ssat r3, #16, r3",
-            "strh r3, [{hp}], #2",
+            gru_blend!("lr"),
             "add {gp}, {gp}, #4",
             "cmp {hp}, {end}",
             "bne 2b",
@@ -1425,7 +1445,7 @@ pub fn gru_cells(acc: &[i32], n: usize, h: &mut [i16]) -> bool {
 /// `rh[k] = sat16(round(sigmoid(acc[n + k])·h[k] / 2^15))` (`r ⊙ h`, `fixed::mul_q15`), in
 /// one pass. `false` (nothing written) when `n` is 0 or a slice is shorter than that needs.
 pub fn gru_gates(acc: &mut [i32], n: usize, h: &[i16], rh: &mut [i16]) -> bool {
-    if n == 0 || n > (u32::MAX as usize) / 16 || acc.len() / 2 < n || h.len() < n || rh.len() < n {
+    if !units_fit(n) || acc.len() / 2 < n || h.len() < n || rh.len() < n {
         return false;
     }
     let table = &crate::lut::TANH_Q15;
@@ -1471,7 +1491,7 @@ pub fn gru_gates(acc: &mut [i32], n: usize, h: &[i16], rh: &mut [i16]) -> bool {
 /// acc[2n + k]` (the h gate's pre-activation), as `gru::step`'s portable update loop. `false`
 /// (nothing written) when `n` is 0 or a slice is shorter than that needs.
 pub fn gru_update(acc: &[i32], n: usize, h: &mut [i16]) -> bool {
-    if n == 0 || n > (u32::MAX as usize) / 16 || acc.len() / 3 < n || h.len() < n {
+    if !units_fit(n) || acc.len() / 3 < n || h.len() < n {
         return false;
     }
     let table = &crate::lut::TANH_Q15;
@@ -1488,12 +1508,7 @@ pub fn gru_update(acc: &[i32], n: usize, h: &mut [i16]) -> bool {
             tanh_q20!("r3", "r4", "r5", "r12"),
             // h = sat16(n + round(z·(h - n) / 2^15))
             "ldr r2, [{gp}], #4",
-            "ldrsh r4, [{hp}]",
-            "sub r4, r4, r3",
-            "mla r4, r2, r4, {k}",
-            "add r3, r3, r4, asr #15",
-            "ssat r3, #16, r3",
-            "strh r3, [{hp}], #2",
+            gru_blend!("r2"),
             "cmp {hp}, {end}",
             "bne 2b",
             gp = inout(reg) acc.as_ptr() => _,
@@ -1513,7 +1528,7 @@ pub fn gru_update(acc: &[i32], n: usize, h: &mut [i16]) -> bool {
 /// (`crate::lut::tanh_q20`), in one pass. `false` (nothing written) when `n` is 0 or a slice
 /// is shorter than that needs.
 pub fn tanh_units(acc: &[i32], n: usize, h: &mut [i16]) -> bool {
-    if n == 0 || n > (u32::MAX as usize) / 16 || acc.len() < n || h.len() < n {
+    if !units_fit(n) || acc.len() < n || h.len() < n {
         return false;
     }
     let table = &crate::lut::TANH_Q15;

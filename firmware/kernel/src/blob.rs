@@ -428,6 +428,13 @@ fn requant_bound(a: u64, m: i32, s: u8) -> u64 {
     (a * m.unsigned_abs() as u64 + ((1u64 << s) >> 1)) >> s
 }
 
+/// `Σ|w|` over row `j` of a matrix of rows of `stride` weights.
+fn row_abs_sum(w: &Weights, j: usize, stride: usize) -> u64 {
+    (j * stride..(j + 1) * stride)
+        .map(|i| w.get(i).unsigned_abs() as u64)
+        .sum()
+}
+
 /// Whether every gate row of `p` passes the int32 fast path's bounds (see [`Params::fast`]).
 /// `|dot| <= 2^15 · Σ|w|` over the whole padded row: with int16 operands bounded by 2^15
 /// in magnitude, that holds whatever the inputs and state are.
@@ -437,15 +444,10 @@ fn fits_fast_path(p: &Params, ws: usize, rs: usize) -> bool {
     if ws == 0 || rs == 0 || p.mh.len() != rows || p.bias.len() != rows {
         return false;
     }
-    let abs_sum = |w: &Weights, j: usize, stride: usize| -> u64 {
-        (j * stride..(j + 1) * stride)
-            .map(|i| w.get(i).unsigned_abs() as u64)
-            .sum()
-    };
     (0..rows).all(|j| {
         let (sx, sh) = (p.sx[j], p.sh[j]);
-        let bx = requant_bound(abs_sum(&p.w, j, ws) << 15, p.mx[j], sx);
-        let bh = requant_bound(abs_sum(&p.r, j, rs) << 15, p.mh[j], sh);
+        let bx = requant_bound(row_abs_sum(&p.w, j, ws) << 15, p.mx[j], sx);
+        let bh = requant_bound(row_abs_sum(&p.r, j, rs) << 15, p.mh[j], sh);
         sx >= 1 && sh >= 1 && bx <= LIMIT && bh <= LIMIT
     })
 }
@@ -459,10 +461,8 @@ fn fits_dense_fast_path(p: &Params, ws: usize) -> bool {
         return false;
     }
     (0..rows).all(|j| {
-        let abs_sum: u64 = (j * ws..(j + 1) * ws)
-            .map(|i| p.w.get(i).unsigned_abs() as u64)
-            .sum();
-        p.sx[j] >= 1 && requant_bound(abs_sum << 15, p.mx[j], p.sx[j]) <= LIMIT
+        let bx = requant_bound(row_abs_sum(&p.w, j, ws) << 15, p.mx[j], p.sx[j]);
+        p.sx[j] >= 1 && bx <= LIMIT
     })
 }
 

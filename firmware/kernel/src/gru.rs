@@ -159,9 +159,8 @@ fn products_fast(
     acc: &mut [i32],
 ) -> bool {
     let n = layer.out_dim;
-    let (wx, wh) = (rows::words(layer.in_dim), rows::words(n));
     let (ws, rs) = (layer.w_stride(), layer.r_stride());
-    if acc.len() < 4 * n + wx + wh || h.len() < n || x.len() != layer.in_dim {
+    if h.len() < n || x.len() != layer.in_dim {
         return false;
     }
     if p.mx.len() < 3 * n || p.sx.len() < 3 * n || p.bias.len() < 3 * n {
@@ -171,9 +170,9 @@ fn products_fast(
     if lbr && (p.mh.len() < 3 * n || p.sh.len() < 3 * n || p.rbn.len() < n) {
         return false;
     }
-    let (gates, scratch) = acc.split_at_mut(4 * n);
-    let scratch: &mut [u32] = bytemuck::cast_slice_mut(&mut scratch[..wx + wh]);
-    let (xs, hs) = scratch.split_at_mut(wx);
+    let Some((gates, xs, hs)) = rows::fast_layout(layer, 4 * n, acc) else {
+        return false;
+    };
     let pack = rows::packing(&p.w);
     pack(x, xs);
     pack(&h[..n], hs);
@@ -255,12 +254,12 @@ fn reset_product_fast(
     let Some(form) = p.table else {
         return false;
     };
-    let (wx, wh) = (rows::words(layer.in_dim), rows::words(n));
-    if acc.len() < 4 * n + wx + wh || rh.len() != n {
+    if rh.len() != n {
         return false;
     }
-    let (gates, scratch) = acc.split_at_mut(4 * n);
-    let hs: &mut [u32] = bytemuck::cast_slice_mut(&mut scratch[wx..wx + wh]);
+    let Some((gates, _, hs)) = rows::fast_layout(layer, 4 * n, acc) else {
+        return false;
+    };
     rows::packing(&p.r)(rh, hs);
     let (table, pairs) = crate::rowtab::split(table, layer, p);
     let recurrent_rows = table

@@ -46,13 +46,12 @@ fn step_fast(
     acc: &mut [i32],
 ) -> bool {
     let n = layer.out_dim;
-    let (wx, wh) = (rows::words(layer.in_dim), rows::words(n));
-    if acc.len() < 4 * n + wx + wh || h.len() < n || c.len() < n || x.len() < layer.in_dim {
+    if h.len() < n || c.len() < n || x.len() < layer.in_dim {
         return false;
     }
-    let (gates, scratch) = acc.split_at_mut(4 * n);
-    let scratch: &mut [u32] = bytemuck::cast_slice_mut(&mut scratch[..wx + wh]);
-    let (xs, hs) = scratch.split_at_mut(wx);
+    let Some((gates, xs, hs)) = rows::fast_layout(layer, 4 * n, acc) else {
+        return false;
+    };
     let pack = rows::packing(&p.w);
     pack(&x[..layer.in_dim], xs);
     pack(&h[..n], hs);

@@ -53,13 +53,12 @@ fn products_fast(
     acc: &mut [i32],
 ) -> bool {
     let n = layer.out_dim;
-    let (wx, wh) = (rows::words(layer.in_dim), rows::words(n));
-    if acc.len() < n + wx + wh || h.len() < n || x.len() != layer.in_dim {
+    if h.len() < n || x.len() != layer.in_dim {
         return false;
     }
-    let (pre, scratch) = acc.split_at_mut(n);
-    let scratch: &mut [u32] = bytemuck::cast_slice_mut(&mut scratch[..wx + wh]);
-    let (xs, hs) = scratch.split_at_mut(wx);
+    let Some((pre, xs, hs)) = rows::fast_layout(layer, n, acc) else {
+        return false;
+    };
     let pack = rows::packing(&p.w);
     pack(x, xs);
     pack(&h[..n], hs);

@@ -101,6 +101,22 @@ pub const fn words(n: usize) -> usize {
     n.div_ceil(2)
 }
 
+/// A recurrent layer's `acc` as the fast path lays it out ([`crate::Layer::acc_len`]): `rows`
+/// preactivation words, then its input and its state packed two values to a word
+/// (`words(in_dim)` and `words(out_dim)` words). `None` when `acc` is shorter.
+#[inline(always)]
+pub fn fast_layout<'a>(
+    layer: &crate::blob::Layer,
+    rows: usize,
+    acc: &'a mut [i32],
+) -> Option<(&'a mut [i32], &'a mut [u32], &'a mut [u32])> {
+    let (wx, wh) = (words(layer.in_dim), words(layer.out_dim));
+    let need = rows.checked_add(wx)?.checked_add(wh)?;
+    let (pre, scratch) = acc.get_mut(..need)?.split_at_mut(rows);
+    let (xs, hs) = bytemuck::cast_slice_mut::<i32, u32>(scratch).split_at_mut(wx);
+    Some((pre, xs, hs))
+}
+
 /// The packing that matches a matrix's weights: [`pack8`] for int8, [`pack16`] for int16.
 #[inline(always)]
 pub fn packing(w: &Weights) -> fn(&[i16], &mut [u32]) {
