@@ -35,6 +35,11 @@ impl Act {
 fn tanh_family(values: &mut [f32], sigmoid: bool) {
     #[cfg(target_arch = "x86_64")]
     {
+        if super::avx512() {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            unsafe { avx512::tanh_family(values, sigmoid) };
+            return;
+        }
         if super::avx2_fma() {
             // SAFETY: the CPU supports the features the function is compiled for.
             unsafe { avx2::tanh_family(values, sigmoid) };
@@ -142,11 +147,17 @@ mod avx2 {
     /// [`super::lstm_default_cell`], eight units at a time.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn lstm_default_cell(gates: &[f32], c: &mut [f32], h: &mut [f32]) {
+        lstm_default_cell_from(gates, 0, c, h)
+    }
+
+    /// Units `from..` of [`super::lstm_default_cell`], eight at a time, the last few scalar.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn lstm_default_cell_from(gates: &[f32], from: usize, c: &mut [f32], h: &mut [f32]) {
         let n = h.len();
         let (i_g, rest) = gates.split_at(n);
         let (o_g, rest) = rest.split_at(n);
         let (f_g, g_g) = rest.split_at(n);
-        let mut k = 0;
+        let mut k = from;
         while k + 8 <= n {
             let load = |s: &[f32]| _mm256_loadu_ps(s.as_ptr().add(k));
             let i = sigmoid8(load(i_g));
@@ -159,6 +170,81 @@ mod avx2 {
             k += 8;
         }
         super::lstm_default_cell_scalar(gates, k, c, h);
+    }
+}
+
+/// The same functions sixteen lanes at a time, for CPUs with AVX-512F. The division becomes
+/// a reciprocal estimate refined by one Newton step, so lanes may differ from the eight-lane
+/// forms in the last bits (the 5e-7 bound against f64 holds for both; tests check each).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// [`super::avx2::tanh8`] of sixteen lanes, with a refined reciprocal for the division.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn tanh16(x: __m512) -> __m512 {
+        use super::{TANH_CLAMP, TANH_P, TANH_Q};
+        let c = |x: f32| _mm512_set1_ps(x);
+        let x = _mm512_max_ps(c(-TANH_CLAMP), _mm512_min_ps(c(TANH_CLAMP), x));
+        let x2 = _mm512_mul_ps(x, x);
+        let mut p = c(TANH_P[0]);
+        for &k in &TANH_P[1..] {
+            p = _mm512_fmadd_ps(p, x2, c(k));
+        }
+        let mut q = c(TANH_Q[0]);
+        for &k in &TANH_Q[1..] {
+            q = _mm512_fmadd_ps(q, x2, c(k));
+        }
+        // 1/q from the 14-bit estimate and one Newton step (about 2^-23 relative): the
+        // division's throughput bounded the cells (five per unit), this is three cheap
+        // instructions. q >= 4.9e-3 here, far from the estimate's edge cases.
+        let r = _mm512_rcp14_ps(q);
+        let r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(q, r, c(1.0)), r);
+        _mm512_mul_ps(_mm512_mul_ps(x, p), r)
+    }
+
+    /// [`super::avx2::sigmoid8`] of sixteen lanes.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn sigmoid16(x: __m512) -> __m512 {
+        let half = _mm512_set1_ps(0.5);
+        _mm512_fmadd_ps(tanh16(_mm512_mul_ps(x, half)), half, half)
+    }
+
+    /// The slice form of [`tanh16`] / [`sigmoid16`]; the rest eight lanes, then scalar.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn tanh_family(values: &mut [f32], sigmoid: bool) {
+        let mut chunks = values.chunks_exact_mut(16);
+        for chunk in &mut chunks {
+            let p = chunk.as_mut_ptr();
+            let x = _mm512_loadu_ps(p);
+            _mm512_storeu_ps(p, if sigmoid { sigmoid16(x) } else { tanh16(x) });
+        }
+        super::avx2::tanh_family(chunks.into_remainder(), sigmoid);
+    }
+
+    /// [`super::lstm_default_cell`], sixteen units at a time; the rest eight at a time, then
+    /// scalar.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn lstm_default_cell(gates: &[f32], c: &mut [f32], h: &mut [f32]) {
+        let n = h.len();
+        let (i_g, rest) = gates.split_at(n);
+        let (o_g, rest) = rest.split_at(n);
+        let (f_g, g_g) = rest.split_at(n);
+        let mut k = 0;
+        while k + 16 <= n {
+            let load = |s: &[f32]| _mm512_loadu_ps(s.as_ptr().add(k));
+            let i = sigmoid16(load(i_g));
+            let f = sigmoid16(load(f_g));
+            let g = tanh16(load(g_g));
+            let c_new = _mm512_fmadd_ps(f, load(c), _mm512_mul_ps(i, g));
+            _mm512_storeu_ps(c.as_mut_ptr().add(k), c_new);
+            let o = sigmoid16(load(o_g));
+            _mm512_storeu_ps(h.as_mut_ptr().add(k), _mm512_mul_ps(o, tanh16(c_new)));
+            k += 16;
+        }
+        super::avx2::lstm_default_cell_from(gates, k, c, h);
     }
 }
 
@@ -175,9 +261,14 @@ pub fn lstm_default_cell(gates: &[f32], c: &mut [f32], h: &mut [f32]) {
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if super::avx2_fma() {
+        if super::avx512() {
             // SAFETY: the CPU supports the features the function is compiled for; the sizes
             // were checked above.
+            unsafe { avx512::lstm_default_cell(gates, c, h) };
+            return;
+        }
+        if super::avx2_fma() {
+            // SAFETY: as above.
             unsafe { avx2::lstm_default_cell(gates, c, h) };
             return;
         }
@@ -220,13 +311,102 @@ mod tests {
         assert!(worst_sigmoid < 5e-7, "sigmoid error {worst_sigmoid}");
     }
 
-    /// The slice functions (eight lanes with FMA where the CPU has them, a scalar tail)
-    /// hold the same bound, and keep NaN and the saturated ends.
+    /// A slice function, by name.
+    type SliceForm = (&'static str, fn(&mut [f32], bool));
+    /// A fused LSTM cell, by name.
+    type CellForm = (&'static str, fn(&[f32], &mut [f32], &mut [f32]));
+
+    /// Every form of the slice functions this CPU has: scalar, and on x86-64 eight lanes
+    /// with FMA and sixteen with AVX-512.
+    fn slice_forms() -> Vec<SliceForm> {
+        let mut forms: Vec<SliceForm> =
+            vec![("dispatched", tanh_family), ("scalar", tanh_family_scalar)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::super::avx2_fma() {
+                // SAFETY: the CPU has the features (checked just above).
+                forms.push(("avx2", |v, s| unsafe { avx2::tanh_family(v, s) }));
+            }
+            if super::super::avx512() {
+                // SAFETY: as above.
+                forms.push(("avx512", |v, s| unsafe { avx512::tanh_family(v, s) }));
+            }
+        }
+        forms
+    }
+
+    /// The fused LSTM cell in every form this CPU has, against the general cell's
+    /// functions applied one by one (scalar), within float rounding.
+    #[test]
+    fn fused_lstm_cell_matches_the_activations_one_by_one() {
+        let mut forms: Vec<CellForm> = vec![
+            ("dispatched", lstm_default_cell),
+            ("scalar", |g, c, h| lstm_default_cell_scalar(g, 0, c, h)),
+        ];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::super::avx2_fma() {
+                // SAFETY: the CPU has the features (checked just above).
+                forms.push(("avx2", |g, c, h| unsafe {
+                    avx2::lstm_default_cell(g, c, h)
+                }));
+            }
+            if super::super::avx512() {
+                // SAFETY: as above.
+                forms.push(("avx512", |g, c, h| unsafe {
+                    avx512::lstm_default_cell(g, c, h)
+                }));
+            }
+        }
+        let mut seed = 5u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            ((seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 12.0
+        };
+        // Sizes with 16-lane blocks, an 8-lane rest and a scalar tail.
+        for n in [1usize, 7, 8, 16, 24, 29, 64] {
+            let gates: Vec<f32> = (0..4 * n).map(|_| next()).collect();
+            let c0: Vec<f32> = (0..n).map(|_| next() / 4.0).collect();
+            let (mut c_want, mut h_want) = (c0.clone(), vec![0f32; n]);
+            for k in 0..n {
+                let i = 1.0 / (1.0 + (-(gates[k] as f64)).exp());
+                let o = 1.0 / (1.0 + (-(gates[n + k] as f64)).exp());
+                let f = 1.0 / (1.0 + (-(gates[2 * n + k] as f64)).exp());
+                let g = (gates[3 * n + k] as f64).tanh();
+                let c = f * c0[k] as f64 + i * g;
+                c_want[k] = c as f32;
+                h_want[k] = (o * c.tanh()) as f32;
+            }
+            for (name, form) in &forms {
+                let (mut c, mut h) = (c0.clone(), vec![0f32; n]);
+                form(&gates, &mut c, &mut h);
+                for k in 0..n {
+                    assert!(
+                        (c[k] - c_want[k]).abs() < 3e-6 && (h[k] - h_want[k]).abs() < 3e-6,
+                        "{name}, n {n}, unit {k}: c {} vs {}, h {} vs {}",
+                        c[k],
+                        c_want[k],
+                        h[k],
+                        h_want[k]
+                    );
+                }
+            }
+        }
+    }
+
+    /// The slice functions (each form this CPU has: scalar, eight lanes with FMA, sixteen
+    /// with AVX-512) hold the same bound, and keep NaN and the saturated ends.
     #[test]
     fn slice_activations_match_f64_within_5e_7() {
         let xs: Vec<f32> = (-400_003..=400_003).map(|i| i as f32 * 5e-5).collect();
+        for (name, tanh_family) in slice_forms() {
+            slice_form_matches_f64(name, tanh_family, &xs);
+        }
+    }
+
+    fn slice_form_matches_f64(name: &str, tanh_family: fn(&mut [f32], bool), xs: &[f32]) {
         for sigmoid in [false, true] {
-            let mut v = xs.clone();
+            let mut v = xs.to_vec();
             tanh_family(&mut v, sigmoid);
             for (&x, &y) in xs.iter().zip(&v) {
                 let x = x as f64;
@@ -235,7 +415,10 @@ mod tests {
                 } else {
                     x.tanh()
                 };
-                assert!((y as f64 - want).abs() < 5e-7, "x {x}: {y} vs {want}");
+                assert!(
+                    (y as f64 - want).abs() < 5e-7,
+                    "{name}: x {x}: {y} vs {want}"
+                );
             }
             let mut ends = vec![
                 f32::NAN,
@@ -249,10 +432,10 @@ mod tests {
                 f32::NAN,
             ];
             tanh_family(&mut ends, sigmoid);
-            assert!(ends[0].is_nan() && ends[8].is_nan(), "{ends:?}");
+            assert!(ends[0].is_nan() && ends[8].is_nan(), "{name}: {ends:?}");
             let (low, high) = if sigmoid { (0.0, 1.0) } else { (-1.0, 1.0) };
             for (&y, want) in ends[1..5].iter().zip([low, high, low, high]) {
-                assert!((y - want).abs() < 5e-7, "{ends:?}");
+                assert!((y - want).abs() < 5e-7, "{name}: {ends:?}");
             }
         }
     }

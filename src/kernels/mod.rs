@@ -29,6 +29,14 @@ fn avx2_fma() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
+/// Whether this CPU also runs the kernels compiled for AVX-512F (on top of AVX2 + FMA):
+/// sixteen lanes where eight lanes are FMA-bound (the input projections, the cells).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn avx512() -> bool {
+    avx2_fma() && std::is_x86_feature_detected!("avx512f")
+}
+
 /// What a recurrent layer computes, independent of its weights' values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerSpec {
