@@ -1,11 +1,13 @@
-//! Min-of-N timings of one streamed step (robust to a busy machine): raw kernels vs the
-//! tract backend. `cargo run --release --example step_floor`.
+//! Min-of-N timings of one streamed step and of a whole sequence (robust to a busy machine):
+//! raw kernels vs the tract backend, and the whole sequence on ONNX Runtime's CPU provider
+//! next to it. `cargo run --release --example step_floor` (ONNX Runtime from
+//! `bash scripts/fetch-ort.sh`).
 use std::path::Path;
 use std::time::Instant;
 
 use ndarray::{Array3, ArrayD, IxDyn};
 use recur::backend::tract::TractBackend;
-use recur::backend::Backend;
+use recur::backend::{build_with, Backend, BackendKind, BackendOptions};
 use recur::ir::LayerKind;
 use recur::kernels::{run_layer, LayerSpec, LayerWeights};
 use recur::model::Model;
@@ -113,22 +115,46 @@ fn main() {
         println!("matmul 100x64x256 packed:  {}", stats(blocked));
         println!("matmul 100x64x256 general: {}", stats(general));
     }
-    // The whole 100-step sequence of the 2-layer model on the CPU path.
+    // The whole 100-step sequence of the 2-layer model on the CPU path, and on ONNX Runtime's
+    // CPU provider (one thread) when its library is found: the two interleaved run by run,
+    // so that a busy spell of the machine hits both.
     {
         let seq = Model::load(&root.join("models/bench/lstm2x64_seq.onnx")).unwrap();
         let x = recur::tensor::read_npy(&root.join("models/bench/x_100x1x8.npy")).unwrap();
         let inputs = check_inputs(&seq.ir.inputs, vec![("X".to_string(), x)]).unwrap();
         let mut backend = TractBackend::new(&seq, &seq.path).unwrap();
-        let mut times = vec![];
-        for _ in 0..1000 {
+        let ort_options = BackendOptions {
+            ort_threads: Some(1),
+            ..Default::default()
+        };
+        let mut ort = match build_with(BackendKind::Ort, &seq, &ort_options) {
+            Ok(ort) => Some(ort),
+            Err(e) => {
+                println!("ONNX Runtime left out: {e}");
+                None
+            }
+        };
+        let (mut times, mut ort_times) = (vec![], vec![]);
+        for _ in 0..2000 {
             let t = Instant::now();
             backend.run(&inputs).unwrap();
             times.push(t.elapsed().as_secs_f64() * 1e6);
+            if let Some(ort) = ort.as_mut() {
+                let t = Instant::now();
+                ort.run(&inputs).unwrap();
+                ort_times.push(t.elapsed().as_secs_f64() * 1e6);
+            }
         }
         println!(
             "whole sequence, 2 LSTM layers x 100 steps: {}",
             stats(times)
         );
+        if !ort_times.is_empty() {
+            println!(
+                "same on ONNX Runtime CPU, one thread:      {}",
+                stats(ort_times)
+            );
+        }
     }
     let mut x = Array3::<f32>::from_elem((1, 1, 8), 0.1);
     let mut h = vec![Array3::<f32>::zeros((1, 1, 64)); 2];
