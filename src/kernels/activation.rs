@@ -335,10 +335,10 @@ mod tests {
         forms
     }
 
-    /// The fused LSTM cell in every form this CPU has, against the general cell's
-    /// functions applied one by one (scalar), within float rounding.
+    /// The fused LSTM cell in every form this CPU has (scalar, eight lanes, sixteen lanes,
+    /// dispatched) against the cell computed in f64, within 3e-6.
     #[test]
-    fn fused_lstm_cell_matches_the_activations_one_by_one() {
+    fn fused_lstm_cell_matches_f64_in_every_form() {
         let mut forms: Vec<CellForm> = vec![
             ("dispatched", lstm_default_cell),
             ("scalar", |g, c, h| lstm_default_cell_scalar(g, 0, c, h)),
