@@ -3,7 +3,9 @@
 //! ([`Packed`]), so the product streams through memory in order (a row-major matrix whose
 //! rows are a power of two apart in bytes would thrash the L1 cache's sets). On x86-64 with
 //! AVX2 + FMA (chosen at run time) a panel's 64 outputs stay in eight registers for the whole
-//! reduction, one load per multiply-add; elsewhere a plain loop the compiler vectorises.
+//! reduction, one load per multiply-add, with the panel prefetched a few rows ahead;
+//! elsewhere a plain loop the compiler vectorises. The input projections (many rows at once)
+//! take register-blocked kernels: AVX2, or AVX-512 where the CPU has it.
 
 use ndarray::ArrayView2;
 
@@ -212,24 +214,22 @@ mod avx2 {
         width: usize,
     ) {
         let (k, n) = (m.rows, m.cols);
-        {
-            let mut j = 0;
-            while j + 16 <= width {
-                row_blocks::<2>(out, x, rows, k, n, start + j, panel.add(j), width);
-                j += 16;
-            }
-            if j + 8 <= width {
-                row_blocks::<1>(out, x, rows, k, n, start + j, panel.add(j), width);
-                j += 8;
-            }
-            for jj in j..width {
-                for r in 0..rows {
-                    let mut acc = out[r * n + start + jj];
-                    for kk in 0..k {
-                        acc += x[r * k + kk] * *panel.add(kk * width + jj);
-                    }
-                    out[r * n + start + jj] = acc;
+        let mut j = 0;
+        while j + 16 <= width {
+            row_blocks::<2>(out, x, rows, k, n, start + j, panel.add(j), width);
+            j += 16;
+        }
+        if j + 8 <= width {
+            row_blocks::<1>(out, x, rows, k, n, start + j, panel.add(j), width);
+            j += 8;
+        }
+        for jj in j..width {
+            for r in 0..rows {
+                let mut acc = out[r * n + start + jj];
+                for kk in 0..k {
+                    acc += x[r * k + kk] * *panel.add(kk * width + jj);
                 }
+                out[r * n + start + jj] = acc;
             }
         }
     }
@@ -239,7 +239,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn row_blocks<const C: usize>(
+    unsafe fn row_blocks<const C: usize>(
         out: &mut [f32],
         x: &[f32],
         rows: usize,
