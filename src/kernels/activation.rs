@@ -28,9 +28,10 @@ impl Act {
 }
 
 /// `fast_tanh` (or, with `sigmoid`, `fast_sigmoid`) of every value: eight at a time with
-/// fused multiply-adds on x86-64 with AVX2 + FMA (chosen at run time), which makes the
-/// activations of a streamed step about twice as fast as the compiler's vectorisation of the
-/// scalar function; the scalar function elsewhere and for the last few values.
+/// fused multiply-adds on x86-64 with AVX2 + FMA (sixteen with AVX-512; chosen at run time),
+/// which makes the activations of a streamed step about twice as fast as the compiler's
+/// vectorisation of the scalar function; four at a time with NEON on aarch64; the scalar
+/// function elsewhere and for the last few values.
 #[inline(always)]
 fn tanh_family(values: &mut [f32], sigmoid: bool) {
     #[cfg(target_arch = "x86_64")]
@@ -46,6 +47,9 @@ fn tanh_family(values: &mut [f32], sigmoid: bool) {
             return;
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    neon::tanh_family(values, sigmoid);
+    #[cfg(not(target_arch = "aarch64"))]
     tanh_family_scalar(values, sigmoid);
 }
 
@@ -248,11 +252,86 @@ mod avx512 {
     }
 }
 
+/// The same functions four lanes at a time on aarch64 with NEON (always there on aarch64),
+/// with fused multiply-adds and an exact division, like the eight-lane form.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    /// [`super::fast_tanh`] of four lanes, with fused multiply-adds (so lanes may differ from
+    /// the scalar function in the last bit).
+    #[inline]
+    pub unsafe fn tanh4(x: float32x4_t) -> float32x4_t {
+        use super::{TANH_CLAMP, TANH_P, TANH_Q};
+        // FMIN and FMAX return NaN when either operand is NaN: NaN stays NaN.
+        let x = vmaxq_f32(
+            vdupq_n_f32(-TANH_CLAMP),
+            vminq_f32(vdupq_n_f32(TANH_CLAMP), x),
+        );
+        let x2 = vmulq_f32(x, x);
+        let mut p = vdupq_n_f32(TANH_P[0]);
+        for &k in &TANH_P[1..] {
+            p = vfmaq_f32(vdupq_n_f32(k), p, x2);
+        }
+        let mut q = vdupq_n_f32(TANH_Q[0]);
+        for &k in &TANH_Q[1..] {
+            q = vfmaq_f32(vdupq_n_f32(k), q, x2);
+        }
+        vdivq_f32(vmulq_f32(x, p), q)
+    }
+
+    /// [`super::fast_sigmoid`] of four lanes: (1 + tanh(x/2)) / 2.
+    #[inline]
+    pub unsafe fn sigmoid4(x: float32x4_t) -> float32x4_t {
+        let half = vdupq_n_f32(0.5);
+        vfmaq_f32(half, tanh4(vmulq_f32(x, half)), half)
+    }
+
+    /// The slice form of [`tanh4`] / [`sigmoid4`], the last few values scalar.
+    pub fn tanh_family(values: &mut [f32], sigmoid: bool) {
+        let mut chunks = values.chunks_exact_mut(4);
+        for chunk in &mut chunks {
+            let p = chunk.as_mut_ptr();
+            // SAFETY: the chunk holds four floats.
+            unsafe {
+                let x = vld1q_f32(p);
+                vst1q_f32(p, if sigmoid { sigmoid4(x) } else { tanh4(x) });
+            }
+        }
+        super::tanh_family_scalar(chunks.into_remainder(), sigmoid);
+    }
+
+    /// [`super::lstm_default_cell`], four units at a time, the last few scalar.
+    pub fn lstm_default_cell(gates: &[f32], c: &mut [f32], h: &mut [f32]) {
+        let n = h.len();
+        assert!(gates.len() == 4 * n && c.len() == n, "LSTM cell sizes");
+        let (i_g, rest) = gates.split_at(n);
+        let (o_g, rest) = rest.split_at(n);
+        let (f_g, g_g) = rest.split_at(n);
+        let mut k = 0;
+        while k + 4 <= n {
+            // SAFETY: k + 4 <= n, the length of every slice here.
+            unsafe {
+                let load = |s: &[f32]| vld1q_f32(s.as_ptr().add(k));
+                let i = sigmoid4(load(i_g));
+                let f = sigmoid4(load(f_g));
+                let g = tanh4(load(g_g));
+                let c_new = vfmaq_f32(vmulq_f32(i, g), f, load(c));
+                vst1q_f32(c.as_mut_ptr().add(k), c_new);
+                let o = sigmoid4(load(o_g));
+                vst1q_f32(h.as_mut_ptr().add(k), vmulq_f32(o, tanh4(c_new)));
+            }
+            k += 4;
+        }
+        super::lstm_default_cell_scalar(gates, k, c, h);
+    }
+}
+
 /// The LSTM cell with ONNX's default activations (σ, tanh, tanh) and no clip, peepholes or
 /// input_forget, in one pass: from the pre-activations `gates` (`[4H]`, order i, o, f, c)
 /// to the new cell state `c` and hidden state `h` (`[H]` each, `c` holding the previous cell
 /// state on entry). The same arithmetic as the general cell; on x86-64 with AVX2 + FMA eight
-/// units at a time.
+/// units at a time (sixteen with AVX-512), on aarch64 four with NEON.
 #[inline(always)]
 pub fn lstm_default_cell(gates: &[f32], c: &mut [f32], h: &mut [f32]) {
     assert!(
@@ -273,6 +352,9 @@ pub fn lstm_default_cell(gates: &[f32], c: &mut [f32], h: &mut [f32]) {
             return;
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    neon::lstm_default_cell(gates, c, h);
+    #[cfg(not(target_arch = "aarch64"))]
     lstm_default_cell_scalar(gates, 0, c, h);
 }
 
@@ -317,7 +399,7 @@ mod tests {
     type CellForm = (&'static str, fn(&[f32], &mut [f32], &mut [f32]));
 
     /// Every form of the slice functions this CPU has: scalar, and on x86-64 eight lanes
-    /// with FMA and sixteen with AVX-512.
+    /// with FMA and sixteen with AVX-512, on aarch64 four with NEON.
     fn slice_forms() -> Vec<SliceForm> {
         let mut forms: Vec<SliceForm> =
             vec![("dispatched", tanh_family), ("scalar", tanh_family_scalar)];
@@ -332,6 +414,8 @@ mod tests {
                 forms.push(("avx512", |v, s| unsafe { avx512::tanh_family(v, s) }));
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        forms.push(("neon", neon::tanh_family));
         forms
     }
 
@@ -358,6 +442,8 @@ mod tests {
                 }));
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        forms.push(("neon", neon::lstm_default_cell));
         let mut seed = 5u32;
         let mut next = || {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -395,7 +481,7 @@ mod tests {
     }
 
     /// The slice functions (each form this CPU has: scalar, eight lanes with FMA, sixteen
-    /// with AVX-512) hold the same bound, and keep NaN and the saturated ends.
+    /// with AVX-512, four with NEON) hold the same bound, and keep NaN and the saturated ends.
     #[test]
     fn slice_activations_match_f64_within_5e_7() {
         let xs: Vec<f32> = (-400_003..=400_003).map(|i| i as f32 * 5e-5).collect();

@@ -3,9 +3,10 @@
 //! ([`Packed`]), so the product streams through memory in order (a row-major matrix whose
 //! rows are a power of two apart in bytes would thrash the L1 cache's sets). On x86-64 with
 //! AVX2 + FMA (chosen at run time) a panel's 64 outputs stay in eight registers for the whole
-//! reduction, one load per multiply-add, with the panel prefetched a few rows ahead;
-//! elsewhere a plain loop the compiler vectorises. The input projections (many rows at once)
-//! take register-blocked kernels: AVX2, or AVX-512 where the CPU has it.
+//! reduction, one load per multiply-add, with the panel prefetched a few rows ahead; on
+//! aarch64 the same in sixteen NEON registers; elsewhere a plain loop the compiler
+//! vectorises. The input projections (many rows at once) take register-blocked kernels:
+//! AVX2, or AVX-512 where the CPU has it, or NEON.
 
 use ndarray::ArrayView2;
 
@@ -13,6 +14,7 @@ use ndarray::ArrayView2;
 const PANEL: usize = 64;
 
 /// How many rows ahead of the one it multiplies the vector product prefetches a panel.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_ROWS: usize = 4;
 
 /// A `[rows, cols]` matrix stored as panels of [`PANEL`] columns, each panel row-major and
@@ -79,6 +81,12 @@ pub fn matvec_packed_ordered(out: &mut [f32], v: &[f32], m: &Packed, backwards: 
             return;
         }
     }
+    // SAFETY: NEON is part of aarch64; the sizes were checked above.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        neon::matvec_packed(out, v, m, backwards)
+    };
+    #[cfg(not(target_arch = "aarch64"))]
     packed_generic(out, v, m);
 }
 
@@ -88,7 +96,11 @@ pub fn has_blocked_matmul() -> bool {
     {
         super::avx2_fma()
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        true
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         false
     }
@@ -98,8 +110,8 @@ pub fn has_blocked_matmul() -> bool {
 /// `[rows, m.cols()]`), when the CPU has a kernel for it (x86-64 with AVX2 + FMA: blocks of
 /// 6 rows x 16 columns held in registers, each weight load feeding six multiply-adds; with
 /// AVX-512, blocks of 6 rows x a whole 64-column panel, twice the multiply-adds per
-/// instruction). Both sum each output over `k` in order with one fused multiply-add per
-/// term, so they give the same bits.
+/// instruction; aarch64: 6 rows x 16 columns in NEON registers). All sum each output over
+/// `k` in order with one fused multiply-add per term, so they give the same bits.
 /// Returns whether it ran; the caller falls back to a general matrix product otherwise.
 pub fn matmul_packed(out: &mut [f32], x: &[f32], m: &Packed) -> bool {
     let rows = x.len().checked_div(m.rows).unwrap_or(0);
@@ -125,9 +137,15 @@ pub fn matmul_packed(out: &mut [f32], x: &[f32], m: &Packed) -> bool {
             unsafe { avx2::matmul_packed(out, x, rows, m) };
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: NEON is part of aarch64; the sizes were checked at the top.
+        unsafe { neon::matmul_packed(out, x, rows, m) };
+    }
     true
 }
 
+#[cfg(any(test, not(target_arch = "aarch64")))]
 fn packed_generic(out: &mut [f32], v: &[f32], m: &Packed) {
     let mut at = 0;
     for start in (0..m.cols).step_by(PANEL) {
@@ -140,6 +158,38 @@ fn packed_generic(out: &mut [f32], v: &[f32], m: &Packed) {
             at += width;
         }
     }
+}
+
+/// The panels of `m`, first to last or (with `backwards`) last to first: each one's first
+/// column, width, and weights. The walk the SIMD vector products share.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn panels(m: &Packed, backwards: bool) -> impl Iterator<Item = (usize, usize, &[f32])> {
+    let count = m.cols.div_ceil(PANEL);
+    (0..count).map(move |i| {
+        let start = PANEL * if backwards { count - 1 - i } else { i };
+        let width = (m.cols - start).min(PANEL);
+        // Every panel before this one is PANEL columns wide.
+        (
+            start,
+            width,
+            &m.data[start * m.rows..(start + width) * m.rows],
+        )
+    })
+}
+
+/// Column `j` of a panel `width` wide: `*o += Σ_k v[k] · panel[k*width + j]`, one fused
+/// multiply-add per term in order, as the SIMD lanes compute it: the SIMD kernels' last
+/// columns.
+///
+/// Safety: `o` valid, `panel` holding `v.len()` rows of `width` floats, `j < width`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline(always)]
+unsafe fn fused_column(o: *mut f32, v: &[f32], panel: *const f32, width: usize, j: usize) {
+    let mut acc = *o;
+    for (k, &vk) in v.iter().enumerate() {
+        acc = vk.mul_add(*panel.add(k * width + j), acc);
+    }
+    *o = acc;
 }
 
 /// The plain product on a row-major matrix: the yardstick of the tests.
@@ -163,13 +213,8 @@ mod avx2 {
     /// Caller guarantees AVX2 + FMA, `out.len() == m.cols` and `v.len() == m.rows`.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn matvec_packed(out: &mut [f32], v: &[f32], m: &Packed, backwards: bool) {
-        let panels = m.cols.div_ceil(PANEL);
-        for i in 0..panels {
-            let start = PANEL * if backwards { panels - 1 - i } else { i };
-            let width = (m.cols - start).min(PANEL);
-            // Every panel before this one is PANEL columns wide.
-            let panel = m.data.as_ptr().add(start * m.rows);
-            let o = out.as_mut_ptr().add(start);
+        for (start, width, panel) in super::panels(m, backwards) {
+            let (o, panel) = (out.as_mut_ptr().add(start), panel.as_ptr());
             if width == PANEL {
                 panel_band::<8>(o, v, panel, PANEL);
             } else {
@@ -179,11 +224,7 @@ mod avx2 {
                     j += 8;
                 }
                 for jj in j..width {
-                    let mut acc = *o.add(jj);
-                    for (k, &vk) in v.iter().enumerate() {
-                        acc += vk * *panel.add(k * width + jj);
-                    }
-                    *o.add(jj) = acc;
+                    super::fused_column(o.add(jj), v, panel, width, jj);
                 }
             }
         }
@@ -224,12 +265,8 @@ mod avx2 {
             j += 8;
         }
         for jj in j..width {
-            for r in 0..rows {
-                let mut acc = out[r * n + start + jj];
-                for kk in 0..k {
-                    acc += x[r * k + kk] * *panel.add(kk * width + jj);
-                }
-                out[r * n + start + jj] = acc;
+            for (r, xr) in x.chunks_exact(k).enumerate() {
+                super::fused_column(&mut out[r * n + start + jj], xr, panel, width, jj);
             }
         }
     }
@@ -397,6 +434,138 @@ mod avx512 {
     }
 }
 
+/// The same products on aarch64 with NEON (always there on aarch64, so chosen at compile
+/// time): a whole 64-column panel in sixteen 4-lane registers for the vector product, blocks
+/// of 6 rows x 16 columns for the input projections. Every output is summed over k in order
+/// with one fused multiply-add per term, partial panels and tails included, so these give the
+/// same bits as `f32::mul_add` in that order (a test checks it), and the same bits as the
+/// x86-64 blocked kernels on their full panels.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use super::{Packed, PANEL};
+
+    /// Rows of `x` per register block: 6 x 4 accumulators, 4 weight registers.
+    const ROWS: usize = 6;
+
+    /// Caller guarantees `out.len() == m.cols` and `v.len() == m.rows`.
+    pub unsafe fn matvec_packed(out: &mut [f32], v: &[f32], m: &Packed, backwards: bool) {
+        for (start, width, panel) in super::panels(m, backwards) {
+            let (o, panel) = (out.as_mut_ptr().add(start), panel.as_ptr());
+            if width == PANEL {
+                panel_band::<{ PANEL / 4 }>(o, v, panel, PANEL);
+            } else {
+                let mut j = 0;
+                while j + 4 <= width {
+                    panel_band::<1>(o.add(j), v, panel.add(j), width);
+                    j += 4;
+                }
+                for jj in j..width {
+                    super::fused_column(o.add(jj), v, panel, width, jj);
+                }
+            }
+        }
+    }
+
+    /// `4*R` outputs at `o` from rows `stride` floats apart starting at `w`.
+    #[inline]
+    unsafe fn panel_band<const R: usize>(o: *mut f32, v: &[f32], w: *const f32, stride: usize) {
+        let mut acc = [vdupq_n_f32(0.0); R];
+        for (r, a) in acc.iter_mut().enumerate() {
+            *a = vld1q_f32(o.add(4 * r));
+        }
+        let mut row = w;
+        for &vk in v {
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = vfmaq_n_f32(*a, vld1q_f32(row.add(4 * r)), vk);
+            }
+            row = row.add(stride);
+        }
+        for (r, a) in acc.iter().enumerate() {
+            vst1q_f32(o.add(4 * r), *a);
+        }
+    }
+
+    /// Caller guarantees `x.len() == rows * m.rows` and `out.len() == rows * m.cols`.
+    pub unsafe fn matmul_packed(out: &mut [f32], x: &[f32], rows: usize, m: &Packed) {
+        let (k, n) = (m.rows, m.cols);
+        let (o, xp) = (out.as_mut_ptr(), x.as_ptr());
+        let mut panel = m.data.as_ptr();
+        for start in (0..n).step_by(PANEL) {
+            let width = (n - start).min(PANEL);
+            let mut j = 0;
+            while j + 16 <= width {
+                let (col, w) = (start + j, panel.add(j));
+                let mut r = 0;
+                while r + ROWS <= rows {
+                    block::<ROWS, 4>(o.add(r * n + col), n, xp.add(r * k), k, w, width);
+                    r += ROWS;
+                }
+                while r < rows {
+                    block::<1, 4>(o.add(r * n + col), n, xp.add(r * k), k, w, width);
+                    r += 1;
+                }
+                j += 16;
+            }
+            while j + 4 <= width {
+                for r in 0..rows {
+                    block::<1, 1>(
+                        o.add(r * n + start + j),
+                        n,
+                        xp.add(r * k),
+                        k,
+                        panel.add(j),
+                        width,
+                    );
+                }
+                j += 4;
+            }
+            for jj in j..width {
+                for (r, xr) in x.chunks_exact(k).enumerate() {
+                    super::fused_column(&mut out[r * n + start + jj], xr, panel, width, jj);
+                }
+            }
+            panel = panel.add(width * k);
+        }
+    }
+
+    /// `R` rows x `4*C` columns: `o[r*n + c] += Σ_kk x[r*k + kk] · w[kk*stride + c]`.
+    #[inline]
+    unsafe fn block<const R: usize, const C: usize>(
+        o: *mut f32,
+        n: usize,
+        x: *const f32,
+        k: usize,
+        w: *const f32,
+        stride: usize,
+    ) {
+        let mut acc = [[vdupq_n_f32(0.0); C]; R];
+        for (r, row) in acc.iter_mut().enumerate() {
+            for (c, a) in row.iter_mut().enumerate() {
+                *a = vld1q_f32(o.add(r * n + 4 * c));
+            }
+        }
+        for kk in 0..k {
+            let mut wv = [vdupq_n_f32(0.0); C];
+            for (c, v) in wv.iter_mut().enumerate() {
+                *v = vld1q_f32(w.add(kk * stride + 4 * c));
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let xk = *x.add(r * k + kk);
+                for (a, &v) in row.iter_mut().zip(&wv) {
+                    *a = vfmaq_n_f32(*a, v, xk);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (c, a) in row.iter().enumerate() {
+                vst1q_f32(o.add(r * n + 4 * c), *a);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,6 +628,95 @@ mod tests {
             for ((a, p), b) in fast.iter().zip(&portable).zip(&plain) {
                 assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
                 assert!((p - b).abs() <= 1e-5 * (1.0 + b.abs()), "{p} vs {b}");
+            }
+        }
+    }
+
+    /// A kernel tier's vector and blocked products, by name.
+    type Tier = (
+        &'static str,
+        unsafe fn(&mut [f32], &[f32], &Packed, bool),
+        unsafe fn(&mut [f32], &[f32], usize, &Packed),
+    );
+
+    /// Every SIMD tier this CPU has: AVX2 + FMA and AVX-512 on x86-64, NEON on aarch64.
+    fn simd_tiers() -> Vec<Tier> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut tiers: Vec<Tier> = Vec::new();
+            if super::super::avx2_fma() {
+                tiers.push(("avx2", avx2::matvec_packed, avx2::matmul_packed));
+            }
+            if super::super::avx512() {
+                // The vector product has no AVX-512 form: AVX2's is the one used.
+                tiers.push(("avx512", avx2::matvec_packed, avx512::matmul_packed));
+            }
+            tiers
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            let neon: Tier = ("neon", neon::matvec_packed, neon::matmul_packed);
+            vec![neon]
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            Vec::new()
+        }
+    }
+
+    /// Every SIMD tier's products against `f32::mul_add` over k in order: the same bits, for
+    /// vector products in both panel orders and blocked products over 1, 7 and 13 rows, on
+    /// full panels, partial panels and scalar tails. So every tier gives the same bits as
+    /// every other.
+    #[test]
+    fn every_simd_tier_matches_the_fused_loop_bit_for_bit() {
+        let tiers = simd_tiers();
+        eprintln!(
+            "SIMD tiers on this CPU: {:?}",
+            tiers.iter().map(|t| t.0).collect::<Vec<_>>()
+        );
+        let mut seed = 23u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        for (rows, cols) in [
+            (1, 1),
+            (8, 256),
+            (64, 192),
+            (20, 60),
+            (13, 131),
+            (5, 200),
+            (3, 70),
+        ] {
+            let m = ndarray::Array2::from_shape_fn((rows, cols), |_| next());
+            let packed = Packed::new(m.view());
+            let fused = |out: &mut [f32], v: &[f32]| {
+                for (j, o) in out.iter_mut().enumerate() {
+                    for (k, &vk) in v.iter().enumerate() {
+                        *o = vk.mul_add(m[[k, j]], *o);
+                    }
+                }
+            };
+            for n_rows in [1usize, 7, 13] {
+                let xs: Vec<f32> = (0..n_rows * rows).map(|_| next()).collect();
+                let base: Vec<f32> = (0..n_rows * cols).map(|_| next()).collect();
+                let mut want = base.clone();
+                for (o, x) in want.chunks_exact_mut(cols).zip(xs.chunks_exact(rows)) {
+                    fused(o, x);
+                }
+                for (name, matvec, matmul) in &tiers {
+                    let mut blocked = base.clone();
+                    // SAFETY: the CPU has the tier's features (`simd_tiers`); sizes as built.
+                    unsafe { matmul(&mut blocked, &xs, n_rows, &packed) };
+                    assert_eq!(blocked, want, "{name}: {rows}x{cols}, {n_rows} rows");
+                    for backwards in [false, true] {
+                        let mut single = base[..cols].to_vec();
+                        // SAFETY: as above.
+                        unsafe { matvec(&mut single, &xs[..rows], &packed, backwards) };
+                        assert_eq!(single, want[..cols], "{name}: {rows}x{cols}, {backwards}");
+                    }
+                }
             }
         }
     }
