@@ -27,6 +27,17 @@ bash scripts/firmware.sh build
 echo "== aarch64 (Jetson) cross build; sshd, qemu-user for the deploy tests (installs if missing)"
 bash scripts/cross-aarch64.sh
 
+echo "== cargo clippy for aarch64 (the NEON kernels compile only there)"
+cargo clippy --target aarch64-unknown-linux-gnu --lib --tests -- -D warnings
+
+echo "== the CPU path on aarch64 under qemu-user: NEON kernel tests, property tests, every fixture"
+# The Jetson's CPU path runs the NEON kernels; x86-64 never compiles them. The same unit
+# tests (each SIMD tier against its reference), the proptest reference and every fixture
+# against ONNX Runtime's outputs, run on the aarch64 build.
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
+    cargo test --target aarch64-unknown-linux-gnu --lib --test kernels_reference --test fixtures \
+    -- --show-output kernels:: kernels_equal every_fixture
+
 df -h . | sed 's/^/disk: /'
 echo "== cargo test"
 # --show-output prints what passing tests report (fixture counts, refusals) after each binary.
