@@ -1,7 +1,7 @@
 //! CPU path against stock tract and ONNX Runtime's CPU provider, single thread, in one run: a
 //! 2-layer LSTM(64) over 100 steps, one step at a time with the state fed back (as graph
 //! inputs, and through a streaming session that keeps it), a bidirectional GRU(64), and the
-//! BasicMotions classifier. `cargo bench --bench cpu` (ONNX
+//! BasicMotions classifiers (LSTM and GRU, 40 sequences). `cargo bench --bench cpu` (ONNX
 //! Runtime from `.ort/`, see scripts/fetch-ort.sh); docs/PERFORMANCE.md has the numbers.
 
 use std::path::Path;
@@ -146,6 +146,13 @@ fn benches(c: &mut Criterion) {
         "basicmotions_lstm_batch40",
         "models/real/basicmotions_lstm/model.onnx",
         "models/real/basicmotions_lstm/in_0.npy",
+        "x",
+    );
+    whole_sequence(
+        c,
+        "basicmotions_gru_batch40",
+        "models/real/basicmotions_gru/model.onnx",
+        "models/real/basicmotions_gru/in_0.npy",
         "x",
     );
 }

@@ -45,3 +45,5 @@ count "same, one step through a streaming session" 100 600 models/bench/lstm2x64
 count "bidirectional GRU(64), input 8, 100 steps, batch 1" 5 15 models/bench/bigru64_seq.onnx --input $x
 count "BasicMotions LSTM(32) classifier, 100 steps, batch 40" 2 6 \
     models/real/basicmotions_lstm/model.onnx --input models/real/basicmotions_lstm/in_0.npy
+count "BasicMotions GRU(32) classifier, 100 steps, batch 40" 2 6 \
+    models/real/basicmotions_gru/model.onnx --input models/real/basicmotions_gru/in_0.npy

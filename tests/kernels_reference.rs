@@ -376,7 +376,8 @@ struct Draw {
 fn draw() -> impl Strategy<Value = Draw> {
     let sizes = (
         1usize..7,
-        1usize..4,
+        // From 4 sequences on, every step takes one matrix product for the whole batch.
+        1usize..8,
         1usize..6,
         1usize..10,
         0usize..3,

@@ -36,6 +36,11 @@ impl State {
 pub struct Scratch {
     gates: Vec<f32>,
     extra: Vec<f32>,
+    /// A batched GRU step's z and r gates (`[B, 2H]`), the vector its h gate's recurrent
+    /// product takes or gives (`[B, H]`), and its h gate (`[B, H]`); sized on first use.
+    batch_zr: Vec<f32>,
+    batch_rh: Vec<f32>,
+    batch_hg: Vec<f32>,
     /// Flips every step: the recurrent products read their panels in alternating order, so
     /// a step starts on the panels the previous one left in the L1 cache.
     backwards: bool,
@@ -47,6 +52,9 @@ impl Scratch {
         Scratch {
             gates: vec![0.0; gates],
             extra: vec![0.0; hidden],
+            batch_zr: Vec::new(),
+            batch_rh: Vec::new(),
+            batch_hg: Vec::new(),
             backwards: false,
         }
     }
@@ -109,137 +117,243 @@ impl<'a> Step<'a> {
         match self.cell {
             Cell::Rnn => {
                 matvec_packed(gates, h_prev, &r_packed[0]);
-                clip(gates, self.clip);
-                self.acts[0].apply(gates);
-                h_prev.copy_from_slice(gates);
+                self.rnn_cell(gates, h_prev);
             }
-            Cell::Lstm { input_forget, .. } => {
+            Cell::Lstm { .. } => {
                 matvec_packed(gates, h_prev, &r_packed[0]);
                 let mut c_row = state.c.row_mut(b);
                 let c = c_row.as_slice_mut().expect("row-major");
-                if self.default_lstm {
-                    lstm_default_cell(gates, c, h_prev);
-                    return;
-                }
-                // Gate order in ONNX: i, o, f, c. Peepholes P: i, o, f.
-                let (i_g, rest) = gates.split_at_mut(h);
-                let (o_g, rest) = rest.split_at_mut(h);
-                let (f_g, c_g) = rest.split_at_mut(h);
-                if let Some(p) = &self.weights.peepholes {
-                    for (((i, f), &c), (&pi, &pf)) in i_g
-                        .iter_mut()
-                        .zip(f_g.iter_mut())
-                        .zip(&*c)
-                        .zip(p[..h].iter().zip(&p[2 * h..3 * h]))
-                    {
-                        *i += pi * c;
-                        *f += pf * c;
-                    }
-                }
-                clip(i_g, self.clip);
-                self.acts[0].apply(i_g);
-                if input_forget {
-                    for (f, &i) in f_g.iter_mut().zip(&*i_g) {
-                        *f = 1.0 - i;
-                    }
-                } else {
-                    clip(f_g, self.clip);
-                    self.acts[0].apply(f_g);
-                }
-                clip(c_g, self.clip);
-                self.acts[1].apply(c_g);
-                for ((c, &f), (&i, &g)) in c.iter_mut().zip(&*f_g).zip(i_g.iter().zip(&*c_g)) {
-                    *c = f * *c + i * g;
-                }
-                if let Some(p) = &self.weights.peepholes {
-                    for ((o, &po), &c) in o_g.iter_mut().zip(&p[h..2 * h]).zip(&*c) {
-                        *o += po * c;
-                    }
-                }
-                clip(o_g, self.clip);
-                self.acts[0].apply(o_g);
-                // ONNX Runtime clips the gates' pre-activations, not the cell state fed to h.
-                let hc = &mut scratch.extra;
-                hc.copy_from_slice(c);
-                self.acts[2].apply(hc);
-                for ((h, &o), &t) in h_prev.iter_mut().zip(&*o_g).zip(&*hc) {
-                    *h = o * t;
-                }
+                self.lstm_cell(gates, c, h_prev, &mut scratch.extra);
             }
             Cell::Gru {
                 linear_before_reset,
             } => {
                 // Gate order in ONNX: z, r, h.
                 let (zr, h_g) = gates.split_at_mut(2 * h);
+                let rh = &mut scratch.extra;
+                matvec_packed(zr, h_prev, &r_packed[0]);
                 if linear_before_reset {
                     // h~ = g(X·Whᵀ + Wbh + r ⊙ (H·Rhᵀ + Rbh))
-                    let rh = &mut scratch.extra;
                     rh.copy_from_slice(&self.weights.rb_h);
-                    matvec_packed(zr, h_prev, &r_packed[0]);
                     matvec_packed(rh, h_prev, &r_packed[1]);
-                    clip(zr, self.clip);
-                    self.acts[0].apply(zr);
-                    let (z, r) = zr.split_at(h);
-                    for ((g, &r), &rh) in h_g.iter_mut().zip(r).zip(&*rh) {
-                        *g += r * rh;
-                    }
-                    clip(h_g, self.clip);
-                    self.acts[1].apply(h_g);
-                    gru_blend(h_prev, z, h_g);
+                    self.gru_gates(zr);
+                    self.gru_reset_after(zr, rh, h_g);
                 } else {
                     // h~ = g(X·Whᵀ + Wbh + Rbh + (r ⊙ H)·Rhᵀ)
-                    matvec_packed(zr, h_prev, &r_packed[0]);
-                    clip(zr, self.clip);
-                    self.acts[0].apply(zr);
-                    let (z, r) = zr.split_at(h);
-                    let rh = &mut scratch.extra;
-                    for ((rh, &r), &hp) in rh.iter_mut().zip(r).zip(&*h_prev) {
-                        *rh = r * hp;
-                    }
+                    self.gru_gates(zr);
+                    gru_reset_before(zr, h_prev, rh);
                     matvec_packed(h_g, rh, &r_packed[1]);
-                    clip(h_g, self.clip);
-                    self.acts[1].apply(h_g);
-                    gru_blend(h_prev, z, h_g);
                 }
+                self.gru_update(zr, h_g, h_prev);
             }
         }
+    }
+
+    /// RNN: `h = f(gates)` (`gates` holding all of the pre-activation).
+    #[inline(always)]
+    fn rnn_cell(&self, gates: &mut [f32], h_prev: &mut [f32]) {
+        clip(gates, self.clip);
+        self.acts[0].apply(gates);
+        h_prev.copy_from_slice(gates);
+    }
+
+    /// LSTM from its complete pre-activations `gates` (`[4H]`): the new `c` and `h` in place.
+    /// `hc` is `[H]` of working memory.
+    #[inline(always)]
+    fn lstm_cell(&self, gates: &mut [f32], c: &mut [f32], h_prev: &mut [f32], hc: &mut [f32]) {
+        if self.default_lstm {
+            lstm_default_cell(gates, c, h_prev);
+            return;
+        }
+        let h = self.hidden;
+        let input_forget = matches!(
+            self.cell,
+            Cell::Lstm {
+                input_forget: true,
+                ..
+            }
+        );
+        // Gate order in ONNX: i, o, f, c. Peepholes P: i, o, f.
+        let (i_g, rest) = gates.split_at_mut(h);
+        let (o_g, rest) = rest.split_at_mut(h);
+        let (f_g, c_g) = rest.split_at_mut(h);
+        if let Some(p) = &self.weights.peepholes {
+            for (((i, f), &c), (&pi, &pf)) in i_g
+                .iter_mut()
+                .zip(f_g.iter_mut())
+                .zip(&*c)
+                .zip(p[..h].iter().zip(&p[2 * h..3 * h]))
+            {
+                *i += pi * c;
+                *f += pf * c;
+            }
+        }
+        clip(i_g, self.clip);
+        self.acts[0].apply(i_g);
+        if input_forget {
+            for (f, &i) in f_g.iter_mut().zip(&*i_g) {
+                *f = 1.0 - i;
+            }
+        } else {
+            clip(f_g, self.clip);
+            self.acts[0].apply(f_g);
+        }
+        clip(c_g, self.clip);
+        self.acts[1].apply(c_g);
+        for ((c, &f), (&i, &g)) in c.iter_mut().zip(&*f_g).zip(i_g.iter().zip(&*c_g)) {
+            *c = f * *c + i * g;
+        }
+        if let Some(p) = &self.weights.peepholes {
+            for ((o, &po), &c) in o_g.iter_mut().zip(&p[h..2 * h]).zip(&*c) {
+                *o += po * c;
+            }
+        }
+        clip(o_g, self.clip);
+        self.acts[0].apply(o_g);
+        // ONNX Runtime clips the gates' pre-activations, not the cell state fed to h.
+        hc.copy_from_slice(c);
+        self.acts[2].apply(hc);
+        for ((h, &o), &t) in h_prev.iter_mut().zip(&*o_g).zip(&*hc) {
+            *h = o * t;
+        }
+    }
+
+    /// GRU: the update and reset gates `zr` (`[2H]`, complete pre-activations) through f.
+    #[inline(always)]
+    fn gru_gates(&self, zr: &mut [f32]) {
+        clip(zr, self.clip);
+        self.acts[0].apply(zr);
+    }
+
+    /// GRU with linear_before_reset: adds `r ⊙ rh` (`rh = H·Rhᵀ + Rbh`) to the h gate's
+    /// input part `h_g`.
+    #[inline(always)]
+    fn gru_reset_after(&self, zr: &[f32], rh: &[f32], h_g: &mut [f32]) {
+        let r = &zr[self.hidden..];
+        for ((g, &r), &rh) in h_g.iter_mut().zip(r).zip(rh) {
+            *g += r * rh;
+        }
+    }
+
+    /// GRU: `h~ = g(h_g)` and the new state from z (the first half of `zr`).
+    #[inline(always)]
+    fn gru_update(&self, zr: &[f32], h_g: &mut [f32], h_prev: &mut [f32]) {
+        clip(h_g, self.clip);
+        self.acts[1].apply(h_g);
+        gru_blend(h_prev, &zr[..self.hidden], h_g);
     }
 }
 
 impl Step<'_> {
-    /// Whether [`Self::run_batch`] applies: a default LSTM (see `default_lstm`) on a CPU with
-    /// the blocked matrix product.
+    /// Whether [`Self::run_batch`] applies: a CPU with the blocked matrix product.
     pub fn runs_batched(&self) -> bool {
-        self.default_lstm && super::linalg::has_blocked_matmul()
+        super::linalg::has_blocked_matmul()
     }
 
-    /// Advances every active batch entry of a default LSTM (see `default_lstm`) by one step
-    /// with one blocked matrix product for the whole batch (`H · Rᵀ`, R read once instead of
-    /// once per entry), when the CPU has the kernel for it. `gates` holds each entry's input
-    /// projection (`[B, 4H]`) and is overwritten. Returns false, having changed nothing, when
-    /// this path does not apply; the caller then steps entry by entry.
-    pub fn run_batch(&self, gates: &mut [f32], state: &mut State, active: &[bool]) -> bool {
-        if !self.default_lstm {
+    /// Advances every active batch entry by one step with one blocked matrix product per
+    /// recurrent matrix for the whole batch (`H · Rᵀ`, R read once instead of once per
+    /// entry), when the CPU has the kernel for it. `gates` holds each entry's input
+    /// projection (`[B, gates*H]`) and is overwritten. The products sum in the order the
+    /// vector product does, so the result is the same bits as stepping entry by entry.
+    /// Returns false, having changed nothing, when this path does not apply; the caller then
+    /// steps entry by entry.
+    pub fn run_batch(
+        &self,
+        gates: &mut [f32],
+        state: &mut State,
+        active: &[bool],
+        scratch: &mut Scratch,
+    ) -> bool {
+        if !self.runs_batched() {
             return false;
         }
         let h = self.hidden;
-        let h_all = state.h.as_slice().expect("standard layout");
-        if !super::linalg::matmul_packed(gates, h_all, &self.weights.r_packed[0]) {
-            return false;
-        }
+        let gh = gates.len() / active.len();
+        let r_packed = &self.weights.r_packed;
+        let matmul = |out: &mut [f32], x: &[f32], m| {
+            let ran = super::linalg::matmul_packed(out, x, m);
+            assert!(ran, "runs_batched promised the blocked product");
+        };
         let h_all = state.h.as_slice_mut().expect("standard layout");
         let c_all = state.c.as_slice_mut().expect("standard layout");
-        for (((g, hb), cb), &on) in gates
-            .chunks_exact(4 * h)
-            .zip(h_all.chunks_exact_mut(h))
-            .zip(c_all.chunks_exact_mut(h))
-            .zip(active)
-        {
-            if on {
-                lstm_default_cell(g, cb, hb);
+        let Cell::Gru {
+            linear_before_reset,
+        } = self.cell
+        else {
+            matmul(gates, h_all, &r_packed[0]);
+            let entries = gates
+                .chunks_exact_mut(gh)
+                .zip(h_all.chunks_exact_mut(h))
+                .zip(c_all.chunks_exact_mut(h))
+                .zip(active);
+            let entries = entries.filter(|(_, &on)| on);
+            if self.cell == Cell::Rnn {
+                entries.for_each(|(((g, hb), _), _)| self.rnn_cell(g, hb));
+            } else {
+                let hc = &mut scratch.extra;
+                entries.for_each(|(((g, hb), cb), _)| self.lstm_cell(g, cb, hb, hc));
             }
+            return true;
+        };
+        // GRU: the z and r gates of every entry in one product, then the h gate's.
+        let Scratch {
+            batch_zr: zr_all,
+            batch_rh: rh_all,
+            batch_hg: hg_all,
+            ..
+        } = scratch;
+        zr_all.clear();
+        hg_all.clear();
+        for g in gates.chunks_exact(gh) {
+            zr_all.extend_from_slice(&g[..2 * h]);
+            hg_all.extend_from_slice(&g[2 * h..]);
+        }
+        matmul(zr_all, h_all, &r_packed[0]);
+        rh_all.clear();
+        if linear_before_reset {
+            for _ in active {
+                rh_all.extend_from_slice(&self.weights.rb_h);
+            }
+            matmul(rh_all, h_all, &r_packed[1]);
+            for ((zr, rh), hg) in zr_all
+                .chunks_exact_mut(2 * h)
+                .zip(rh_all.chunks_exact(h))
+                .zip(hg_all.chunks_exact_mut(h))
+            {
+                self.gru_gates(zr);
+                self.gru_reset_after(zr, rh, hg);
+            }
+        } else {
+            rh_all.resize(h_all.len(), 0.0);
+            for ((zr, rh), hb) in zr_all
+                .chunks_exact_mut(2 * h)
+                .zip(rh_all.chunks_exact_mut(h))
+                .zip(h_all.chunks_exact(h))
+            {
+                self.gru_gates(zr);
+                gru_reset_before(zr, hb, rh);
+            }
+            matmul(hg_all, rh_all, &r_packed[1]);
+        }
+        let entries = zr_all
+            .chunks_exact(2 * h)
+            .zip(hg_all.chunks_exact_mut(h))
+            .zip(h_all.chunks_exact_mut(h))
+            .zip(active);
+        for (((zr, hg), hb), _) in entries.filter(|(_, &on)| on) {
+            self.gru_update(zr, hg, hb);
         }
         true
+    }
+}
+
+/// GRU without linear_before_reset: `rh = r ⊙ h` (r the second half of `zr`), the vector the
+/// h gate's recurrent product takes.
+#[inline(always)]
+fn gru_reset_before(zr: &[f32], h_prev: &[f32], rh: &mut [f32]) {
+    let r = &zr[h_prev.len()..];
+    for ((rh, &r), &hp) in rh.iter_mut().zip(r).zip(h_prev) {
+        *rh = r * hp;
     }
 }
 
