@@ -20,6 +20,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
+echo "== cargo doc (the workspace's own crates; broken or private links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
 echo "== QEMU (qemu-system-arm), the instruction-counting plugin and the firmware"
 # tests/flash.rs runs the firmware in QEMU, so QEMU must be there before cargo test.
 bash scripts/firmware.sh build

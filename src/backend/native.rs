@@ -249,7 +249,7 @@ impl NativePlan {
     }
 
     /// Runs the graph on checked inputs: on the step path when they are one streamed step
-    /// within its reach (see [`step`]), else on the general executor.
+    /// within its reach (the `step` module), else on the general executor.
     pub fn run(&mut self, given: &CheckedInputs) -> Result<Vec<(String, HostTensor)>, String> {
         // The step path keeps float buffers only: other inputs never fit a program, so none
         // is built (or rebuilt on every call) for them.

@@ -17,7 +17,7 @@ const PANEL: usize = 64;
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_ROWS: usize = 4;
 
-/// A `[rows, cols]` matrix stored as panels of [`PANEL`] columns, each panel row-major and
+/// A `[rows, cols]` matrix stored as panels of 64 columns, each panel row-major and
 /// contiguous (the last panel may be narrower).
 #[derive(Debug, Clone)]
 pub struct Packed {

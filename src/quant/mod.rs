@@ -1,5 +1,5 @@
 //! Quantisation for the microcontroller path: trace the model into a layer chain
-//! ([`chain`]), calibrate ranges by running it in f32 ([`reference`]), choose scales and write
+//! ([`chain`]), calibrate ranges by running it in f32 ([`mod@reference`]), choose scales and write
 //! the `.rcm` blob ([`writer`]), then measure the fixed-point result against the f32 model
 //! through the same kernel firmware runs ([`sim`]) and report accuracy and memory.
 

@@ -18,7 +18,7 @@ pub struct ServeConfig {
     /// Engine: tract or ort.
     #[serde(default = "default_backend")]
     pub backend: String,
-    /// Device: cpu or cuda[:N] (cuda with the ort backend).
+    /// Device: cpu or `cuda[:N]` (cuda with the ort backend).
     #[serde(default = "default_device")]
     pub device: String,
     /// ONNX Runtime library (default: ORT_DYLIB_PATH, then recur's usual places).
