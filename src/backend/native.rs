@@ -825,10 +825,10 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
             let (a, b) = (fref(v, *a)?, fref(v, *b)?);
             broadcast_shape(a.shape(), b.shape())?;
             let r = match kind {
-                '+' => a + b,
-                '-' => a - b,
-                '*' => a * b,
-                _ => a / b,
+                '+' => binary(a, b, |x, y| x + y).unwrap_or_else(|| a + b),
+                '-' => binary(a, b, |x, y| x - y).unwrap_or_else(|| a - b),
+                '*' => binary(a, b, |x, y| x * y).unwrap_or_else(|| a * b),
+                _ => binary(a, b, |x, y| x / y).unwrap_or_else(|| a / b),
             };
             v[*out] = Some(Value::F32(r));
         }
@@ -1025,6 +1025,24 @@ fn concat<T: Clone>(arrays: &[&ArrayD<T>], ax: i64) -> Result<ArrayD<T>, String>
     concatenate(Axis(ax), &views).map_err(|e| e.to_string())
 }
 
+/// `f(a, b)` element by element where `b` repeats along `a`'s leading axes (a per-channel
+/// constant such as a baked normalisation's mean, a scalar, or `a`'s own shape), both in
+/// standard layout: one pass over contiguous memory, where ndarray's general broadcasting
+/// over dynamic dimensions costs several nanoseconds an element. The same operation on each
+/// element, so the same bits. `None` for other shapes (the caller broadcasts in general).
+fn binary(a: &ArrayD<f32>, b: &ArrayD<f32>, f: impl Fn(f32, f32) -> f32) -> Option<ArrayD<f32>> {
+    let (a_data, b_data) = (a.as_slice()?, b.as_slice()?);
+    let b_shape = &b.shape()[b.shape().iter().take_while(|&&d| d == 1).count()..];
+    if b.ndim() > a.ndim() || !a.shape().ends_with(b_shape) || b_data.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(a_data.len());
+    for chunk in a_data.chunks_exact(b_data.len()) {
+        out.extend(chunk.iter().zip(b_data).map(|(&x, &y)| f(x, y)));
+    }
+    ArrayD::from_shape_vec(a.raw_dim(), out).ok()
+}
+
 /// NumPy broadcasting of two shapes (ndarray panics on shapes that do not broadcast; recur
 /// says so instead).
 pub(super) fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
@@ -1107,4 +1125,54 @@ fn reshape_target(shape: &[usize], rule: &ShapeRule) -> Result<Vec<usize>, Strin
             out
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Dimension;
+
+    /// The contiguous pass gives ndarray's broadcasting result bit for bit where it applies
+    /// (per-channel constants, scalars, equal shapes) and declines the other shapes.
+    #[test]
+    fn binary_fast_pass_equals_ndarray_broadcasting() {
+        let filled = |shape: &[usize], seed: f32| {
+            ArrayD::from_shape_fn(IxDyn(shape), |i| {
+                let k = i
+                    .as_array_view()
+                    .iter()
+                    .fold(seed, |s, &d| s * 1.7 + d as f32);
+                (k * 0.37).sin() * 3.0
+            })
+        };
+        let a = filled(&[4, 5, 6], 0.3);
+        let applies: [&[usize]; 6] = [&[6], &[1, 1, 6], &[5, 6], &[4, 5, 6], &[], &[1]];
+        for shape in applies {
+            let b = filled(shape, 1.1);
+            for (fast, general) in [
+                (binary(&a, &b, |x, y| x + y), &a + &b),
+                (binary(&a, &b, |x, y| x - y), &a - &b),
+                (binary(&a, &b, |x, y| x * y), &a * &b),
+                (binary(&a, &b, |x, y| x / y), &a / &b),
+            ] {
+                assert_eq!(fast.as_ref(), Some(&general), "b {shape:?}");
+            }
+        }
+        // b broadcast along a middle or the last axis, b larger than a, a transposed a: the
+        // general path.
+        let declines: [(&[usize], &[usize]); 3] = [
+            (&[4, 5, 6], &[5, 1]),
+            (&[4, 5, 6], &[4, 1, 1]),
+            (&[6], &[1, 6]),
+        ];
+        for (a_shape, b_shape) in declines {
+            let (a, b) = (filled(a_shape, 0.5), filled(b_shape, 0.9));
+            assert!(
+                binary(&a, &b, |x, y| x + y).is_none(),
+                "{a_shape:?} {b_shape:?}"
+            );
+        }
+        let transposed = a.clone().permuted_axes(IxDyn(&[2, 1, 0]));
+        assert!(binary(&transposed, &filled(&[4], 0.1), |x, y| x + y).is_none());
+    }
 }
