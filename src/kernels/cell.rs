@@ -36,11 +36,9 @@ impl State {
 pub struct Scratch {
     gates: Vec<f32>,
     extra: Vec<f32>,
-    /// A batched GRU step's z and r gates (`[B, 2H]`), the vector its h gate's recurrent
-    /// product takes or gives (`[B, H]`), and its h gate (`[B, H]`); sized on first use.
-    batch_zr: Vec<f32>,
+    /// A batched GRU step's vectors for its h gate's recurrent product, the one it takes or
+    /// the one it gives (`[B, H]`); sized on first use.
     batch_rh: Vec<f32>,
-    batch_hg: Vec<f32>,
     /// Flips every step: the recurrent products read their panels in alternating order, so
     /// a step starts on the panels the previous one left in the L1 cache.
     backwards: bool,
@@ -52,9 +50,7 @@ impl Scratch {
         Scratch {
             gates: vec![0.0; gates],
             extra: vec![0.0; hidden],
-            batch_zr: Vec::new(),
             batch_rh: Vec::new(),
-            batch_hg: Vec::new(),
             backwards: false,
         }
     }
@@ -270,8 +266,9 @@ impl Step<'_> {
         let h = self.hidden;
         let gh = gates.len() / active.len();
         let r_packed = &self.weights.r_packed;
-        let matmul = |out: &mut [f32], x: &[f32], m| {
-            let ran = super::linalg::matmul_packed(out, x, m);
+        // Products of every entry's vector, into rows `ldo` floats apart.
+        let product = |out: &mut [f32], ldo, x: &[f32], m| {
+            let ran = super::linalg::matmul_packed_strided(out, ldo, x, m);
             assert!(ran, "runs_batched promised the blocked product");
         };
         let h_all = state.h.as_slice_mut().expect("standard layout");
@@ -280,7 +277,7 @@ impl Step<'_> {
             linear_before_reset,
         } = self.cell
         else {
-            matmul(gates, h_all, &r_packed[0]);
+            product(gates, gh, h_all, &r_packed[0]);
             let entries = gates
                 .chunks_exact_mut(gh)
                 .zip(h_all.chunks_exact_mut(h))
@@ -295,52 +292,41 @@ impl Step<'_> {
             }
             return true;
         };
-        // GRU: the z and r gates of every entry in one product, then the h gate's.
-        let Scratch {
-            batch_zr: zr_all,
-            batch_rh: rh_all,
-            batch_hg: hg_all,
-            ..
-        } = scratch;
-        zr_all.clear();
-        hg_all.clear();
-        for g in gates.chunks_exact(gh) {
-            zr_all.extend_from_slice(&g[..2 * h]);
-            hg_all.extend_from_slice(&g[2 * h..]);
-        }
-        matmul(zr_all, h_all, &r_packed[0]);
+        // GRU: the z and r gates of every entry in one product, written in place in `gates`
+        // (rows gh apart), then the h gate's.
+        let zr_end = (active.len() - 1) * gh + 2 * h;
+        product(&mut gates[..zr_end], gh, h_all, &r_packed[0]);
+        let rh_all = &mut scratch.batch_rh;
         rh_all.clear();
         if linear_before_reset {
             for _ in active {
                 rh_all.extend_from_slice(&self.weights.rb_h);
             }
-            matmul(rh_all, h_all, &r_packed[1]);
-            for ((zr, rh), hg) in zr_all
-                .chunks_exact_mut(2 * h)
-                .zip(rh_all.chunks_exact(h))
-                .zip(hg_all.chunks_exact_mut(h))
-            {
+            product(rh_all, h, h_all, &r_packed[1]);
+            for (g, rh) in gates.chunks_exact_mut(gh).zip(rh_all.chunks_exact(h)) {
+                let (zr, hg) = g.split_at_mut(2 * h);
                 self.gru_gates(zr);
                 self.gru_reset_after(zr, rh, hg);
             }
         } else {
             rh_all.resize(h_all.len(), 0.0);
-            for ((zr, rh), hb) in zr_all
-                .chunks_exact_mut(2 * h)
+            for ((g, rh), hb) in gates
+                .chunks_exact_mut(gh)
                 .zip(rh_all.chunks_exact_mut(h))
                 .zip(h_all.chunks_exact(h))
             {
+                let zr = &mut g[..2 * h];
                 self.gru_gates(zr);
                 gru_reset_before(zr, hb, rh);
             }
-            matmul(hg_all, rh_all, &r_packed[1]);
+            product(&mut gates[2 * h..], gh, rh_all, &r_packed[1]);
         }
-        let entries = zr_all
-            .chunks_exact(2 * h)
-            .zip(hg_all.chunks_exact_mut(h))
+        let entries = gates
+            .chunks_exact_mut(gh)
             .zip(h_all.chunks_exact_mut(h))
             .zip(active);
-        for (((zr, hg), hb), _) in entries.filter(|(_, &on)| on) {
+        for ((g, hb), _) in entries.filter(|(_, &on)| on) {
+            let (zr, hg) = g.split_at_mut(2 * h);
             self.gru_update(zr, hg, hb);
         }
         true

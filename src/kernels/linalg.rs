@@ -114,14 +114,24 @@ pub fn has_blocked_matmul() -> bool {
 /// `k` in order with one fused multiply-add per term, so they give the same bits.
 /// Returns whether it ran; the caller falls back to a general matrix product otherwise.
 pub fn matmul_packed(out: &mut [f32], x: &[f32], m: &Packed) -> bool {
+    matmul_packed_strided(out, m.cols, x, m)
+}
+
+/// [`matmul_packed`] into rows of `out` that lie `ldo` floats apart (`ldo >= m.cols()`): the
+/// product of each row of `x` goes to `out[r*ldo .. r*ldo + m.cols()]`, the floats between
+/// rows are left alone. A batched step writes its gates' products in place this way.
+pub fn matmul_packed_strided(out: &mut [f32], ldo: usize, x: &[f32], m: &Packed) -> bool {
     let rows = x.len().checked_div(m.rows).unwrap_or(0);
     assert!(
-        x.len() == rows * m.rows && out.len() == rows * m.cols,
-        "matmul: {} x {} matrix, input of {}, output of {}",
+        x.len() == rows * m.rows
+            && ldo >= m.cols
+            && out.len() == (rows.max(1) - 1) * ldo + m.cols * rows.min(1),
+        "matmul: {} x {} matrix, input of {}, output of {} with rows {} apart",
         m.rows,
         m.cols,
         x.len(),
-        out.len()
+        out.len(),
+        ldo
     );
     if m.rows == 0 || !has_blocked_matmul() {
         return false;
@@ -131,16 +141,16 @@ pub fn matmul_packed(out: &mut [f32], x: &[f32], m: &Packed) -> bool {
         if super::avx512() {
             // SAFETY: the CPU supports the features the function is compiled for, and the
             // sizes were checked at the top.
-            unsafe { avx512::matmul_packed(out, x, rows, m) };
+            unsafe { avx512::matmul_packed(out, ldo, x, rows, m) };
         } else {
             // SAFETY: as above (AVX2 + FMA checked by `has_blocked_matmul`).
-            unsafe { avx2::matmul_packed(out, x, rows, m) };
+            unsafe { avx2::matmul_packed(out, ldo, x, rows, m) };
         }
     }
     #[cfg(target_arch = "aarch64")]
     {
         // SAFETY: NEON is part of aarch64; the sizes were checked at the top.
-        unsafe { neon::matmul_packed(out, x, rows, m) };
+        unsafe { neon::matmul_packed(out, ldo, x, rows, m) };
     }
     true
 }
@@ -232,12 +242,12 @@ mod avx2 {
 
     /// Caller guarantees AVX2 + FMA, `x.len() == rows * m.rows`, `out.len() == rows * m.cols`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn matmul_packed(out: &mut [f32], x: &[f32], rows: usize, m: &Packed) {
+    pub unsafe fn matmul_packed(out: &mut [f32], ldo: usize, x: &[f32], rows: usize, m: &Packed) {
         let (k, n) = (m.rows, m.cols);
         let mut panel = m.data.as_ptr();
         for start in (0..n).step_by(PANEL) {
             let width = (n - start).min(PANEL);
-            panel_product(out, x, rows, m, start, panel, width);
+            panel_product(out, ldo, x, rows, m, start, panel, width);
             panel = panel.add(width * k);
         }
     }
@@ -245,8 +255,10 @@ mod avx2 {
     /// The columns of one panel (`start`, `width` wide, its weights at `panel`) for every
     /// row of `x`.
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn panel_product(
         out: &mut [f32],
+        ldo: usize,
         x: &[f32],
         rows: usize,
         m: &Packed,
@@ -254,19 +266,19 @@ mod avx2 {
         panel: *const f32,
         width: usize,
     ) {
-        let (k, n) = (m.rows, m.cols);
+        let k = m.rows;
         let mut j = 0;
         while j + 16 <= width {
-            row_blocks::<2>(out, x, rows, k, n, start + j, panel.add(j), width);
+            row_blocks::<2>(out, x, rows, k, ldo, start + j, panel.add(j), width);
             j += 16;
         }
         if j + 8 <= width {
-            row_blocks::<1>(out, x, rows, k, n, start + j, panel.add(j), width);
+            row_blocks::<1>(out, x, rows, k, ldo, start + j, panel.add(j), width);
             j += 8;
         }
         for jj in j..width {
             for (r, xr) in x.chunks_exact(k).enumerate() {
-                super::fused_column(&mut out[r * n + start + jj], xr, panel, width, jj);
+                super::fused_column(&mut out[r * ldo + start + jj], xr, panel, width, jj);
             }
         }
     }
@@ -380,7 +392,7 @@ mod avx512 {
     /// take the AVX2 code). Caller guarantees AVX-512F, AVX2 + FMA and the sizes of
     /// [`super::matmul_packed`].
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn matmul_packed(out: &mut [f32], x: &[f32], rows: usize, m: &Packed) {
+    pub unsafe fn matmul_packed(out: &mut [f32], ldo: usize, x: &[f32], rows: usize, m: &Packed) {
         let (k, n) = (m.rows, m.cols);
         let mut panel = m.data.as_ptr();
         for start in (0..n).step_by(PANEL) {
@@ -389,15 +401,15 @@ mod avx512 {
                 let (o, xp) = (out.as_mut_ptr(), x.as_ptr());
                 let mut r = 0;
                 while r + ROWS <= rows {
-                    block::<ROWS>(o.add(r * n + start), n, xp.add(r * k), k, panel);
+                    block::<ROWS>(o.add(r * ldo + start), ldo, xp.add(r * k), k, panel);
                     r += ROWS;
                 }
                 while r < rows {
-                    block::<1>(o.add(r * n + start), n, xp.add(r * k), k, panel);
+                    block::<1>(o.add(r * ldo + start), ldo, xp.add(r * k), k, panel);
                     r += 1;
                 }
             } else {
-                super::avx2::panel_product(out, x, rows, m, start, panel, width);
+                super::avx2::panel_product(out, ldo, x, rows, m, start, panel, width);
             }
             panel = panel.add(width * k);
         }
@@ -488,7 +500,7 @@ mod neon {
     }
 
     /// Caller guarantees `x.len() == rows * m.rows` and `out.len() == rows * m.cols`.
-    pub unsafe fn matmul_packed(out: &mut [f32], x: &[f32], rows: usize, m: &Packed) {
+    pub unsafe fn matmul_packed(out: &mut [f32], ldo: usize, x: &[f32], rows: usize, m: &Packed) {
         let (k, n) = (m.rows, m.cols);
         let (o, xp) = (out.as_mut_ptr(), x.as_ptr());
         let mut panel = m.data.as_ptr();
@@ -499,11 +511,11 @@ mod neon {
                 let (col, w) = (start + j, panel.add(j));
                 let mut r = 0;
                 while r + ROWS <= rows {
-                    block::<ROWS, 4>(o.add(r * n + col), n, xp.add(r * k), k, w, width);
+                    block::<ROWS, 4>(o.add(r * ldo + col), ldo, xp.add(r * k), k, w, width);
                     r += ROWS;
                 }
                 while r < rows {
-                    block::<1, 4>(o.add(r * n + col), n, xp.add(r * k), k, w, width);
+                    block::<1, 4>(o.add(r * ldo + col), ldo, xp.add(r * k), k, w, width);
                     r += 1;
                 }
                 j += 16;
@@ -511,8 +523,8 @@ mod neon {
             while j + 4 <= width {
                 for r in 0..rows {
                     block::<1, 1>(
-                        o.add(r * n + start + j),
-                        n,
+                        o.add(r * ldo + start + j),
+                        ldo,
                         xp.add(r * k),
                         k,
                         panel.add(j),
@@ -523,7 +535,7 @@ mod neon {
             }
             for jj in j..width {
                 for (r, xr) in x.chunks_exact(k).enumerate() {
-                    super::fused_column(&mut out[r * n + start + jj], xr, panel, width, jj);
+                    super::fused_column(&mut out[r * ldo + start + jj], xr, panel, width, jj);
                 }
             }
             panel = panel.add(width * k);
@@ -598,8 +610,8 @@ mod tests {
                     let (mut wide, mut narrow) = (base.clone(), base.clone());
                     // SAFETY: the CPU has the features (checked just above); sizes as built.
                     unsafe {
-                        avx512::matmul_packed(&mut wide, &xs, n_rows, &packed);
-                        avx2::matmul_packed(&mut narrow, &xs, n_rows, &packed);
+                        avx512::matmul_packed(&mut wide, cols, &xs, n_rows, &packed);
+                        avx2::matmul_packed(&mut narrow, cols, &xs, n_rows, &packed);
                     }
                     assert_eq!(wide, narrow, "{rows}x{cols}, {n_rows} rows");
                 }
@@ -636,7 +648,7 @@ mod tests {
     type Tier = (
         &'static str,
         unsafe fn(&mut [f32], &[f32], &Packed, bool),
-        unsafe fn(&mut [f32], &[f32], usize, &Packed),
+        unsafe fn(&mut [f32], usize, &[f32], usize, &Packed),
     );
 
     /// Every SIMD tier this CPU has: AVX2 + FMA and AVX-512 on x86-64, NEON on aarch64.
@@ -708,8 +720,22 @@ mod tests {
                 for (name, matvec, matmul) in &tiers {
                     let mut blocked = base.clone();
                     // SAFETY: the CPU has the tier's features (`simd_tiers`); sizes as built.
-                    unsafe { matmul(&mut blocked, &xs, n_rows, &packed) };
+                    unsafe { matmul(&mut blocked, cols, &xs, n_rows, &packed) };
                     assert_eq!(blocked, want, "{name}: {rows}x{cols}, {n_rows} rows");
+                    // Output rows 3 floats apart more than the width: the gaps keep their
+                    // values (NaN here), the rows get the same bits.
+                    let ldo = cols + 3;
+                    let mut strided = vec![f32::NAN; (n_rows - 1) * ldo + cols];
+                    for (r, row) in base.chunks_exact(cols).enumerate() {
+                        strided[r * ldo..r * ldo + cols].copy_from_slice(row);
+                    }
+                    // SAFETY: as above.
+                    unsafe { matmul(&mut strided, ldo, &xs, n_rows, &packed) };
+                    for (r, row) in want.chunks_exact(cols).enumerate() {
+                        assert_eq!(&strided[r * ldo..r * ldo + cols], row, "{name}: strided");
+                        let gap = &strided[(r * ldo + cols).min(strided.len())..];
+                        assert!(gap.iter().take(3).all(|v| v.is_nan()), "{name}: gap");
+                    }
                     for backwards in [false, true] {
                         let mut single = base[..cols].to_vec();
                         // SAFETY: as above.

@@ -455,22 +455,33 @@ impl Steps<'_> {
         for s in 0..self.t_len {
             let t = if self.reverse { self.t_len - 1 - s } else { s };
             if batched {
-                for (b, (g, on)) in batch_gates
-                    .chunks_exact_mut(gh)
-                    .zip(active.iter_mut())
-                    .enumerate()
-                {
-                    let row = self.xproj_row(t, b);
-                    g.copy_from_slice(&self.xproj[row * gh..(row + 1) * gh]);
-                    *on = t < self.lengths[b];
+                for (on, &len) in active.iter_mut().zip(self.lengths) {
+                    *on = t < len;
+                }
+                if self.batch_major_x {
+                    for (b, g) in batch_gates.chunks_exact_mut(gh).enumerate() {
+                        let row = self.xproj_row(t, b);
+                        g.copy_from_slice(&self.xproj[row * gh..(row + 1) * gh]);
+                    }
+                } else {
+                    // Time-major: the step's rows lie together.
+                    let row = self.xproj_row(t, 0);
+                    batch_gates.copy_from_slice(&self.xproj[row * gh..(row + batch) * gh]);
                 }
                 if self
                     .step
                     .run_batch(&mut batch_gates, state, &active, scratch)
                 {
-                    for (b, _) in active.iter().enumerate().filter(|(_, on)| **on) {
-                        let at = self.y_offset(t, b, h);
-                        y[at..at + h].copy_from_slice(state.h_row(b));
+                    let h_all = state.h.as_slice().expect("standard layout");
+                    if !self.batch_major_y && active.iter().all(|&on| on) {
+                        // Time-major Y: this direction's outputs of the step lie together.
+                        let at = self.y_offset(t, 0, h);
+                        y[at..at + batch * h].copy_from_slice(h_all);
+                    } else {
+                        for (b, _) in active.iter().enumerate().filter(|(_, on)| **on) {
+                            let at = self.y_offset(t, b, h);
+                            y[at..at + h].copy_from_slice(&h_all[b * h..(b + 1) * h]);
+                        }
                     }
                     continue;
                 }
@@ -849,43 +860,49 @@ mod tests {
             .unwrap();
             let x = array3([t, b, i], seed + 40).mapv(|v| 4.0 * v);
             let (h0, c0) = (array3([2, b, h], seed + 50), array3([2, b, h], seed + 60));
-            let lengths = [11, 1, 7, 0, 11, 4];
-            let all = run_layer(
-                &spec,
-                &weights,
-                x.view(),
-                Some(&lengths),
-                Some(h0.view()),
-                Some(c0.view()),
-            );
-            let y_all = all.y.into_shape_with_order((t, 2, b, h)).unwrap();
-            for (k, &len) in lengths.iter().enumerate() {
-                let one = ndarray::s![.., k..k + 1, ..];
-                let alone = run_layer(
+            // Ragged (no step has every sequence), and every sequence the whole length.
+            for lengths in [[11, 1, 7, 0, 11, 4], [11; 6]] {
+                let all = run_layer(
                     &spec,
                     &weights,
-                    x.slice(one),
-                    Some(&[len]),
-                    Some(h0.slice(one)),
-                    Some(c0.slice(one)),
+                    x.view(),
+                    Some(&lengths),
+                    Some(h0.view()),
+                    Some(c0.view()),
                 );
-                let y_alone = alone.y.into_shape_with_order((t, 2, 1, h)).unwrap();
-                let pairs = [
-                    (
-                        y_all.slice(ndarray::s![.., .., k..k + 1, ..]).into_dyn(),
-                        y_alone.view().into_dyn(),
-                    ),
-                    (all.y_h.slice(one).into_dyn(), alone.y_h.view().into_dyn()),
-                    (all.y_c.slice(one).into_dyn(), alone.y_c.view().into_dyn()),
-                ];
-                for (what, (batched, single)) in ["Y", "Y_h", "Y_c"].iter().zip(pairs) {
-                    if linalg::has_blocked_matmul() {
-                        assert_eq!(batched, single, "{:?}, entry {k}: {what}", spec.cell);
-                    } else {
-                        // Without the blocked kernels the input projections of 6 and of 1
-                        // sequences take different general products.
-                        for (a, e) in batched.iter().zip(single.iter()) {
-                            assert!((a - e).abs() <= 1e-5, "{:?}, entry {k}: {what}", spec.cell);
+                let y_all = all.y.into_shape_with_order((t, 2, b, h)).unwrap();
+                for (k, &len) in lengths.iter().enumerate() {
+                    let one = ndarray::s![.., k..k + 1, ..];
+                    let alone = run_layer(
+                        &spec,
+                        &weights,
+                        x.slice(one),
+                        Some(&[len]),
+                        Some(h0.slice(one)),
+                        Some(c0.slice(one)),
+                    );
+                    let y_alone = alone.y.into_shape_with_order((t, 2, 1, h)).unwrap();
+                    let pairs = [
+                        (
+                            y_all.slice(ndarray::s![.., .., k..k + 1, ..]).into_dyn(),
+                            y_alone.view().into_dyn(),
+                        ),
+                        (all.y_h.slice(one).into_dyn(), alone.y_h.view().into_dyn()),
+                        (all.y_c.slice(one).into_dyn(), alone.y_c.view().into_dyn()),
+                    ];
+                    for (what, (batched, single)) in ["Y", "Y_h", "Y_c"].iter().zip(pairs) {
+                        if linalg::has_blocked_matmul() {
+                            assert_eq!(batched, single, "{:?}, entry {k}: {what}", spec.cell);
+                        } else {
+                            // Without the blocked kernels the input projections of 6 and of 1
+                            // sequences take different general products.
+                            for (a, e) in batched.iter().zip(single.iter()) {
+                                assert!(
+                                    (a - e).abs() <= 1e-5,
+                                    "{:?}, entry {k}: {what}",
+                                    spec.cell
+                                );
+                            }
                         }
                     }
                 }
