@@ -241,7 +241,7 @@ impl<'a> Step<'a> {
 }
 
 impl Step<'_> {
-    /// Whether [`Self::run_batch`] applies: a CPU with the blocked matrix product.
+    /// Whether [`Self::run_batch`] can run: a CPU with the blocked matrix product.
     pub fn runs_batched(&self) -> bool {
         super::linalg::has_blocked_matmul()
     }
@@ -251,18 +251,14 @@ impl Step<'_> {
     /// entry), when the CPU has the kernel for it. `gates` holds each entry's input
     /// projection (`[B, gates*H]`) and is overwritten. The products sum in the order the
     /// vector product does, so the result is the same bits as stepping entry by entry.
-    /// Returns false, having changed nothing, when this path does not apply; the caller then
-    /// steps entry by entry.
+    /// Only for a step where [`Self::runs_batched`] holds (panics otherwise).
     pub fn run_batch(
         &self,
         gates: &mut [f32],
         state: &mut State,
         active: &[bool],
         scratch: &mut Scratch,
-    ) -> bool {
-        if !self.runs_batched() {
-            return false;
-        }
+    ) {
         let h = self.hidden;
         let gh = gates.len() / active.len();
         let r_packed = &self.weights.r_packed;
@@ -272,12 +268,12 @@ impl Step<'_> {
             assert!(ran, "runs_batched promised the blocked product");
         };
         let h_all = state.h.as_slice_mut().expect("standard layout");
-        let c_all = state.c.as_slice_mut().expect("standard layout");
         let Cell::Gru {
             linear_before_reset,
         } = self.cell
         else {
             product(gates, gh, h_all, &r_packed[0]);
+            let c_all = state.c.as_slice_mut().expect("standard layout");
             let entries = gates
                 .chunks_exact_mut(gh)
                 .zip(h_all.chunks_exact_mut(h))
@@ -290,7 +286,7 @@ impl Step<'_> {
                 let hc = &mut scratch.extra;
                 entries.for_each(|(((g, hb), cb), _)| self.lstm_cell(g, cb, hb, hc));
             }
-            return true;
+            return;
         };
         // GRU: the z and r gates of every entry in one product, written in place in `gates`
         // (rows gh apart), then the h gate's.
@@ -329,7 +325,6 @@ impl Step<'_> {
             let (zr, hg) = g.split_at_mut(2 * h);
             self.gru_update(zr, hg, hb);
         }
-        true
     }
 }
 

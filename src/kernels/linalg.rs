@@ -125,7 +125,7 @@ pub fn matmul_packed_strided(out: &mut [f32], ldo: usize, x: &[f32], m: &Packed)
     assert!(
         x.len() == rows * m.rows
             && ldo >= m.cols
-            && out.len() == (rows.max(1) - 1) * ldo + m.cols * rows.min(1),
+            && out.len() == rows.checked_sub(1).map_or(0, |last| last * ldo + m.cols),
         "matmul: {} x {} matrix, input of {}, output of {} with rows {} apart",
         m.rows,
         m.cols,
@@ -240,7 +240,7 @@ mod avx2 {
         }
     }
 
-    /// Caller guarantees AVX2 + FMA, `x.len() == rows * m.rows`, `out.len() == rows * m.cols`.
+    /// Caller guarantees AVX2 + FMA and the sizes of [`super::matmul_packed_strided`].
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn matmul_packed(out: &mut [f32], ldo: usize, x: &[f32], rows: usize, m: &Packed) {
         let (k, n) = (m.rows, m.cols);
@@ -390,7 +390,7 @@ mod avx512 {
 
     /// [`super::avx2::matmul_packed`] with whole panels in 512-bit registers (partial panels
     /// take the AVX2 code). Caller guarantees AVX-512F, AVX2 + FMA and the sizes of
-    /// [`super::matmul_packed`].
+    /// [`super::matmul_packed_strided`].
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub unsafe fn matmul_packed(out: &mut [f32], ldo: usize, x: &[f32], rows: usize, m: &Packed) {
         let (k, n) = (m.rows, m.cols);
@@ -499,7 +499,7 @@ mod neon {
         }
     }
 
-    /// Caller guarantees `x.len() == rows * m.rows` and `out.len() == rows * m.cols`.
+    /// Caller guarantees the sizes of [`super::matmul_packed_strided`].
     pub unsafe fn matmul_packed(out: &mut [f32], ldo: usize, x: &[f32], rows: usize, m: &Packed) {
         let (k, n) = (m.rows, m.cols);
         let (o, xp) = (out.as_mut_ptr(), x.as_ptr());

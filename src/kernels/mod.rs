@@ -468,23 +468,20 @@ impl Steps<'_> {
                     let row = self.xproj_row(t, 0);
                     batch_gates.copy_from_slice(&self.xproj[row * gh..(row + batch) * gh]);
                 }
-                if self
-                    .step
-                    .run_batch(&mut batch_gates, state, &active, scratch)
-                {
-                    let h_all = state.h.as_slice().expect("standard layout");
-                    if !self.batch_major_y && active.iter().all(|&on| on) {
-                        // Time-major Y: this direction's outputs of the step lie together.
-                        let at = self.y_offset(t, 0, h);
-                        y[at..at + batch * h].copy_from_slice(h_all);
-                    } else {
-                        for (b, _) in active.iter().enumerate().filter(|(_, on)| **on) {
-                            let at = self.y_offset(t, b, h);
-                            y[at..at + h].copy_from_slice(&h_all[b * h..(b + 1) * h]);
-                        }
+                self.step
+                    .run_batch(&mut batch_gates, state, &active, scratch);
+                let h_all = state.h.as_slice().expect("standard layout");
+                if !self.batch_major_y && active.iter().all(|&on| on) {
+                    // Time-major Y: this direction's outputs of the step lie together.
+                    let at = self.y_offset(t, 0, h);
+                    y[at..at + batch * h].copy_from_slice(h_all);
+                } else {
+                    for (b, _) in active.iter().enumerate().filter(|(_, on)| **on) {
+                        let at = self.y_offset(t, b, h);
+                        y[at..at + h].copy_from_slice(&h_all[b * h..(b + 1) * h]);
                     }
-                    continue;
                 }
+                continue;
             }
             for (b, &len) in self.lengths.iter().enumerate() {
                 if t >= len {
