@@ -23,8 +23,15 @@ const PREFETCH_ROWS: usize = 4;
 pub struct Packed {
     rows: usize,
     cols: usize,
-    data: Vec<f32>,
+    /// The panels, one after another, from a cache-line boundary: a full panel's rows are
+    /// then whole cache lines, and no vector load straddles two.
+    lines: Vec<CacheLine>,
 }
+
+/// 64 bytes of weights on a 64-byte boundary.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct CacheLine([f32; 16]);
 
 impl Packed {
     /// Packs a `[rows, cols]` matrix.
@@ -37,7 +44,24 @@ impl Packed {
                 data.extend(m.row(r).iter().skip(start).take(end - start));
             }
         }
-        Packed { rows, cols, data }
+        let lines = data
+            .chunks(16)
+            .map(|chunk| {
+                let mut line = [0.0; 16];
+                line[..chunk.len()].copy_from_slice(chunk);
+                CacheLine(line)
+            })
+            .collect();
+        Packed { rows, cols, lines }
+    }
+
+    /// The panels' weights, `rows * cols` floats.
+    fn data(&self) -> &[f32] {
+        // SAFETY: `CacheLine` is `repr(C)` around 16 floats, so the lines are
+        // `16 * lines.len() >= rows * cols` contiguous, initialised floats.
+        unsafe {
+            std::slice::from_raw_parts(self.lines.as_ptr().cast::<f32>(), self.rows * self.cols)
+        }
     }
 
     /// Number of rows (the length of the vector it multiplies).
@@ -162,7 +186,7 @@ fn packed_generic(out: &mut [f32], v: &[f32], m: &Packed) {
         let width = (m.cols - start).min(PANEL);
         let out = &mut out[start..start + width];
         for &vk in v {
-            for (o, &w) in out.iter_mut().zip(&m.data[at..at + width]) {
+            for (o, &w) in out.iter_mut().zip(&m.data()[at..at + width]) {
                 *o += vk * w;
             }
             at += width;
@@ -182,7 +206,7 @@ fn panels(m: &Packed, backwards: bool) -> impl Iterator<Item = (usize, usize, &[
         (
             start,
             width,
-            &m.data[start * m.rows..(start + width) * m.rows],
+            &m.data()[start * m.rows..(start + width) * m.rows],
         )
     })
 }
@@ -244,7 +268,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn matmul_packed(out: &mut [f32], ldo: usize, x: &[f32], rows: usize, m: &Packed) {
         let (k, n) = (m.rows, m.cols);
-        let mut panel = m.data.as_ptr();
+        let mut panel = m.data().as_ptr();
         for start in (0..n).step_by(PANEL) {
             let width = (n - start).min(PANEL);
             panel_product(out, ldo, x, rows, m, start, panel, width);
@@ -394,7 +418,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub unsafe fn matmul_packed(out: &mut [f32], ldo: usize, x: &[f32], rows: usize, m: &Packed) {
         let (k, n) = (m.rows, m.cols);
-        let mut panel = m.data.as_ptr();
+        let mut panel = m.data().as_ptr();
         for start in (0..n).step_by(PANEL) {
             let width = (n - start).min(PANEL);
             if width == PANEL {
@@ -503,7 +527,7 @@ mod neon {
     pub unsafe fn matmul_packed(out: &mut [f32], ldo: usize, x: &[f32], rows: usize, m: &Packed) {
         let (k, n) = (m.rows, m.cols);
         let (o, xp) = (out.as_mut_ptr(), x.as_ptr());
-        let mut panel = m.data.as_ptr();
+        let mut panel = m.data().as_ptr();
         for start in (0..n).step_by(PANEL) {
             let width = (n - start).min(PANEL);
             let mut j = 0;
