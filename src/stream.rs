@@ -13,7 +13,7 @@
 
 use ndarray::{Axis, Slice};
 
-use crate::backend::{build_with, Backend, BackendKind, BackendOptions};
+use crate::backend::{build_with, Backend, BackendKind, BackendOptions, Carried};
 use crate::error::{RecurError, Result};
 use crate::ir::RecurrentModel;
 use crate::model::Model;
@@ -33,21 +33,21 @@ enum Engine {
     Ort(Box<crate::backend::ort::OrtBackend>),
 }
 
-/// A piece of carried state: on the host, or an ONNX Runtime value left on its device.
-enum StateValue {
-    Host(HostTensor),
+/// The state a sequence carries between chunks, one value per [`StateWire`].
+enum Carry {
+    /// On the host (a host engine's state): the engine reads and writes it in place.
+    Host(Vec<HostTensor>),
+    /// On ONNX Runtime: values left on its device.
     #[cfg(feature = "ort")]
-    Ort(ort::value::DynValue),
+    Ort(Vec<StateValue>),
 }
 
-impl StateValue {
-    fn host(&self) -> Option<&HostTensor> {
-        match self {
-            StateValue::Host(t) => Some(t),
-            #[cfg(feature = "ort")]
-            StateValue::Ort(_) => None,
-        }
-    }
+/// A piece of ONNX Runtime's carried state: a value left on its device, or on the host (a
+/// state that is also a user output comes back with the outputs).
+#[cfg(feature = "ort")]
+enum StateValue {
+    Host(HostTensor),
+    Ort(ort::value::DynValue),
 }
 
 /// The shared, expensive part of streaming: the two models of [`crate::onnx::streamable`] built
@@ -68,7 +68,7 @@ pub struct StreamModel {
 /// state, whatever the length of the sequence.
 #[derive(Default)]
 pub struct StreamState {
-    state: Option<Vec<StateValue>>,
+    state: Option<Carry>,
     steps: usize,
 }
 
@@ -92,12 +92,19 @@ impl StreamState {
     /// Bytes of carried state held on the host (state left on an ONNX Runtime device is not
     /// counted): what one stream costs in memory beyond its bookkeeping.
     pub fn host_bytes(&self) -> usize {
-        self.state
-            .iter()
-            .flatten()
-            .filter_map(|v| v.host())
-            .map(|t| t.shape().iter().product::<usize>() * 4)
-            .sum()
+        let bytes = |t: &HostTensor| t.shape().iter().product::<usize>() * 4;
+        match &self.state {
+            None => 0,
+            Some(Carry::Host(values)) => values.iter().map(bytes).sum(),
+            #[cfg(feature = "ort")]
+            Some(Carry::Ort(values)) => values
+                .iter()
+                .map(|v| match v {
+                    StateValue::Host(t) => bytes(t),
+                    StateValue::Ort(_) => 0,
+                })
+                .sum(),
+        }
     }
 }
 
@@ -187,29 +194,28 @@ impl StreamModel {
         state: &mut StreamState,
         inputs: &[(String, HostTensor)],
     ) -> Result<Vec<(String, HostTensor)>> {
-        let (seq, axis) = (self.plan.sequence_input.clone(), self.plan.time_axis);
+        let (seq, axis) = (&self.plan.sequence_input, self.plan.time_axis);
         let steps = inputs
             .iter()
-            .find(|(n, _)| *n == seq)
+            .find(|(n, _)| n == seq)
             .and_then(|(_, t)| t.shape().get(axis).copied())
             .ok_or_else(|| {
-                RecurError::input(&seq, format!("not given, or has no axis {axis} (time)"))
+                RecurError::input(seq, format!("not given, or has no axis {axis} (time)"))
             })?;
-        let (user, next) = self.run_once(inputs, state.state.as_deref())?;
-        state.state = Some(next);
+        let user = self.run_once(inputs, &mut state.state)?;
         state.steps += steps;
         Ok(user)
     }
 
-    /// Runs one chunk on the first-chunk model (no `previous` state) or the carry model (fed
-    /// `previous`); returns the user's outputs (graph order) and the new state.
-    #[allow(clippy::type_complexity)]
+    /// Runs one chunk on the first-chunk model (nothing carried yet) or the carry model (fed
+    /// the carried state); returns the user's outputs (graph order) and moves `carry` on to
+    /// the new state. On an error `carry` is left as it was.
     fn run_once(
         &mut self,
         inputs: &[(String, HostTensor)],
-        previous: Option<&[StateValue]>,
-    ) -> Result<(Vec<(String, HostTensor)>, Vec<StateValue>)> {
-        let fresh = previous.is_none();
+        carry: &mut Option<Carry>,
+    ) -> Result<Vec<(String, HostTensor)>> {
+        let fresh = carry.is_none();
         let declared = if fresh {
             &self.first_user_inputs
         } else {
@@ -220,7 +226,7 @@ impl StreamModel {
             .filter(|(n, _)| declared.iter().any(|d| d.name == *n))
             .cloned()
             .collect();
-        let mut checked = check_inputs(declared, given)?;
+        let checked = check_inputs(declared, given)?;
         let engine = if fresh {
             &mut self.first
         } else {
@@ -228,40 +234,36 @@ impl StreamModel {
         };
         match engine {
             Engine::Generic(backend) => {
-                if let Some(state) = previous {
-                    for (wire, value) in self.plan.states.iter().zip(state) {
-                        let t = value.host().expect("host state on a host engine");
-                        checked.tensors.push((wire.input.clone(), t.clone()));
+                let mut values = match carry.take() {
+                    Some(Carry::Host(values)) => values,
+                    None => Vec::new(),
+                    #[cfg(feature = "ort")]
+                    Some(other) => {
+                        *carry = Some(other);
+                        unreachable!("ONNX Runtime state on a host engine")
                     }
-                }
-                let mut outputs = backend.run(&checked)?;
-                // Each output moves out once; one that is both a user output and state is
-                // copied for the user.
-                let mut take = |name: &str, copy: bool| -> Result<HostTensor> {
-                    let (_, t) = outputs.iter_mut().find(|(n, _)| n == name).ok_or_else(|| {
-                        RecurError::Usage(format!("streaming: output '{name}' missing"))
-                    })?;
-                    Ok(if copy {
-                        t.clone()
-                    } else {
-                        std::mem::replace(t, HostTensor::F32(ndarray::ArrayD::zeros(vec![0])))
-                    })
                 };
-                let states = &self.plan.states;
-                let user = self
-                    .plan
-                    .user_outputs
-                    .iter()
-                    .map(|n| Ok((n.clone(), take(n, states.iter().any(|w| w.output == *n))?)))
-                    .collect::<Result<Vec<_>>>()?;
-                let state = states
-                    .iter()
-                    .map(|w| Ok(StateValue::Host(take(&w.output, false)?)))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok((user, state))
+                let ran = backend.run_carried(
+                    checked,
+                    Carried {
+                        wires: &self.plan.states,
+                        values: &mut values,
+                        user_outputs: &self.plan.user_outputs,
+                    },
+                );
+                // On an error `values` is as it was, and a fresh sequence stays fresh.
+                if ran.is_ok() || !fresh {
+                    *carry = Some(Carry::Host(values));
+                }
+                ran
             }
             #[cfg(feature = "ort")]
             Engine::Ort(backend) => {
+                let previous = match carry.as_ref() {
+                    Some(Carry::Ort(values)) => Some(values.as_slice()),
+                    None => None,
+                    Some(Carry::Host(_)) => unreachable!("host state on ONNX Runtime"),
+                };
                 // Host-side state (states that are also user outputs) goes back as a value.
                 let mut converted: Vec<Option<ort::value::DynValue>> = Vec::new();
                 if let Some(state) = previous {
@@ -328,7 +330,8 @@ impl StreamModel {
                         }
                     })
                     .collect::<Result<Vec<_>>>()?;
-                Ok((user, state))
+                *carry = Some(Carry::Ort(state));
+                Ok(user)
             }
         }
     }

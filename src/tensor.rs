@@ -185,6 +185,37 @@ pub fn check_inputs(
     declared: &[ValueInfo],
     given: Vec<(String, HostTensor)>,
 ) -> Result<CheckedInputs> {
+    // Usually the inputs come in declared order (a streamed step's, say): nothing to sort.
+    let in_order = given.len() == declared.len()
+        && given
+            .iter()
+            .zip(declared)
+            .all(|((name, _), d)| *name == d.name);
+    let given: Vec<Option<(String, HostTensor)>> = if in_order {
+        given.into_iter().map(Some).collect()
+    } else {
+        sort_by_declaration(declared, given)?
+    };
+    let mut symbols: Vec<(&str, usize, &str)> = Vec::new();
+    let mut tensors = Vec::with_capacity(declared.len());
+    for (decl, slot) in declared.iter().zip(given) {
+        let (name, tensor) = slot.ok_or_else(|| {
+            RecurError::input(&decl.name, "not given (every model input is required)")
+        })?;
+        let tensor = convert_elem_type(&decl.name, tensor, decl.elem_type)?;
+        check_dims(decl, tensor.shape(), &mut symbols)?;
+        check_finite(&decl.name, &tensor)?;
+        tensors.push((name, tensor));
+    }
+    Ok(CheckedInputs { tensors })
+}
+
+/// The given inputs in declaration order (None where one is missing); refuses unknown and
+/// repeated names.
+fn sort_by_declaration(
+    declared: &[ValueInfo],
+    given: Vec<(String, HostTensor)>,
+) -> Result<Vec<Option<(String, HostTensor)>>> {
     // Models have a handful of inputs: a slot per declared input, found by a linear scan.
     let mut by_decl: Vec<Option<(String, HostTensor)>> = vec![None; declared.len()];
     for (name, tensor) in given {
@@ -203,18 +234,7 @@ pub fn check_inputs(
         }
         by_decl[index] = Some((name, tensor));
     }
-    let mut symbols: Vec<(&str, usize, &str)> = Vec::new();
-    let mut tensors = Vec::with_capacity(declared.len());
-    for (decl, slot) in declared.iter().zip(by_decl) {
-        let (name, tensor) = slot.ok_or_else(|| {
-            RecurError::input(&decl.name, "not given (every model input is required)")
-        })?;
-        let tensor = convert_elem_type(&decl.name, tensor, decl.elem_type)?;
-        check_dims(decl, tensor.shape(), &mut symbols)?;
-        check_finite(&decl.name, &tensor)?;
-        tensors.push((name, tensor));
-    }
-    Ok(CheckedInputs { tensors })
+    Ok(by_decl)
 }
 
 fn convert_elem_type(name: &str, tensor: HostTensor, want: ElemType) -> Result<HostTensor> {

@@ -503,3 +503,131 @@ fn one_time_step_on_the_step_path_matches_tract_and_onnx_runtime() {
         stepped.len()
     );
 }
+
+/// The CPU path reads and writes a stream's carried state where it lies
+/// (`Backend::run_carried` on recur's executor). For every streamable fixture, it gives what
+/// feeding the state as ordinary inputs gives (`run_carried_as_inputs`, the path every other
+/// backend takes), bit for bit: outputs and state after a first chunk, then after one-step
+/// chunks (the step path) and a three-step chunk (the general executor) in turn. A chunk
+/// refused for a bad input leaves the state as it was.
+#[test]
+fn state_carried_in_place_equals_state_fed_as_inputs_bit_for_bit() {
+    use recur::backend::tract::TractBackend;
+    use recur::backend::{run_carried_as_inputs, Backend, Carried};
+    use recur::tensor::HostTensor;
+
+    let mut checked = vec![];
+    for case in all_cases() {
+        let model = Model::load(&case.model_path()).unwrap();
+        let Ok(plan) = recur::onnx::streamable::make_streamable(&model.proto, &model.ir) else {
+            continue;
+        };
+        let build = |proto: &tract_onnx::pb::ModelProto| -> Option<(Model, TractBackend)> {
+            let m = Model {
+                path: model.path.clone(),
+                ir: recur::onnx::lift(proto).ok()?,
+                proto: proto.clone(),
+            };
+            let b = TractBackend::new(&m, &m.path).ok()?;
+            Some((m, b))
+        };
+        let (Some((first, mut first_a)), Some((carry, mut carry_a))) =
+            (build(&plan.first), build(&plan.carry))
+        else {
+            continue;
+        };
+        let (_, mut first_b) = build(&plan.first).unwrap();
+        let (_, mut carry_b) = build(&plan.carry).unwrap();
+        if !carry_a.runs_natively() {
+            continue;
+        }
+        let inputs = case.read_inputs();
+        let x = &inputs
+            .iter()
+            .find(|(n, _)| *n == plan.sequence_input)
+            .unwrap()
+            .1;
+        let total = x.shape()[plan.time_axis];
+        let chunk = |m: &Model, start: usize, end: usize| {
+            let given: Vec<(String, HostTensor)> = inputs
+                .iter()
+                .filter(|(n, _)| m.ir.inputs.iter().any(|d| d.name == *n))
+                .map(|(n, t)| {
+                    let t = if *n == plan.sequence_input {
+                        recur::stream::slice(t, plan.time_axis, start, end)
+                    } else {
+                        t.clone()
+                    };
+                    (n.clone(), t)
+                })
+                .collect();
+            let declared: Vec<_> =
+                m.ir.inputs
+                    .iter()
+                    .filter(|d| plan.states.iter().all(|w| w.input != d.name))
+                    .cloned()
+                    .collect();
+            check_inputs(&declared, given)
+        };
+        let Ok(head) = chunk(&first, 0, 1) else {
+            continue;
+        };
+        let (mut state_a, mut state_b) = (Vec::new(), Vec::new());
+        fn carried<'a>(
+            plan: &'a recur::onnx::streamable::Streamable,
+            values: &'a mut Vec<HostTensor>,
+        ) -> Carried<'a> {
+            Carried {
+                wires: &plan.states,
+                values,
+                user_outputs: &plan.user_outputs,
+            }
+        }
+        let out_a = first_a
+            .run_carried(head.clone(), carried(&plan, &mut state_a))
+            .unwrap();
+        let out_b =
+            run_carried_as_inputs(&mut first_b, head, carried(&plan, &mut state_b)).unwrap();
+        assert_eq!(out_a, out_b, "{}: first chunk's outputs", case.id());
+        assert_eq!(state_a, state_b, "{}: first chunk's state", case.id());
+        let runs_before = carry_a.step_path_runs();
+        let mut start = 1;
+        let mut sizes = [1, 3].into_iter().cycle();
+        while start < total {
+            let end = (start + sizes.next().unwrap()).min(total);
+            let Ok(fed) = chunk(&carry, start, end) else {
+                break;
+            };
+            let out_a = carry_a
+                .run_carried(fed.clone(), carried(&plan, &mut state_a))
+                .unwrap();
+            let out_b =
+                run_carried_as_inputs(&mut carry_b, fed, carried(&plan, &mut state_b)).unwrap();
+            assert_eq!(out_a, out_b, "{}: steps {start}..{end}", case.id());
+            assert_eq!(state_a, state_b, "{}: state after {end}", case.id());
+            start = end;
+        }
+        if carry_a.step_path_runs() > runs_before {
+            checked.push(case.id());
+        }
+        // A chunk whose state does not fit the model is refused, and the state stays.
+        if let (Ok(fed), Some(_)) = (chunk(&carry, 0, 1), state_a.first()) {
+            let mut bad = state_a.clone();
+            bad[0] = HostTensor::F32(ndarray::ArrayD::zeros(vec![1]));
+            let before = bad.clone();
+            let refused = carry_a.run_carried(fed, carried(&plan, &mut bad));
+            assert!(
+                refused.is_err(),
+                "{}: a state of the wrong shape",
+                case.id()
+            );
+            assert_eq!(bad, before, "{}: state after a refused chunk", case.id());
+        }
+    }
+    println!(
+        "{} fixtures streamed in place: {}",
+        checked.len(),
+        checked.join(", ")
+    );
+    assert!(checked.len() >= 20, "only {} fixtures", checked.len());
+}

@@ -17,6 +17,7 @@ use std::str::FromStr;
 
 use crate::error::{RecurError, Result};
 use crate::model::Model;
+use crate::onnx::streamable::StateWire;
 use crate::tensor::{CheckedInputs, HostTensor};
 
 /// An engine that runs a whole model on checked inputs. `Send`, so that a service can build a
@@ -26,6 +27,85 @@ pub trait Backend: Send {
     fn name(&self) -> &'static str;
     /// Runs the model once; outputs come back named, in graph-output order.
     fn run(&mut self, inputs: &CheckedInputs) -> Result<Vec<(String, HostTensor)>>;
+
+    /// Runs one chunk of a stream (see [`crate::stream`]): `user` holds the model's own
+    /// inputs, `carried` the state the chunk starts from, which the run replaces by the
+    /// state it ends in. Returns the outputs named in `carried.user_outputs`, in that order.
+    /// On an error the state is left as it was. A backend whose executor can read and write
+    /// the state where it lies overrides this; the default feeds it as ordinary inputs.
+    fn run_carried(
+        &mut self,
+        user: CheckedInputs,
+        carried: Carried<'_>,
+    ) -> Result<Vec<(String, HostTensor)>> {
+        run_carried_as_inputs(self, user, carried)
+    }
+}
+
+/// A stream's carried state as [`Backend::run_carried`] takes it.
+pub struct Carried<'a> {
+    /// Which graph input takes each piece of state, and which output gives it back.
+    pub wires: &'a [StateWire],
+    /// One tensor per wire: fed as the wires' inputs and replaced by their outputs. Empty on
+    /// a sequence's first chunk, whose model starts from its own initial state (it has no
+    /// state inputs): the run fills it.
+    pub values: &'a mut Vec<HostTensor>,
+    /// The outputs the caller wants back, in this order (an output may also be state).
+    pub user_outputs: &'a [String],
+}
+
+impl Carried<'_> {
+    /// The same state, borrowed again (to try one executor, then another).
+    pub fn reborrow(&mut self) -> Carried<'_> {
+        Carried {
+            wires: self.wires,
+            values: self.values,
+            user_outputs: self.user_outputs,
+        }
+    }
+}
+
+/// [`Backend::run_carried`] for any backend: the state is copied in as ordinary inputs
+/// (after the user's, in wire order, as the carry model declares them) and taken back out
+/// of the outputs.
+pub fn run_carried_as_inputs<B: Backend + ?Sized>(
+    backend: &mut B,
+    mut user: CheckedInputs,
+    carried: Carried<'_>,
+) -> Result<Vec<(String, HostTensor)>> {
+    let Carried {
+        wires,
+        values,
+        user_outputs,
+    } = carried;
+    if !values.is_empty() {
+        for (wire, value) in wires.iter().zip(values.iter()) {
+            user.tensors.push((wire.input.clone(), value.clone()));
+        }
+    }
+    let mut outputs = backend.run(&user)?;
+    // Each output moves out once; one that is both a user output and state is copied for
+    // the user.
+    let mut take = |name: &str, copy: bool| -> Result<HostTensor> {
+        let (_, t) = outputs
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| RecurError::Usage(format!("streaming: output '{name}' missing")))?;
+        Ok(if copy {
+            t.clone()
+        } else {
+            std::mem::replace(t, HostTensor::F32(ndarray::ArrayD::zeros(vec![0])))
+        })
+    };
+    let returned = user_outputs
+        .iter()
+        .map(|n| Ok((n.clone(), take(n, wires.iter().any(|w| w.output == *n))?)))
+        .collect::<Result<Vec<_>>>()?;
+    *values = wires
+        .iter()
+        .map(|w| take(&w.output, false))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(returned)
 }
 
 /// The backends a user can choose on the command line.

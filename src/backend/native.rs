@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ndarray::{concatenate, Array2, ArrayD, ArrayView2, Axis, Ix2, Ix3, IxDyn, Slice};
+use ndarray::{concatenate, Array2, ArrayD, ArrayView2, Axis, Dimension, Ix2, Ix3, IxDyn, Slice};
 use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
 
 use crate::ir::{ActivationKind, LayerKind, Layout, RecurrentLayer, RecurrentModel};
@@ -251,22 +251,112 @@ impl NativePlan {
     /// Runs the graph on checked inputs: on the step path when they are one streamed step
     /// within its reach (the `step` module), else on the general executor.
     pub fn run(&mut self, given: &CheckedInputs) -> Result<Vec<(String, HostTensor)>, String> {
+        let ordered: Vec<(&str, &HostTensor)> =
+            given.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut ran = self.execute(&ordered)?;
+        let outputs = (0..self.outputs.len())
+            .map(|k| {
+                (
+                    self.outputs[k].0.clone(),
+                    self.output(&mut ran, k).into_tensor(),
+                )
+            })
+            .collect();
+        Ok(outputs)
+    }
+
+    /// Runs one chunk of a stream with its carried state held by the caller (see
+    /// [`super::Carried`]): the state is read where it lies and the new state written over
+    /// it, so a streamed step copies a few hundred floats and allocates only the outputs it
+    /// returns. On an error the state is left as it was.
+    pub fn run_carried(
+        &mut self,
+        user: &CheckedInputs,
+        carried: super::Carried<'_>,
+    ) -> Result<Vec<(String, HostTensor)>, String> {
+        let super::Carried {
+            wires,
+            values,
+            user_outputs,
+        } = carried;
+        let fed = !values.is_empty();
+        let state_in = |name: &str| {
+            wires
+                .iter()
+                .zip(values.iter())
+                .find(|(w, _)| fed && w.input == name)
+                .map(|(w, v)| (w.input.as_str(), v))
+        };
+        let mut ordered = Vec::with_capacity(self.inputs.len());
+        for (k, (name, _)) in self.inputs.iter().enumerate() {
+            // A carry model declares the user's inputs first, then the state in wire order:
+            // each input is looked for where it should be, then anywhere.
+            let n_user = user.tensors.len();
+            let guess = match k.checked_sub(n_user) {
+                None => user.tensors.get(k).filter(|(n, _)| n == name).map(as_pair),
+                Some(w) => wires
+                    .get(w)
+                    .filter(|wire| fed && wire.input == *name)
+                    .map(|wire| (wire.input.as_str(), &values[w])),
+            };
+            let found = guess
+                .or_else(|| user.tensors.iter().find(|(n, _)| n == name).map(as_pair))
+                .or_else(|| state_in(name))
+                .ok_or_else(|| format!("graph input '{name}' is neither given nor carried"))?;
+            ordered.push(found);
+        }
+        let mut ran = self.execute(&ordered)?;
+        // Graph outputs: the user's first, then the state in wire order (an output that is
+        // both appears once); each is looked for where it should be, then anywhere.
+        let index_of = |guess: usize, name: &str| {
+            match self.outputs.get(guess) {
+                Some((n, _)) if n == name => Some(guess),
+                _ => self.outputs.iter().position(|(n, _)| n == name),
+            }
+            .ok_or_else(|| format!("streaming: output '{name}' missing"))
+        };
+        let mut user_out = Vec::with_capacity(user_outputs.len());
+        for (k, name) in user_outputs.iter().enumerate() {
+            let k = index_of(k, name)?;
+            user_out.push((name.clone(), self.output(&mut ran, k).to_tensor()));
+        }
+        let mut state_out = Vec::with_capacity(wires.len());
+        for (k, wire) in wires.iter().enumerate() {
+            state_out.push(index_of(user_outputs.len() + k, &wire.output)?);
+        }
+        if fed {
+            for (value, k) in values.iter_mut().zip(state_out) {
+                self.output(&mut ran, k).store(value);
+            }
+        } else {
+            *values = state_out
+                .into_iter()
+                .map(|k| self.output(&mut ran, k).into_tensor())
+                .collect();
+        }
+        Ok(user_out)
+    }
+
+    /// Runs the graph on the plan's inputs, in order: on the step path when they are one
+    /// streamed step within its reach, else on the general executor. The outputs are then
+    /// read with [`Self::output`].
+    fn execute(&mut self, given: &[(&str, &HostTensor)]) -> Result<Ran, String> {
+        if given.len() != self.inputs.len() {
+            return Err(format!(
+                "{} inputs given, the graph has {}",
+                given.len(),
+                self.inputs.len()
+            ));
+        }
         // The step path keeps float buffers only: other inputs never fit a program, so none
         // is built (or rebuilt on every call) for them.
-        let floats = given
-            .tensors
-            .iter()
-            .all(|(_, t)| matches!(t, HostTensor::F32(_)));
+        let floats = given.iter().all(|(_, t)| matches!(t, HostTensor::F32(_)));
         if !floats {
-            return self.run_general(given);
+            return self.run_general(given).map(Ran::General);
         }
         let fits = self.step.as_ref().is_some_and(|p| p.fits(given));
         if !fits && !self.refused.iter().any(|key| same_shapes(key, given)) {
-            let key: Vec<Vec<usize>> = given
-                .tensors
-                .iter()
-                .map(|(_, t)| t.shape().to_vec())
-                .collect();
+            let key: Vec<Vec<usize>> = given.iter().map(|(_, t)| t.shape().to_vec()).collect();
             match step::StepProgram::build(self, key.clone()) {
                 Ok(program) => {
                     self.step_builds += 1;
@@ -280,10 +370,10 @@ impl NativePlan {
         }
         if let Some(program) = &mut self.step {
             if fits || program.fits(given) {
-                match program.run(&self.ops, given) {
-                    Ok(outputs) => {
+                match program.execute(&self.ops, given) {
+                    Ok(()) => {
                         self.step_runs += 1;
-                        return Ok(outputs);
+                        return Ok(Ran::Step);
                     }
                     Err(why) => {
                         tracing::debug!("the step path gives way to the general executor: {why}");
@@ -294,7 +384,20 @@ impl NativePlan {
                 }
             }
         }
-        self.run_general(given)
+        self.run_general(given).map(Ran::General)
+    }
+
+    /// Graph output `k` (graph order) of the run that gave `ran`: a step program's buffer,
+    /// or the general executor's value.
+    fn output<'a>(&'a self, ran: &'a mut Ran, k: usize) -> Produced<'a> {
+        match ran {
+            Ran::Step => {
+                let program = self.step.as_ref().expect("a step run keeps its program");
+                let (data, shape) = program.output(k);
+                Produced::Buffer { data, shape }
+            }
+            Ran::General(values) => Produced::Owned(&mut values[k]),
+        }
     }
 
     /// Remembers input shapes the step path cannot take, forgetting the oldest past
@@ -318,12 +421,13 @@ impl NativePlan {
     }
 
     /// Runs the graph on the general executor (every op, any shapes).
-    fn run_general(&self, given: &CheckedInputs) -> Result<Vec<(String, HostTensor)>, String> {
+    /// Outputs come in graph order; one that is also another output is copied.
+    fn run_general(&self, given: &[(&str, &HostTensor)]) -> Result<Vec<HostTensor>, String> {
         let mut values: Vec<Option<Value>> = vec![None; self.slots];
         for (slot, v) in &self.constants {
             values[*slot] = Some(v.clone());
         }
-        for ((name, slot), (given_name, tensor)) in self.inputs.iter().zip(&given.tensors) {
+        for ((name, slot), (given_name, tensor)) in self.inputs.iter().zip(given) {
             debug_assert_eq!(name, given_name);
             values[*slot] = Some(match tensor {
                 HostTensor::F32(a) => Value::F32(a.clone()),
@@ -337,7 +441,7 @@ impl NativePlan {
         self.outputs
             .iter()
             .enumerate()
-            .map(|(k, (name, slot))| {
+            .map(|(k, (_, slot))| {
                 let used_again = self.outputs[k + 1..].iter().any(|(_, s)| s == slot);
                 let v = if used_again {
                     values[*slot].clone()
@@ -346,13 +450,10 @@ impl NativePlan {
                 }
                 .ok_or("output not computed")?;
                 // Graph outputs leave in standard layout (a Transpose inside only sets strides).
-                Ok((
-                    name.clone(),
-                    match v {
-                        Value::F32(a) => HostTensor::F32(standard_layout(a)),
-                        Value::I64(a) => HostTensor::I64(standard_layout(a)),
-                    },
-                ))
+                Ok(match v {
+                    Value::F32(a) => HostTensor::F32(standard_layout(a)),
+                    Value::I64(a) => HostTensor::I64(standard_layout(a)),
+                })
             })
             .collect()
     }
@@ -377,13 +478,70 @@ fn standard_layout<T: Clone>(a: ArrayD<T>) -> ArrayD<T> {
     }
 }
 
+/// A named tensor, borrowed.
+fn as_pair((name, tensor): &(String, HostTensor)) -> (&str, &HostTensor) {
+    (name, tensor)
+}
+
 /// Whether `given` has exactly these shapes.
-pub(super) fn same_shapes(shapes: &[Vec<usize>], given: &CheckedInputs) -> bool {
-    shapes.len() == given.tensors.len()
+pub(super) fn same_shapes(shapes: &[Vec<usize>], given: &[(&str, &HostTensor)]) -> bool {
+    shapes.len() == given.len()
         && shapes
             .iter()
-            .zip(&given.tensors)
+            .zip(given)
             .all(|(s, (_, t))| s.as_slice() == t.shape())
+}
+
+/// Where a run's outputs are read from.
+enum Ran {
+    /// The step program's buffers.
+    Step,
+    /// The general executor's values, one per graph output.
+    General(Vec<HostTensor>),
+}
+
+/// One output of a run, as the run holds it.
+enum Produced<'a> {
+    /// A step program's buffer (float) and the output's shape.
+    Buffer { data: &'a [f32], shape: &'a IxDyn },
+    /// A value the general executor made, moved out when read last.
+    Owned(&'a mut HostTensor),
+}
+
+impl Produced<'_> {
+    /// The output as a tensor of its own; a general executor's value is moved out (its last
+    /// reading).
+    fn into_tensor(self) -> HostTensor {
+        match self {
+            Produced::Owned(t) => std::mem::replace(t, HostTensor::F32(ArrayD::zeros(IxDyn(&[0])))),
+            copied => copied.to_tensor(),
+        }
+    }
+
+    /// A copy of the output, leaving it in place (an output both returned and carried is
+    /// read twice).
+    fn to_tensor(&self) -> HostTensor {
+        match self {
+            Produced::Buffer { data, shape } => HostTensor::F32(
+                ArrayD::from_shape_vec((*shape).clone(), data.to_vec())
+                    .expect("a step buffer has its shape's size"),
+            ),
+            Produced::Owned(t) => (*t).clone(),
+        }
+    }
+
+    /// Writes the output over `into`: in place when `into` is a float tensor of its shape.
+    fn store(self, into: &mut HostTensor) {
+        if let (Produced::Buffer { data, shape }, HostTensor::F32(a)) = (&self, &mut *into) {
+            if a.shape() == shape.slice() {
+                if let Some(slot) = a.as_slice_mut() {
+                    slot.copy_from_slice(data);
+                    return;
+                }
+            }
+        }
+        *into = self.into_tensor();
+    }
 }
 
 fn compile_node<'a>(

@@ -54,6 +54,26 @@ impl TractBackend {
         Self::build(model, true)
     }
 
+    /// Runs `run` on recur's executor when it holds this model. When it cannot take the
+    /// inputs (an integer shape computation, say) or panics, tract runs this model from now
+    /// on and the caller goes on with tract (None).
+    fn try_native<T>(
+        &mut self,
+        run: impl FnOnce(&mut super::native::NativePlan) -> std::result::Result<T, String>,
+    ) -> Option<T> {
+        let native = self.native.as_mut()?;
+        let attempt = catch_unwind(AssertUnwindSafe(|| run(native)))
+            .unwrap_or_else(|_| Err("recur's executor panicked".into()));
+        match attempt {
+            Ok(outputs) => Some(outputs),
+            Err(why) => {
+                tracing::debug!("recur's executor gives way to tract: {why}");
+                self.native = None;
+                None
+            }
+        }
+    }
+
     /// Whether recur's own executor runs this model (rather than tract's plan).
     pub fn runs_natively(&self) -> bool {
         self.native.is_some()
@@ -164,19 +184,8 @@ impl Backend for TractBackend {
     }
 
     fn run(&mut self, inputs: &CheckedInputs) -> Result<Vec<(String, HostTensor)>> {
-        if let Some(native) = &mut self.native {
-            let attempt =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| native.run(inputs)))
-                    .unwrap_or_else(|_| Err("recur's executor panicked".into()));
-            match attempt {
-                Ok(outputs) => return Ok(outputs),
-                Err(why) => {
-                    // An input the executor cannot take (an integer shape computation, say):
-                    // tract runs this model from now on.
-                    tracing::debug!("recur's executor gives way to tract: {why}");
-                    self.native = None;
-                }
-            }
+        if let Some(outputs) = self.try_native(|native| native.run(inputs)) {
+            return Ok(outputs);
         }
         let plan = self.plan_for(inputs)?;
         let outlets = plan
@@ -210,6 +219,21 @@ impl Backend for TractBackend {
                 ))
             })
             .collect()
+    }
+
+    /// On recur's executor the state is read and written where it lies (see
+    /// [`super::native::NativePlan::run_carried`]); on tract it goes in as inputs.
+    fn run_carried(
+        &mut self,
+        user: CheckedInputs,
+        mut carried: super::Carried<'_>,
+    ) -> Result<Vec<(String, HostTensor)>> {
+        if let Some(outputs) =
+            self.try_native(|native| native.run_carried(&user, carried.reborrow()))
+        {
+            return Ok(outputs);
+        }
+        super::run_carried_as_inputs(self, user, carried)
     }
 }
 

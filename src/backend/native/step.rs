@@ -24,7 +24,7 @@ use super::{axis, broadcast_shape, concat, gather, reshape_target, slice_view, O
 use crate::ir::ActivationKind;
 use crate::kernels::linalg::matvec_packed;
 use crate::kernels::{step_layer, StepBuffers};
-use crate::tensor::{CheckedInputs, HostTensor};
+use crate::tensor::HostTensor;
 
 /// One op of a [`StepProgram`]; `op` indexes the plan's op (weights, attributes).
 #[derive(Debug)]
@@ -100,8 +100,8 @@ pub(super) struct StepProgram {
     ops: Vec<StepOp>,
     /// The input buffers, in the plan's input order.
     inputs: Vec<usize>,
-    /// Name, buffer and shape of each graph output.
-    outputs: Vec<(String, usize, Vec<usize>)>,
+    /// Buffer and shape of each graph output, in graph order.
+    outputs: Vec<(usize, IxDyn)>,
 }
 
 /// Why a graph keeps to the general executor for these shapes (for logs).
@@ -359,11 +359,11 @@ impl StepProgram {
             ops.extend(step_op);
         }
         let mut outputs = vec![];
-        for (name, slot) in &plan.outputs {
+        for (_, slot) in &plan.outputs {
             let shape = shapes[*slot]
-                .clone()
+                .as_deref()
                 .ok_or("an output that is not a float tensor")?;
-            outputs.push((name.clone(), storage[*slot], shape));
+            outputs.push((storage[*slot], IxDyn(shape)));
         }
         Ok(StepProgram {
             key,
@@ -379,19 +379,19 @@ impl StepProgram {
         &self.key
     }
 
-    /// Whether the program was built for these inputs' shapes (the caller checked that they
-    /// are float tensors).
-    pub(super) fn fits(&self, given: &CheckedInputs) -> bool {
+    /// Whether the program was built for these inputs' shapes (the plan's inputs, in order).
+    pub(super) fn fits(&self, given: &[(&str, &HostTensor)]) -> bool {
         super::same_shapes(&self.key, given)
     }
 
-    /// Runs the graph on inputs that [`Self::fits`].
-    pub(super) fn run(
+    /// Runs the graph on inputs that [`Self::fits`] (the plan's inputs, in order); the
+    /// outputs are then read with [`Self::output`].
+    pub(super) fn execute(
         &mut self,
         plan_ops: &[Op],
-        given: &CheckedInputs,
-    ) -> Result<Vec<(String, HostTensor)>, String> {
-        for (&buffer, (_, tensor)) in self.inputs.iter().zip(&given.tensors) {
+        given: &[(&str, &HostTensor)],
+    ) -> Result<(), String> {
+        for (&buffer, (_, tensor)) in self.inputs.iter().zip(given) {
             let HostTensor::F32(a) = tensor else {
                 return Err("a non-float input".into());
             };
@@ -404,16 +404,13 @@ impl StepProgram {
         for op in &mut self.ops {
             run_op(op, plan_ops, &mut self.buffers)?;
         }
-        Ok(self
-            .outputs
-            .iter()
-            .map(|(name, buffer, shape)| {
-                let data = self.buffers[*buffer].clone();
-                let tensor = ArrayD::from_shape_vec(IxDyn(shape), data)
-                    .expect("buffers have their shape's size");
-                (name.clone(), HostTensor::F32(tensor))
-            })
-            .collect())
+        Ok(())
+    }
+
+    /// Graph output `k` (graph order) of the last [`Self::execute`]: its data and shape.
+    pub(super) fn output(&self, k: usize) -> (&[f32], &IxDyn) {
+        let (buffer, shape) = &self.outputs[k];
+        (&self.buffers[*buffer], shape)
     }
 }
 
