@@ -280,6 +280,13 @@ impl NativePlan {
             user_outputs,
         } = carried;
         let fed = !values.is_empty();
+        if fed && values.len() != wires.len() {
+            return Err(format!(
+                "{} carried values for {} pieces of state",
+                values.len(),
+                wires.len()
+            ));
+        }
         let state_in = |name: &str| {
             wires
                 .iter()
@@ -317,8 +324,14 @@ impl NativePlan {
         };
         let mut user_out = Vec::with_capacity(user_outputs.len());
         for (k, name) in user_outputs.iter().enumerate() {
-            let k = index_of(k, name)?;
-            user_out.push((name.clone(), self.output(&mut ran, k).to_tensor()));
+            let output = self.output(&mut ran, index_of(k, name)?);
+            // An output that is also state is read again below.
+            let tensor = if wires.iter().any(|w| w.output == *name) {
+                output.to_tensor()
+            } else {
+                output.into_tensor()
+            };
+            user_out.push((name.clone(), tensor));
         }
         let mut state_out = Vec::with_capacity(wires.len());
         for (k, wire) in wires.iter().enumerate() {

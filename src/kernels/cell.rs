@@ -45,6 +45,11 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    /// Where [`Step::run_on_gates`] takes the pre-activation (`[gates]`).
+    pub fn gates_mut(&mut self) -> &mut [f32] {
+        &mut self.gates
+    }
+
     /// Room for `gates` pre-activations and one hidden-sized vector.
     pub fn new(gates: usize, hidden: usize) -> Self {
         Scratch {
@@ -100,9 +105,16 @@ impl<'a> Step<'a> {
     /// Advances batch entry `b` by one step; `pre` is `X_t · Wᵀ + biases` for it.
     #[inline(always)]
     pub fn run(&self, pre: &[f32], state: &mut State, b: usize, scratch: &mut Scratch) {
+        scratch.gates.copy_from_slice(pre);
+        self.run_on_gates(state, b, scratch);
+    }
+
+    /// [`Self::run`] with the pre-activation already in [`Scratch::gates_mut`] (a single
+    /// sequence's step projects its input there directly).
+    #[inline(always)]
+    pub fn run_on_gates(&self, state: &mut State, b: usize, scratch: &mut Scratch) {
         let h = self.hidden;
         let gates = &mut scratch.gates;
-        gates.copy_from_slice(pre);
         let mut h_row = state.h.row_mut(b);
         let h_prev = h_row.as_slice_mut().expect("row-major");
         let r_packed = &self.weights.r_packed;

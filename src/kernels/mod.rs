@@ -671,11 +671,17 @@ fn step_layer_body(
             Some(c0) => c_state.copy_from_slice(&c0[range.clone()]),
             None => c_state.fill(0.0),
         }
-        input_projection(&mut buffers.xproj, x, weights.input, dw);
         let step = cell::Step::new(spec, dw, &spec.activations[d]);
-        for row in 0..b {
-            let pre = &buffers.xproj[row * gh..(row + 1) * gh];
-            step.run(pre, state, row, &mut buffers.scratch);
+        if b == 1 {
+            // One sequence: its input projection goes straight where the cell reads it.
+            input_projection(buffers.scratch.gates_mut(), x, weights.input, dw);
+            step.run_on_gates(state, 0, &mut buffers.scratch);
+        } else {
+            input_projection(&mut buffers.xproj, x, weights.input, dw);
+            for row in 0..b {
+                let pre = &buffers.xproj[row * gh..(row + 1) * gh];
+                step.run(pre, state, row, &mut buffers.scratch);
+            }
         }
         y_h[range.clone()].copy_from_slice(state.h.as_slice().expect("standard layout"));
         y_c[range].copy_from_slice(state.c.as_slice().expect("standard layout"));
