@@ -238,10 +238,7 @@ impl StreamModel {
                     Some(Carry::Host(values)) => values,
                     None => Vec::new(),
                     #[cfg(feature = "ort")]
-                    Some(other) => {
-                        *carry = Some(other);
-                        unreachable!("ONNX Runtime state on a host engine")
-                    }
+                    Some(Carry::Ort(_)) => unreachable!("a host engine carries host state"),
                 };
                 let ran = backend.run_carried(
                     checked,

@@ -141,10 +141,31 @@ pub fn matmul_packed(out: &mut [f32], x: &[f32], m: &Packed) -> bool {
     matmul_packed_strided(out, m.cols, x, m)
 }
 
+/// `out[r, j] = bias[j] + Σ_k x[r, k] · m[k, j]`: [`matmul_packed`] with each output starting
+/// from the bias instead of from what `out` held (the same bits as writing the bias into every
+/// row first, without writing and reading back a bias row per input row). An input
+/// projection's form.
+pub fn matmul_packed_onto_bias(out: &mut [f32], x: &[f32], m: &Packed, bias: &[f32]) -> bool {
+    assert_eq!(
+        bias.len(),
+        m.cols,
+        "matmul: bias of {} for {} columns",
+        bias.len(),
+        m.cols
+    );
+    product(out, m.cols, x, m, bias.as_ptr())
+}
+
 /// [`matmul_packed`] into rows of `out` that lie `ldo` floats apart (`ldo >= m.cols()`): the
 /// product of each row of `x` goes to `out[r*ldo .. r*ldo + m.cols()]`, the floats between
 /// rows are left alone. A batched step writes its gates' products in place this way.
 pub fn matmul_packed_strided(out: &mut [f32], ldo: usize, x: &[f32], m: &Packed) -> bool {
+    product(out, ldo, x, m, std::ptr::null())
+}
+
+/// The blocked products' common entry: accumulates into `out`, or with a non-null `bias`
+/// (`m.cols` floats) starts every row from it.
+fn product(out: &mut [f32], ldo: usize, x: &[f32], m: &Packed, bias: *const f32) -> bool {
     let rows = x.len().checked_div(m.rows).unwrap_or(0);
     assert!(
         x.len() == rows * m.rows
@@ -165,16 +186,16 @@ pub fn matmul_packed_strided(out: &mut [f32], ldo: usize, x: &[f32], m: &Packed)
         if super::avx512() {
             // SAFETY: the CPU supports the features the function is compiled for, and the
             // sizes were checked at the top.
-            unsafe { avx512::matmul_packed(out, ldo, x, rows, m) };
+            unsafe { avx512::matmul_packed(out, ldo, x, rows, m, bias) };
         } else {
             // SAFETY: as above (AVX2 + FMA checked by `has_blocked_matmul`).
-            unsafe { avx2::matmul_packed(out, ldo, x, rows, m) };
+            unsafe { avx2::matmul_packed(out, ldo, x, rows, m, bias) };
         }
     }
     #[cfg(target_arch = "aarch64")]
     {
         // SAFETY: NEON is part of aarch64; the sizes were checked at the top.
-        unsafe { neon::matmul_packed(out, ldo, x, rows, m) };
+        unsafe { neon::matmul_packed(out, ldo, x, rows, m, bias) };
     }
     true
 }
@@ -209,6 +230,17 @@ fn panels(m: &Packed, backwards: bool) -> impl Iterator<Item = (usize, usize, &[
             &m.data()[start * m.rows..(start + width) * m.rows],
         )
     })
+}
+
+/// `p + at` floats, or null when `p` is null (a blocked product's "no bias").
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline(always)]
+fn offset(p: *const f32, at: usize) -> *const f32 {
+    if p.is_null() {
+        p
+    } else {
+        p.wrapping_add(at)
+    }
 }
 
 /// Column `j` of a panel `width` wide: `*o += Σ_k v[k] · panel[k*width + j]`, one fused
@@ -264,20 +296,28 @@ mod avx2 {
         }
     }
 
-    /// Caller guarantees AVX2 + FMA and the sizes of [`super::matmul_packed_strided`].
+    /// Caller guarantees AVX2 + FMA and the sizes of [`super::matmul_packed_strided`]; `bias`
+    /// null (accumulate into `out`) or `m.cols` floats to start each row from.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn matmul_packed(out: &mut [f32], ldo: usize, x: &[f32], rows: usize, m: &Packed) {
+    pub unsafe fn matmul_packed(
+        out: &mut [f32],
+        ldo: usize,
+        x: &[f32],
+        rows: usize,
+        m: &Packed,
+        bias: *const f32,
+    ) {
         let (k, n) = (m.rows, m.cols);
         let mut panel = m.data().as_ptr();
         for start in (0..n).step_by(PANEL) {
             let width = (n - start).min(PANEL);
-            panel_product(out, ldo, x, rows, m, start, panel, width);
+            panel_product(out, ldo, x, rows, m, start, panel, width, bias);
             panel = panel.add(width * k);
         }
     }
 
     /// The columns of one panel (`start`, `width` wide, its weights at `panel`) for every
-    /// row of `x`.
+    /// row of `x`, from `out` or (non-null) from `bias`.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn panel_product(
@@ -289,26 +329,34 @@ mod avx2 {
         start: usize,
         panel: *const f32,
         width: usize,
+        bias: *const f32,
     ) {
         let k = m.rows;
+        let at = |col: usize| super::offset(bias, col);
         let mut j = 0;
         while j + 16 <= width {
-            row_blocks::<2>(out, x, rows, k, ldo, start + j, panel.add(j), width);
+            let init = at(start + j);
+            row_blocks::<2>(out, x, rows, k, ldo, start + j, panel.add(j), width, init);
             j += 16;
         }
         if j + 8 <= width {
-            row_blocks::<1>(out, x, rows, k, ldo, start + j, panel.add(j), width);
+            let init = at(start + j);
+            row_blocks::<1>(out, x, rows, k, ldo, start + j, panel.add(j), width, init);
             j += 8;
         }
         for jj in j..width {
             for (r, xr) in x.chunks_exact(k).enumerate() {
-                super::fused_column(&mut out[r * ldo + start + jj], xr, panel, width, jj);
+                let o = &mut out[r * ldo + start + jj];
+                if !bias.is_null() {
+                    *o = *bias.add(start + jj);
+                }
+                super::fused_column(o, xr, panel, width, jj);
             }
         }
     }
 
-    /// Every row of `x` against `8*C` columns (`col` in `out`, `w` in the panel): six rows at a
-    /// time, then the rest.
+    /// Every row of `x` against `8*C` columns (`col` in `out`, `w` in the panel, starting from
+    /// `init` when not null): six rows at a time, then the rest.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
@@ -321,21 +369,23 @@ mod avx2 {
         col: usize,
         w: *const f32,
         stride: usize,
+        init: *const f32,
     ) {
         let o = out.as_mut_ptr();
         let xp = x.as_ptr();
         let mut r = 0;
         while r + 6 <= rows {
-            block::<6, C>(o.add(r * n + col), n, xp.add(r * k), k, w, stride);
+            block::<6, C>(o.add(r * n + col), n, xp.add(r * k), k, w, stride, init);
             r += 6;
         }
         while r < rows {
-            block::<1, C>(o.add(r * n + col), n, xp.add(r * k), k, w, stride);
+            block::<1, C>(o.add(r * n + col), n, xp.add(r * k), k, w, stride, init);
             r += 1;
         }
     }
 
-    /// `R` rows x `8*C` columns: `o[r*n + c] += Σ_kk x[r*k + kk] · w[kk*stride + c]`.
+    /// `R` rows x `8*C` columns: `o[r*n + c] = s[r*n + c] + Σ_kk x[r*k + kk] · w[kk*stride + c]`,
+    /// `s` being `o` itself, or every row of `init` when that is not null.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn block<const R: usize, const C: usize>(
@@ -345,11 +395,13 @@ mod avx2 {
         k: usize,
         w: *const f32,
         stride: usize,
+        init: *const f32,
     ) {
         let mut acc = [[_mm256_setzero_ps(); C]; R];
         for (r, row) in acc.iter_mut().enumerate() {
+            let from = if init.is_null() { o.add(r * n) } else { init };
             for (c, a) in row.iter_mut().enumerate() {
-                *a = _mm256_loadu_ps(o.add(r * n + 8 * c));
+                *a = _mm256_loadu_ps(from.add(8 * c));
             }
         }
         for kk in 0..k {
@@ -416,38 +468,55 @@ mod avx512 {
     /// take the AVX2 code). Caller guarantees AVX-512F, AVX2 + FMA and the sizes of
     /// [`super::matmul_packed_strided`].
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn matmul_packed(out: &mut [f32], ldo: usize, x: &[f32], rows: usize, m: &Packed) {
+    pub unsafe fn matmul_packed(
+        out: &mut [f32],
+        ldo: usize,
+        x: &[f32],
+        rows: usize,
+        m: &Packed,
+        bias: *const f32,
+    ) {
         let (k, n) = (m.rows, m.cols);
         let mut panel = m.data().as_ptr();
         for start in (0..n).step_by(PANEL) {
             let width = (n - start).min(PANEL);
             if width == PANEL {
                 let (o, xp) = (out.as_mut_ptr(), x.as_ptr());
+                let init = super::offset(bias, start);
                 let mut r = 0;
                 while r + ROWS <= rows {
-                    block::<ROWS>(o.add(r * ldo + start), ldo, xp.add(r * k), k, panel);
+                    block::<ROWS>(o.add(r * ldo + start), ldo, xp.add(r * k), k, panel, init);
                     r += ROWS;
                 }
                 while r < rows {
-                    block::<1>(o.add(r * ldo + start), ldo, xp.add(r * k), k, panel);
+                    block::<1>(o.add(r * ldo + start), ldo, xp.add(r * k), k, panel, init);
                     r += 1;
                 }
             } else {
-                super::avx2::panel_product(out, ldo, x, rows, m, start, panel, width);
+                super::avx2::panel_product(out, ldo, x, rows, m, start, panel, width, bias);
             }
             panel = panel.add(width * k);
         }
     }
 
-    /// `R` rows x one whole panel: `o[r*n + c] += Σ_kk x[r*k + kk] · w[kk*PANEL + c]`.
+    /// `R` rows x one whole panel: `o[r*n + c] = s[r*n + c] + Σ_kk x[r*k + kk] · w[kk*PANEL + c]`,
+    /// `s` being `o` itself, or every row of `init` when that is not null.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn block<const R: usize>(o: *mut f32, n: usize, x: *const f32, k: usize, w: *const f32) {
+    unsafe fn block<const R: usize>(
+        o: *mut f32,
+        n: usize,
+        x: *const f32,
+        k: usize,
+        w: *const f32,
+        init: *const f32,
+    ) {
         const C: usize = PANEL / 16;
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         for (r, row) in acc.iter_mut().enumerate() {
+            let from = if init.is_null() { o.add(r * n) } else { init };
             for (c, a) in row.iter_mut().enumerate() {
-                *a = _mm512_loadu_ps(o.add(r * n + 16 * c));
+                *a = _mm512_loadu_ps(from.add(16 * c));
             }
         }
         for kk in 0..k {
@@ -523,8 +592,16 @@ mod neon {
         }
     }
 
-    /// Caller guarantees the sizes of [`super::matmul_packed_strided`].
-    pub unsafe fn matmul_packed(out: &mut [f32], ldo: usize, x: &[f32], rows: usize, m: &Packed) {
+    /// Caller guarantees the sizes of [`super::matmul_packed_strided`]; `bias` null
+    /// (accumulate into `out`) or `m.cols` floats to start each row from.
+    pub unsafe fn matmul_packed(
+        out: &mut [f32],
+        ldo: usize,
+        x: &[f32],
+        rows: usize,
+        m: &Packed,
+        bias: *const f32,
+    ) {
         let (k, n) = (m.rows, m.cols);
         let (o, xp) = (out.as_mut_ptr(), x.as_ptr());
         let mut panel = m.data().as_ptr();
@@ -533,41 +610,43 @@ mod neon {
             let mut j = 0;
             while j + 16 <= width {
                 let (col, w) = (start + j, panel.add(j));
+                let init = super::offset(bias, col);
                 let mut r = 0;
                 while r + ROWS <= rows {
-                    block::<ROWS, 4>(o.add(r * ldo + col), ldo, xp.add(r * k), k, w, width);
+                    block::<ROWS, 4>(o.add(r * ldo + col), ldo, xp.add(r * k), k, w, width, init);
                     r += ROWS;
                 }
                 while r < rows {
-                    block::<1, 4>(o.add(r * ldo + col), ldo, xp.add(r * k), k, w, width);
+                    block::<1, 4>(o.add(r * ldo + col), ldo, xp.add(r * k), k, w, width, init);
                     r += 1;
                 }
                 j += 16;
             }
             while j + 4 <= width {
+                let (col, w) = (start + j, panel.add(j));
+                let init = super::offset(bias, col);
                 for r in 0..rows {
-                    block::<1, 1>(
-                        o.add(r * ldo + start + j),
-                        ldo,
-                        xp.add(r * k),
-                        k,
-                        panel.add(j),
-                        width,
-                    );
+                    block::<1, 1>(o.add(r * ldo + col), ldo, xp.add(r * k), k, w, width, init);
                 }
                 j += 4;
             }
             for jj in j..width {
                 for (r, xr) in x.chunks_exact(k).enumerate() {
-                    super::fused_column(&mut out[r * ldo + start + jj], xr, panel, width, jj);
+                    let o = &mut out[r * ldo + start + jj];
+                    if !bias.is_null() {
+                        *o = *bias.add(start + jj);
+                    }
+                    super::fused_column(o, xr, panel, width, jj);
                 }
             }
             panel = panel.add(width * k);
         }
     }
 
-    /// `R` rows x `4*C` columns: `o[r*n + c] += Σ_kk x[r*k + kk] · w[kk*stride + c]`.
+    /// `R` rows x `4*C` columns: `o[r*n + c] = s[r*n + c] + Σ_kk x[r*k + kk] · w[kk*stride + c]`,
+    /// `s` being `o` itself, or every row of `init` when that is not null.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn block<const R: usize, const C: usize>(
         o: *mut f32,
         n: usize,
@@ -575,11 +654,13 @@ mod neon {
         k: usize,
         w: *const f32,
         stride: usize,
+        init: *const f32,
     ) {
         let mut acc = [[vdupq_n_f32(0.0); C]; R];
         for (r, row) in acc.iter_mut().enumerate() {
+            let from = if init.is_null() { o.add(r * n) } else { init };
             for (c, a) in row.iter_mut().enumerate() {
-                *a = vld1q_f32(o.add(r * n + 4 * c));
+                *a = vld1q_f32(from.add(4 * c));
             }
         }
         for kk in 0..k {
@@ -634,8 +715,9 @@ mod tests {
                     let (mut wide, mut narrow) = (base.clone(), base.clone());
                     // SAFETY: the CPU has the features (checked just above); sizes as built.
                     unsafe {
-                        avx512::matmul_packed(&mut wide, cols, &xs, n_rows, &packed);
-                        avx2::matmul_packed(&mut narrow, cols, &xs, n_rows, &packed);
+                        let none = std::ptr::null();
+                        avx512::matmul_packed(&mut wide, cols, &xs, n_rows, &packed, none);
+                        avx2::matmul_packed(&mut narrow, cols, &xs, n_rows, &packed, none);
                     }
                     assert_eq!(wide, narrow, "{rows}x{cols}, {n_rows} rows");
                 }
@@ -672,7 +754,7 @@ mod tests {
     type Tier = (
         &'static str,
         unsafe fn(&mut [f32], &[f32], &Packed, bool),
-        unsafe fn(&mut [f32], usize, &[f32], usize, &Packed),
+        unsafe fn(&mut [f32], usize, &[f32], usize, &Packed, *const f32),
     );
 
     /// Every SIMD tier this CPU has: AVX2 + FMA and AVX-512 on x86-64, NEON on aarch64.
@@ -701,9 +783,9 @@ mod tests {
     }
 
     /// Every SIMD tier's products against `f32::mul_add` over k in order: the same bits, for
-    /// vector products in both panel orders and blocked products over 1, 7 and 13 rows, on
-    /// full panels, partial panels and scalar tails. So every tier gives the same bits as
-    /// every other.
+    /// vector products in both panel orders and blocked products over 1, 7 and 13 rows (into
+    /// rows a stride apart, and starting from a bias), on full panels, partial panels and
+    /// scalar tails. So every tier gives the same bits as every other.
     #[test]
     fn every_simd_tier_matches_the_fused_loop_bit_for_bit() {
         let tiers = simd_tiers();
@@ -741,11 +823,26 @@ mod tests {
                 for (o, x) in want.chunks_exact_mut(cols).zip(xs.chunks_exact(rows)) {
                     fused(o, x);
                 }
+                // Every row starting from one bias row instead of from the output.
+                let bias: Vec<f32> = (0..cols).map(|_| next()).collect();
+                let mut want_biased = bias.repeat(n_rows);
+                for (o, x) in want_biased
+                    .chunks_exact_mut(cols)
+                    .zip(xs.chunks_exact(rows))
+                {
+                    fused(o, x);
+                }
+                let none = std::ptr::null();
                 for (name, matvec, matmul) in &tiers {
                     let mut blocked = base.clone();
                     // SAFETY: the CPU has the tier's features (`simd_tiers`); sizes as built.
-                    unsafe { matmul(&mut blocked, cols, &xs, n_rows, &packed) };
+                    unsafe { matmul(&mut blocked, cols, &xs, n_rows, &packed, none) };
                     assert_eq!(blocked, want, "{name}: {rows}x{cols}, {n_rows} rows");
+                    // The output's old contents (NaN) must not be read.
+                    let mut biased = vec![f32::NAN; n_rows * cols];
+                    // SAFETY: as above, and `bias` holds `cols` floats.
+                    unsafe { matmul(&mut biased, cols, &xs, n_rows, &packed, bias.as_ptr()) };
+                    assert_eq!(biased, want_biased, "{name}: from the bias");
                     // Output rows 3 floats apart more than the width: the gaps keep their
                     // values (NaN here), the rows get the same bits.
                     let ldo = cols + 3;
@@ -754,7 +851,7 @@ mod tests {
                         strided[r * ldo..r * ldo + cols].copy_from_slice(row);
                     }
                     // SAFETY: as above.
-                    unsafe { matmul(&mut strided, ldo, &xs, n_rows, &packed) };
+                    unsafe { matmul(&mut strided, ldo, &xs, n_rows, &packed, none) };
                     for (r, row) in want.chunks_exact(cols).enumerate() {
                         assert_eq!(&strided[r * ldo..r * ldo + cols], row, "{name}: strided");
                         let gap = &strided[(r * ldo + cols).min(strided.len())..];

@@ -542,11 +542,11 @@ fn input_projection(out: &mut [f32], x: &[f32], input: usize, dw: &DirectionWeig
     }
     let rows = x.len() / input;
     if rows >= GEMM_ROWS {
-        out.chunks_exact_mut(gh)
-            .for_each(|row| row.copy_from_slice(&dw.bias));
-        if linalg::matmul_packed(out, x, &dw.w_packed) {
+        if linalg::matmul_packed_onto_bias(out, x, &dw.w_packed, &dw.bias) {
             return;
         }
+        out.chunks_exact_mut(gh)
+            .for_each(|row| row.copy_from_slice(&dw.bias));
         let x = ArrayView2::from_shape((rows, input), x).expect("rows of x");
         let mut out2 = ndarray::ArrayViewMut2::from_shape((rows, gh), out).expect("rows of out");
         ndarray::linalg::general_mat_mul(1.0, &x, &dw.w_t, 1.0, &mut out2);
