@@ -1,6 +1,6 @@
 //! Min-of-N timings of one streamed step and of a whole sequence (robust to a busy machine):
-//! raw kernels vs the tract backend, and the whole sequence on ONNX Runtime's CPU provider
-//! next to it. `cargo run --release --example step_floor` (ONNX Runtime from
+//! raw kernels vs the tract backend and a streaming session, and the whole sequence on ONNX
+//! Runtime's CPU provider next to it. `cargo run --release --example step_floor` (ONNX Runtime from
 //! `bash scripts/fetch-ort.sh`).
 use std::path::Path;
 use std::time::Instant;
@@ -205,4 +205,22 @@ fn main() {
     }
     println!("tract backend run only:               {}", stats(times_run));
     println!("tract backend step incl. checks:      {}", stats(times));
+
+    // The same model through a streaming session: the state stays in the session, the caller
+    // feeds the sample (the whole-sequence model, as `benches/cpu.rs` streams it).
+    let seq_model = Model::load(&root.join("models/bench/lstm2x64_seq.onnx")).unwrap();
+    let xs = recur::tensor::read_npy(&root.join("models/bench/x_100x1x8.npy")).unwrap();
+    let mut session =
+        recur::stream::Session::new(&seq_model, BackendKind::Tract, &BackendOptions::default())
+            .unwrap();
+    let steps: Vec<Vec<(String, HostTensor)>> = (0..100)
+        .map(|t| vec![("X".to_string(), recur::stream::slice(&xs, 0, t, t + 1))])
+        .collect();
+    let mut times = vec![];
+    for i in 0..20000 {
+        let t = Instant::now();
+        std::hint::black_box(session.feed(&steps[i % 100]).unwrap());
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    println!("one step through a streaming session: {}", stats(times));
 }
