@@ -232,6 +232,35 @@ fn panels(m: &Packed, backwards: bool) -> impl Iterator<Item = (usize, usize, &[
     })
 }
 
+/// A blocked product's last columns of a panel, `from..width`, one at a time for every row
+/// of `x` (`k` wide), starting from `out` or, when `bias` is not null, from the bias.
+///
+/// Safety: the sizes of [`matmul_packed_strided`]; `panel` the weights of the panel starting
+/// at column `start`, `width` wide; `bias` null or `m.cols` floats.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tail_columns(
+    out: &mut [f32],
+    ldo: usize,
+    x: &[f32],
+    k: usize,
+    start: usize,
+    panel: *const f32,
+    width: usize,
+    from: usize,
+    bias: *const f32,
+) {
+    for j in from..width {
+        for (r, xr) in x.chunks_exact(k).enumerate() {
+            let o = &mut out[r * ldo + start + j];
+            if !bias.is_null() {
+                *o = *bias.add(start + j);
+            }
+            fused_column(o, xr, panel, width, j);
+        }
+    }
+}
+
 /// `p + at` floats, or null when `p` is null (a blocked product's "no bias").
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(always)]
@@ -344,15 +373,7 @@ mod avx2 {
             row_blocks::<1>(out, x, rows, k, ldo, start + j, panel.add(j), width, init);
             j += 8;
         }
-        for jj in j..width {
-            for (r, xr) in x.chunks_exact(k).enumerate() {
-                let o = &mut out[r * ldo + start + jj];
-                if !bias.is_null() {
-                    *o = *bias.add(start + jj);
-                }
-                super::fused_column(o, xr, panel, width, jj);
-            }
-        }
+        super::tail_columns(out, ldo, x, k, start, panel, width, j, bias);
     }
 
     /// Every row of `x` against `8*C` columns (`col` in `out`, `w` in the panel, starting from
@@ -630,15 +651,7 @@ mod neon {
                 }
                 j += 4;
             }
-            for jj in j..width {
-                for (r, xr) in x.chunks_exact(k).enumerate() {
-                    let o = &mut out[r * ldo + start + jj];
-                    if !bias.is_null() {
-                        *o = *bias.add(start + jj);
-                    }
-                    super::fused_column(o, xr, panel, width, jj);
-                }
-            }
+            super::tail_columns(out, ldo, x, k, start, panel, width, j, bias);
             panel = panel.add(width * k);
         }
     }
