@@ -26,6 +26,15 @@ pub enum HostTensor {
 }
 
 impl HostTensor {
+    /// Moves the tensor out, leaving an empty float tensor (no allocation) in its place: for
+    /// outputs read by value out of a list that is still borrowed.
+    pub fn take(&mut self) -> HostTensor {
+        std::mem::replace(
+            self,
+            HostTensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[0]))),
+        )
+    }
+
     /// The tensor's shape.
     pub fn shape(&self) -> &[usize] {
         match self {

@@ -583,13 +583,26 @@ fn state_carried_in_place_equals_state_fed_as_inputs_bit_for_bit() {
                 user_outputs: &plan.user_outputs,
             }
         }
-        let out_a = first_a
-            .run_carried(head.clone(), carried(&plan, &mut state_a))
-            .unwrap();
-        let out_b =
-            run_carried_as_inputs(&mut first_b, head, carried(&plan, &mut state_b)).unwrap();
-        assert_eq!(out_a, out_b, "{}: first chunk's outputs", case.id());
-        assert_eq!(state_a, state_b, "{}: first chunk's state", case.id());
+        // One chunk both ways: in place on `a`, as inputs on `b`; the same outputs and state.
+        let both = |a: &mut TractBackend,
+                    b: &mut TractBackend,
+                    fed: CheckedInputs,
+                    state_a: &mut Vec<HostTensor>,
+                    state_b: &mut Vec<HostTensor>,
+                    what: &str| {
+            let out_a = a.run_carried(fed.clone(), carried(&plan, state_a)).unwrap();
+            let out_b = run_carried_as_inputs(b, fed, carried(&plan, state_b)).unwrap();
+            assert_eq!(out_a, out_b, "{}: {what}: outputs", case.id());
+            assert_eq!(state_a, state_b, "{}: {what}: state", case.id());
+        };
+        both(
+            &mut first_a,
+            &mut first_b,
+            head,
+            &mut state_a,
+            &mut state_b,
+            "first chunk",
+        );
         let runs_before = carry_a.step_path_runs();
         let mut start = 1;
         let mut sizes = [1, 3].into_iter().cycle();
@@ -598,13 +611,15 @@ fn state_carried_in_place_equals_state_fed_as_inputs_bit_for_bit() {
             let Ok(fed) = chunk(&carry, start, end) else {
                 break;
             };
-            let out_a = carry_a
-                .run_carried(fed.clone(), carried(&plan, &mut state_a))
-                .unwrap();
-            let out_b =
-                run_carried_as_inputs(&mut carry_b, fed, carried(&plan, &mut state_b)).unwrap();
-            assert_eq!(out_a, out_b, "{}: steps {start}..{end}", case.id());
-            assert_eq!(state_a, state_b, "{}: state after {end}", case.id());
+            let what = format!("steps {start}..{end}");
+            both(
+                &mut carry_a,
+                &mut carry_b,
+                fed,
+                &mut state_a,
+                &mut state_b,
+                &what,
+            );
             start = end;
         }
         if carry_a.step_path_runs() > runs_before {

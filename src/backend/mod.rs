@@ -91,11 +91,7 @@ pub fn run_carried_as_inputs<B: Backend + ?Sized>(
             .iter_mut()
             .find(|(n, _)| n == name)
             .ok_or_else(|| RecurError::Usage(format!("streaming: output '{name}' missing")))?;
-        Ok(if copy {
-            t.clone()
-        } else {
-            std::mem::replace(t, HostTensor::F32(ndarray::ArrayD::zeros(vec![0])))
-        })
+        Ok(if copy { t.clone() } else { t.take() })
     };
     let returned = user_outputs
         .iter()

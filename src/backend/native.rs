@@ -287,28 +287,26 @@ impl NativePlan {
                 wires.len()
             ));
         }
-        let state_in = |name: &str| {
-            wires
-                .iter()
-                .zip(values.iter())
-                .find(|(w, _)| fed && w.input == name)
-                .map(|(w, v)| (w.input.as_str(), v))
+        // A carry model declares the user's inputs first, then the state in wire order: each
+        // input is looked for where it should be, then by name.
+        let n_user = user.tensors.len();
+        let state_in = |w: usize| {
+            let wire = wires.get(w).filter(|_| fed)?;
+            Some((wire.input.as_str(), &values[w]))
+        };
+        let at = |k: usize| match k.checked_sub(n_user) {
+            None => user.tensors.get(k).map(as_pair),
+            Some(w) => state_in(w),
         };
         let mut ordered = Vec::with_capacity(self.inputs.len());
         for (k, (name, _)) in self.inputs.iter().enumerate() {
-            // A carry model declares the user's inputs first, then the state in wire order:
-            // each input is looked for where it should be, then anywhere.
-            let n_user = user.tensors.len();
-            let guess = match k.checked_sub(n_user) {
-                None => user.tensors.get(k).filter(|(n, _)| n == name).map(as_pair),
-                Some(w) => wires
-                    .get(w)
-                    .filter(|wire| fed && wire.input == *name)
-                    .map(|wire| (wire.input.as_str(), &values[w])),
-            };
-            let found = guess
-                .or_else(|| user.tensors.iter().find(|(n, _)| n == name).map(as_pair))
-                .or_else(|| state_in(name))
+            let found = at(k)
+                .filter(|(n, _)| n == name)
+                .or_else(|| {
+                    (0..n_user + wires.len())
+                        .filter_map(at)
+                        .find(|(n, _)| n == name)
+                })
                 .ok_or_else(|| format!("graph input '{name}' is neither given nor carried"))?;
             ordered.push(found);
         }
@@ -526,7 +524,7 @@ impl Produced<'_> {
     /// reading).
     fn into_tensor(self) -> HostTensor {
         match self {
-            Produced::Owned(t) => std::mem::replace(t, HostTensor::F32(ArrayD::zeros(IxDyn(&[0])))),
+            Produced::Owned(t) => t.take(),
             copied => copied.to_tensor(),
         }
     }
