@@ -34,7 +34,6 @@ impl State {
 
 /// Per-step working memory, allocated once per layer run.
 pub struct Scratch {
-    gates: Vec<f32>,
     extra: Vec<f32>,
     /// A batched GRU step's vectors for its h gate's recurrent product, the one it takes or
     /// the one it gives (`[B, H]`); sized on first use.
@@ -45,15 +44,9 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// Where [`Step::run_on_gates`] takes the pre-activation (`[gates]`).
-    pub fn gates_mut(&mut self) -> &mut [f32] {
-        &mut self.gates
-    }
-
-    /// Room for `gates` pre-activations and one hidden-sized vector.
-    pub fn new(gates: usize, hidden: usize) -> Self {
+    /// Room for one hidden-sized vector.
+    pub fn new(hidden: usize) -> Self {
         Scratch {
-            gates: vec![0.0; gates],
             extra: vec![0.0; hidden],
             batch_rh: Vec::new(),
             backwards: false,
@@ -102,19 +95,12 @@ impl<'a> Step<'a> {
         }
     }
 
-    /// Advances batch entry `b` by one step; `pre` is `X_t · Wᵀ + biases` for it.
+    /// Advances batch entry `b` by one step. `gates` holds `X_t · Wᵀ + biases` for it on
+    /// entry and is worked on in place (the recurrent products accumulate into it), so the
+    /// caller's input projection is read where it lies, never copied.
     #[inline(always)]
-    pub fn run(&self, pre: &[f32], state: &mut State, b: usize, scratch: &mut Scratch) {
-        scratch.gates.copy_from_slice(pre);
-        self.run_on_gates(state, b, scratch);
-    }
-
-    /// [`Self::run`] with the pre-activation already in [`Scratch::gates_mut`] (a single
-    /// sequence's step projects its input there directly).
-    #[inline(always)]
-    pub fn run_on_gates(&self, state: &mut State, b: usize, scratch: &mut Scratch) {
+    pub fn run(&self, gates: &mut [f32], state: &mut State, b: usize, scratch: &mut Scratch) {
         let h = self.hidden;
-        let gates = &mut scratch.gates;
         let mut h_row = state.h.row_mut(b);
         let h_prev = h_row.as_slice_mut().expect("row-major");
         let r_packed = &self.weights.r_packed;

@@ -344,7 +344,7 @@ fn run_ordered(
             state.c.assign(&c0.index_axis(Axis(0), d));
         }
         let step = cell::Step::new(spec, dw, &spec.activations[d]);
-        let mut scratch = cell::Scratch::new(spec.cell.gates() * h, h);
+        let mut scratch = cell::Scratch::new(h);
         let mask = keras.as_ref().map(|k| {
             assert_eq!(k.mask.dim(), (t_len, batch), "mask is [T, B]");
             let mut last = Array2::zeros((batch, h));
@@ -363,7 +363,6 @@ fn run_ordered(
                 .as_ref()
                 .map(|m| m.as_slice().expect("standard layout")),
             step: &step,
-            xproj: &xproj,
             gates_width: gh,
             lengths,
             reverse,
@@ -373,7 +372,13 @@ fn run_ordered(
             batch_major_x,
             batch_major_y,
         };
-        steps.run_dispatched(&mut state, &mut scratch, &mut y, last_output.as_mut());
+        steps.run_dispatched(
+            &mut xproj,
+            &mut state,
+            &mut scratch,
+            &mut y,
+            last_output.as_mut(),
+        );
         y_h.index_axis_mut(Axis(0), d).assign(&state.h);
         y_c.index_axis_mut(Axis(0), d).assign(&state.c);
         if d == 0 {
@@ -388,7 +393,6 @@ struct Steps<'a> {
     step: &'a cell::Step<'a>,
     /// Keras mask `[T*B]`: a false entry skips the step and repeats the last output.
     mask: Option<&'a [bool]>,
-    xproj: &'a [f32],
     gates_width: usize,
     lengths: &'a [usize],
     reverse: bool,
@@ -404,9 +408,11 @@ struct Steps<'a> {
 
 impl Steps<'_> {
     /// Runs the loop, compiled for AVX2 + FMA when the CPU has them (the cell's element-wise
-    /// work then vectorises 8 wide).
+    /// work then vectorises 8 wide). `xproj` holds every step's input projection, rows of
+    /// `gates_width`, and is used up: each row becomes its step's gates in place.
     fn run_dispatched(
         &self,
+        xproj: &mut [f32],
         state: &mut cell::State,
         scratch: &mut cell::Scratch,
         y: &mut Array3<f32>,
@@ -416,28 +422,30 @@ impl Steps<'_> {
         {
             if avx2_fma() {
                 // SAFETY: the CPU supports the features the function is compiled for.
-                unsafe { self.run_avx2(state, scratch, y, last) };
+                unsafe { self.run_avx2(xproj, state, scratch, y, last) };
                 return;
             }
         }
-        self.run(state, scratch, y, last);
+        self.run(xproj, state, scratch, y, last);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn run_avx2(
         &self,
+        xproj: &mut [f32],
         state: &mut cell::State,
         scratch: &mut cell::Scratch,
         y: &mut Array3<f32>,
         last: Option<&mut Array2<f32>>,
     ) {
-        self.run(state, scratch, y, last)
+        self.run(xproj, state, scratch, y, last)
     }
 
     #[inline(always)]
     fn run(
         &self,
+        xproj: &mut [f32],
         state: &mut cell::State,
         scratch: &mut cell::Scratch,
         y: &mut Array3<f32>,
@@ -450,7 +458,10 @@ impl Steps<'_> {
         // Several sequences at once: one matrix product per recurrent matrix and step for the
         // whole batch (any cell, no Keras mask).
         let batched = self.mask.is_none() && batch >= 4 && self.step.runs_batched();
-        let mut batch_gates = vec![0.0; if batched { batch * gh } else { 0 }];
+        // Batch-first rows of one step lie apart: they are gathered here. Time-major ones lie
+        // together and are worked on in place.
+        let gather = batched && self.batch_major_x;
+        let mut batch_gates = vec![0.0; if gather { batch * gh } else { 0 }];
         let mut active = vec![false; batch];
         for s in 0..self.t_len {
             let t = if self.reverse { self.t_len - 1 - s } else { s };
@@ -458,18 +469,17 @@ impl Steps<'_> {
                 for (on, &len) in active.iter_mut().zip(self.lengths) {
                     *on = t < len;
                 }
-                if self.batch_major_x {
+                let gates = if gather {
                     for (b, g) in batch_gates.chunks_exact_mut(gh).enumerate() {
                         let row = self.xproj_row(t, b);
-                        g.copy_from_slice(&self.xproj[row * gh..(row + 1) * gh]);
+                        g.copy_from_slice(&xproj[row * gh..(row + 1) * gh]);
                     }
+                    &mut batch_gates[..]
                 } else {
-                    // Time-major: the step's rows lie together.
                     let row = self.xproj_row(t, 0);
-                    batch_gates.copy_from_slice(&self.xproj[row * gh..(row + batch) * gh]);
-                }
-                self.step
-                    .run_batch(&mut batch_gates, state, &active, scratch);
+                    &mut xproj[row * gh..(row + batch) * gh]
+                };
+                self.step.run_batch(gates, state, &active, scratch);
                 let h_all = state.h.as_slice().expect("standard layout");
                 if !self.batch_major_y && active.iter().all(|&on| on) {
                     // Time-major Y: this direction's outputs of the step lie together.
@@ -489,19 +499,19 @@ impl Steps<'_> {
                 }
                 // Step (t, b): its input projection row and its place in Y.
                 let row = self.xproj_row(t, b);
-                let pre = &self.xproj[row * gh..(row + 1) * gh];
+                let gates = &mut xproj[row * gh..(row + 1) * gh];
                 let at = self.y_offset(t, b, h);
                 if let (Some(mask), Some(last)) = (self.mask, last.as_deref_mut()) {
                     let last =
                         &mut last.as_slice_mut().expect("standard layout")[b * h..(b + 1) * h];
                     if mask[t * batch + b] {
-                        self.step.run(pre, state, b, scratch);
+                        self.step.run(gates, state, b, scratch);
                         last.copy_from_slice(state.h_row(b));
                     }
                     y[at..at + h].copy_from_slice(last);
                     continue;
                 }
-                self.step.run(pre, state, b, scratch);
+                self.step.run(gates, state, b, scratch);
                 y[at..at + h].copy_from_slice(state.h_row(b));
             }
         }
@@ -585,7 +595,7 @@ impl StepBuffers {
             states: (0..spec.direction.count())
                 .map(|_| cell::State::new(batch, h))
                 .collect(),
-            scratch: cell::Scratch::new(gh, h),
+            scratch: cell::Scratch::new(h),
             xproj: vec![0.0; batch * gh],
             batch,
         }
@@ -672,16 +682,9 @@ fn step_layer_body(
             None => c_state.fill(0.0),
         }
         let step = cell::Step::new(spec, dw, &spec.activations[d]);
-        if b == 1 {
-            // One sequence: its input projection goes straight where the cell reads it.
-            input_projection(buffers.scratch.gates_mut(), x, weights.input, dw);
-            step.run_on_gates(state, 0, &mut buffers.scratch);
-        } else {
-            input_projection(&mut buffers.xproj, x, weights.input, dw);
-            for row in 0..b {
-                let pre = &buffers.xproj[row * gh..(row + 1) * gh];
-                step.run(pre, state, row, &mut buffers.scratch);
-            }
+        input_projection(&mut buffers.xproj, x, weights.input, dw);
+        for (row, gates) in buffers.xproj.chunks_exact_mut(gh).enumerate() {
+            step.run(gates, state, row, &mut buffers.scratch);
         }
         y_h[range.clone()].copy_from_slice(state.h.as_slice().expect("standard layout"));
         y_c[range].copy_from_slice(state.c.as_slice().expect("standard layout"));
