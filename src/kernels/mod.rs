@@ -331,15 +331,11 @@ fn run_ordered(
     let full: Vec<usize> = vec![t_len; batch];
     let lengths = lengths.unwrap_or(&full);
     let gh = spec.cell.gates() * h;
-    let mut pooled = PROJECTION_BUFFER.take();
-    if pooled.len() < t_len * batch * gh {
-        pooled.resize(t_len * batch * gh, 0.0);
-    }
-    let xproj = &mut pooled[..t_len * batch * gh];
+    let mut xproj = vec![0f32; t_len * batch * gh];
     let mut last_of_forward = None;
     for (d, dw) in weights.dirs.iter().enumerate() {
         let reverse = spec.direction == Direction::Reverse || d == 1;
-        input_projection(xproj, x_rows, input, dw);
+        input_projection(&mut xproj, x_rows, input, dw);
         let mut state = cell::State::new(batch, h);
         if let Some(h0) = &initial_h {
             state.h.assign(&h0.index_axis(Axis(0), d));
@@ -377,7 +373,7 @@ fn run_ordered(
             batch_major_y,
         };
         steps.run_dispatched(
-            xproj,
+            &mut xproj,
             &mut state,
             &mut scratch,
             &mut y,
@@ -389,16 +385,7 @@ fn run_ordered(
             last_of_forward = last_output;
         }
     }
-    PROJECTION_BUFFER.set(pooled);
     (LayerOutputs { y, y_h, y_c }, last_of_forward)
-}
-
-thread_local! {
-    /// The input projections' buffer of the last layer run on this thread, kept for the
-    /// next one: a 100-step layer's projection is 100 KiB that would otherwise be zeroed on
-    /// every run only to be overwritten (every element is written by `input_projection`
-    /// before it is read).
-    static PROJECTION_BUFFER: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The time loop of one direction over every batch entry.
