@@ -328,7 +328,7 @@ mod avx2 {
     /// one at a time. Caller guarantees AVX2 + FMA, `width` outputs at `o` and `v.len()` rows
     /// of `width` weights at `panel`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn partial_panel(o: *mut f32, v: &[f32], panel: *const f32, width: usize) {
+    unsafe fn partial_panel(o: *mut f32, v: &[f32], panel: *const f32, width: usize) {
         let mut j = 0;
         while j + 8 <= width {
             panel_band::<1>(o.add(j), v, panel.add(j), width);
@@ -537,7 +537,7 @@ mod avx512 {
     /// [`super::matvec_packed_ordered`] with whole panels in 512-bit registers, two panels
     /// per pass (eight independent sums of 16 lanes keep both FMA units busy where one
     /// panel's four would wait on each other's latency), then a last whole panel alone and a
-    /// partial one through the AVX2 code. Each output is summed over k in order from its old
+    /// partial one in masked registers. Each output is summed over k in order from its old
     /// value, one FMA per term, as in every other tier: the same bits. No software prefetch:
     /// the weights are whole aligned cache lines read in order, and the hardware prefetchers
     /// keep up with 16-lane loads where explicit prefetches only added work (four products of
@@ -568,8 +568,42 @@ mod avx512 {
                 one_panel(oa, v, wa);
             } else {
                 let (oa, wa) = panel(whole);
-                super::avx2::partial_panel(oa, v, wa, partial);
+                match partial.div_ceil(16) {
+                    1 => partial_panel::<1>(oa, v, wa, partial),
+                    2 => partial_panel::<2>(oa, v, wa, partial),
+                    3 => partial_panel::<3>(oa, v, wa, partial),
+                    _ => partial_panel::<4>(oa, v, wa, partial),
+                }
             }
+        }
+    }
+
+    /// A panel narrower than [`PANEL`] (`width` columns, `width <= 16 * N`, rows `width`
+    /// floats apart): `N` sums of 16 lanes, the last one masked to the columns that exist
+    /// (masked lanes are neither loaded, so never fault, nor stored). A GRU(32)'s h gate or
+    /// an RNN(32) is one such panel of 32 columns.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn partial_panel<const N: usize>(o: *mut f32, v: &[f32], w: *const f32, width: usize) {
+        let last: __mmask16 = match width % 16 {
+            0 => 0xffff,
+            rest => (1u16 << rest) - 1,
+        };
+        let mask = |c: usize| if c + 1 == N { last } else { 0xffff };
+        let mut acc = [_mm512_setzero_ps(); N];
+        for (c, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_maskz_loadu_ps(mask(c), o.add(16 * c));
+        }
+        let mut row = w;
+        for &vk in v {
+            let s = _mm512_set1_ps(vk);
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(s, _mm512_maskz_loadu_ps(mask(c), row.add(16 * c)), *a);
+            }
+            row = row.add(width);
+        }
+        for (c, a) in acc.iter().enumerate() {
+            _mm512_mask_storeu_ps(o.add(16 * c), mask(c), *a);
         }
     }
 
@@ -920,6 +954,9 @@ mod tests {
             (13, 131),
             (5, 200),
             (3, 70),
+            // Partial panels of exactly two and three 16-lane registers.
+            (7, 96),
+            (4, 112),
         ] {
             let m = ndarray::Array2::from_shape_fn((rows, cols), |_| next());
             let packed = Packed::new(m.view());
