@@ -319,23 +319,15 @@ mod avx2 {
             if width == PANEL {
                 panel_band::<8>(o, v, panel, PANEL);
             } else {
-                partial_panel(o, v, panel, width);
+                let mut j = 0;
+                while j + 8 <= width {
+                    panel_band::<1>(o.add(j), v, panel.add(j), width);
+                    j += 8;
+                }
+                for jj in j..width {
+                    super::fused_column(o.add(jj), v, panel, width, jj);
+                }
             }
-        }
-    }
-
-    /// The vector product of a panel narrower than [`PANEL`]: eight columns at a time, then
-    /// one at a time. Caller guarantees AVX2 + FMA, `width` outputs at `o` and `v.len()` rows
-    /// of `width` weights at `panel`.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn partial_panel(o: *mut f32, v: &[f32], panel: *const f32, width: usize) {
-        let mut j = 0;
-        while j + 8 <= width {
-            panel_band::<1>(o.add(j), v, panel.add(j), width);
-            j += 8;
-        }
-        for jj in j..width {
-            super::fused_column(o.add(jj), v, panel, width, jj);
         }
     }
 
@@ -537,11 +529,11 @@ mod avx512 {
     /// [`super::matvec_packed_ordered`] with whole panels in 512-bit registers, two panels
     /// per pass (eight independent sums of 16 lanes keep both FMA units busy where one
     /// panel's four would wait on each other's latency), then a last whole panel alone and a
-    /// partial one in masked registers. Each output is summed over k in order from its old
+    /// partial one, its last register masked. Each output is summed over k in order from its old
     /// value, one FMA per term, as in every other tier: the same bits. No software prefetch:
     /// the weights are whole aligned cache lines read in order, and the hardware prefetchers
-    /// keep up with 16-lane loads where explicit prefetches only added work (four products of
-    /// a step 2.1 -> 1.7 us minimum without them, measured against 2.3 with). Caller
+    /// keep up with 16-lane loads where explicit prefetches only added work (the four
+    /// products of a streamed step: median 2.05 us without them, 2.54 us with). Caller
     /// guarantees AVX-512F, AVX2 + FMA, `out.len() == m.cols` and `v.len() == m.rows`.
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub unsafe fn matvec_packed(out: &mut [f32], v: &[f32], m: &Packed, backwards: bool) {
@@ -565,26 +557,27 @@ mod avx512 {
                 two_panels(oa, ob, v, wa, wb);
             } else if pass == pairs && whole % 2 == 1 {
                 let (oa, wa) = panel(whole - 1);
-                one_panel(oa, v, wa);
+                one_panel::<4>(oa, v, wa, PANEL);
             } else {
                 let (oa, wa) = panel(whole);
                 match partial.div_ceil(16) {
-                    1 => partial_panel::<1>(oa, v, wa, partial),
-                    2 => partial_panel::<2>(oa, v, wa, partial),
-                    3 => partial_panel::<3>(oa, v, wa, partial),
-                    _ => partial_panel::<4>(oa, v, wa, partial),
+                    1 => one_panel::<1>(oa, v, wa, partial),
+                    2 => one_panel::<2>(oa, v, wa, partial),
+                    3 => one_panel::<3>(oa, v, wa, partial),
+                    _ => one_panel::<4>(oa, v, wa, partial),
                 }
             }
         }
     }
 
-    /// A panel narrower than [`PANEL`] (`width` columns, `width <= 16 * N`, rows `width`
-    /// floats apart): `N` sums of 16 lanes, the last one masked to the columns that exist
-    /// (masked lanes are neither loaded, so never fault, nor stored). A GRU(32)'s h gate or
-    /// an RNN(32) is one such panel of 32 columns.
+    /// One panel's outputs at `o` from `v.len()` rows of weights at `w`, `width` columns
+    /// (rows `width` floats apart, `16 * (N - 1) < width <= 16 * N`): `N` sums of 16 lanes,
+    /// the last one masked to the columns that exist (masked lanes are neither loaded, so
+    /// never fault, nor stored). A whole panel is `N = 4`, `width = PANEL`; a GRU(32)'s h
+    /// gate or an RNN(32) is a partial one of 32 columns.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn partial_panel<const N: usize>(o: *mut f32, v: &[f32], w: *const f32, width: usize) {
+    unsafe fn one_panel<const N: usize>(o: *mut f32, v: &[f32], w: *const f32, width: usize) {
         let last: __mmask16 = match width % 16 {
             0 => 0xffff,
             rest => (1u16 << rest) - 1,
@@ -604,28 +597,6 @@ mod avx512 {
         }
         for (c, a) in acc.iter().enumerate() {
             _mm512_mask_storeu_ps(o.add(16 * c), mask(c), *a);
-        }
-    }
-
-    /// One whole panel's 64 outputs at `o` from `v.len()` rows of weights at `w`.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn one_panel(o: *mut f32, v: &[f32], w: *const f32) {
-        const C: usize = PANEL / 16;
-        let mut acc = [_mm512_setzero_ps(); C];
-        for (c, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_loadu_ps(o.add(16 * c));
-        }
-        let mut row = w;
-        for &vk in v {
-            let s = _mm512_set1_ps(vk);
-            for (c, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(s, _mm512_loadu_ps(row.add(16 * c)), *a);
-            }
-            row = row.add(PANEL);
-        }
-        for (c, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(o.add(16 * c), *a);
         }
     }
 
