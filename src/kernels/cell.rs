@@ -3,7 +3,7 @@
 use ndarray::Array2;
 
 use super::activation::{lstm_default_cell, Act};
-use super::linalg::matvec_packed_ordered;
+use super::linalg::{matvec_packed_ordered, matvec_sum_packed_ordered};
 use super::{DirectionWeights, LayerSpec};
 use crate::ir::{Activation, ActivationKind, Cell};
 
@@ -100,47 +100,107 @@ impl<'a> Step<'a> {
     /// caller's input projection is read where it lies, never copied.
     #[inline(always)]
     pub fn run(&self, gates: &mut [f32], state: &mut State, b: usize, scratch: &mut Scratch) {
+        scratch.backwards = !scratch.backwards;
+        let backwards = scratch.backwards;
+        match self.cell {
+            Cell::Rnn | Cell::Lstm { .. } => {
+                let h_prev = state.h_row(b);
+                matvec_packed_ordered(gates, h_prev, &self.weights.r_packed[0], backwards);
+                self.rnn_or_lstm_cell(gates, state, b, scratch);
+            }
+            Cell::Gru {
+                linear_before_reset,
+            } => self.gru_step(linear_before_reset, gates, state, b, scratch),
+        }
+    }
+
+    /// [`Self::run`] from batch entry `b`'s input `x` (one row, the layer's input size) rather
+    /// than its projection: a streamed step's form. An LSTM's or RNN's gates are
+    /// `bias + x · Wᵀ + h · Rᵀ` in one pass over both matrices (the sums stay in registers
+    /// between them; the same bits as projecting first); a GRU's reset gate sits between its
+    /// recurrent products, so it projects `x` first. `gates` is working memory of the
+    /// gates' size.
+    #[inline(always)]
+    pub fn run_from_input(
+        &self,
+        x: &[f32],
+        gates: &mut [f32],
+        state: &mut State,
+        b: usize,
+        scratch: &mut Scratch,
+    ) {
+        let weights = self.weights;
+        if let Cell::Gru { .. } = self.cell {
+            gates.copy_from_slice(&weights.bias);
+            super::linalg::matvec_packed(gates, x, &weights.w_packed);
+            self.run(gates, state, b, scratch);
+            return;
+        }
+        scratch.backwards = !scratch.backwards;
+        let terms = [
+            (x, &weights.w_packed),
+            (state.h_row(b), &weights.r_packed[0]),
+        ];
+        matvec_sum_packed_ordered(gates, &weights.bias, &terms, scratch.backwards);
+        self.rnn_or_lstm_cell(gates, state, b, scratch);
+    }
+
+    /// An RNN's or LSTM's cell from its complete pre-activations `gates`: entry `b`'s new
+    /// state in place.
+    #[inline(always)]
+    fn rnn_or_lstm_cell(
+        &self,
+        gates: &mut [f32],
+        state: &mut State,
+        b: usize,
+        scratch: &mut Scratch,
+    ) {
+        let mut h_row = state.h.row_mut(b);
+        let h_prev = h_row.as_slice_mut().expect("row-major");
+        if self.cell == Cell::Rnn {
+            self.rnn_cell(gates, h_prev);
+        } else {
+            let mut c_row = state.c.row_mut(b);
+            let c = c_row.as_slice_mut().expect("row-major");
+            self.lstm_cell(gates, c, h_prev, &mut scratch.extra);
+        }
+    }
+
+    /// A GRU's step from its input projection `gates`: the z and r gates' recurrent product,
+    /// the reset gate, the h gate's product, the new state.
+    #[inline(always)]
+    fn gru_step(
+        &self,
+        linear_before_reset: bool,
+        gates: &mut [f32],
+        state: &mut State,
+        b: usize,
+        scratch: &mut Scratch,
+    ) {
         let h = self.hidden;
         let mut h_row = state.h.row_mut(b);
         let h_prev = h_row.as_slice_mut().expect("row-major");
         let r_packed = &self.weights.r_packed;
-        scratch.backwards = !scratch.backwards;
         let backwards = scratch.backwards;
         let matvec_packed =
             |out: &mut [f32], v: &[f32], m| matvec_packed_ordered(out, v, m, backwards);
-        match self.cell {
-            Cell::Rnn => {
-                matvec_packed(gates, h_prev, &r_packed[0]);
-                self.rnn_cell(gates, h_prev);
-            }
-            Cell::Lstm { .. } => {
-                matvec_packed(gates, h_prev, &r_packed[0]);
-                let mut c_row = state.c.row_mut(b);
-                let c = c_row.as_slice_mut().expect("row-major");
-                self.lstm_cell(gates, c, h_prev, &mut scratch.extra);
-            }
-            Cell::Gru {
-                linear_before_reset,
-            } => {
-                // Gate order in ONNX: z, r, h.
-                let (zr, h_g) = gates.split_at_mut(2 * h);
-                let rh = &mut scratch.extra;
-                matvec_packed(zr, h_prev, &r_packed[0]);
-                if linear_before_reset {
-                    // h~ = g(X·Whᵀ + Wbh + r ⊙ (H·Rhᵀ + Rbh))
-                    rh.copy_from_slice(&self.weights.rb_h);
-                    matvec_packed(rh, h_prev, &r_packed[1]);
-                    self.gru_gates(zr);
-                    self.gru_reset_after(zr, rh, h_g);
-                } else {
-                    // h~ = g(X·Whᵀ + Wbh + Rbh + (r ⊙ H)·Rhᵀ)
-                    self.gru_gates(zr);
-                    gru_reset_before(zr, h_prev, rh);
-                    matvec_packed(h_g, rh, &r_packed[1]);
-                }
-                self.gru_update(zr, h_g, h_prev);
-            }
+        // Gate order in ONNX: z, r, h.
+        let (zr, h_g) = gates.split_at_mut(2 * h);
+        let rh = &mut scratch.extra;
+        matvec_packed(zr, h_prev, &r_packed[0]);
+        if linear_before_reset {
+            // h~ = g(X·Whᵀ + Wbh + r ⊙ (H·Rhᵀ + Rbh))
+            rh.copy_from_slice(&self.weights.rb_h);
+            matvec_packed(rh, h_prev, &r_packed[1]);
+            self.gru_gates(zr);
+            self.gru_reset_after(zr, rh, h_g);
+        } else {
+            // h~ = g(X·Whᵀ + Wbh + Rbh + (r ⊙ H)·Rhᵀ)
+            self.gru_gates(zr);
+            gru_reset_before(zr, h_prev, rh);
+            matvec_packed(h_g, rh, &r_packed[1]);
         }
+        self.gru_update(zr, h_g, h_prev);
     }
 
     /// RNN: `h = f(gates)` (`gates` holding all of the pre-activation).

@@ -120,6 +120,46 @@ pub fn matvec_packed_ordered(out: &mut [f32], v: &[f32], m: &Packed, backwards: 
     packed_generic(out, v, m);
 }
 
+/// `out[j] = init[j] + Σ_t Σ_k v_t[k] · m_t[k, j]`: a streamed step's gates from its bias,
+/// its input's product and its state's product (`[(x, W), (h, R)]`). The same bits as
+/// copying `init` into `out` and taking one [`matvec_packed_ordered`] per term in order; with
+/// AVX-512 the sums stay in registers from one matrix to the next, so the gates are written
+/// once instead of being copied, stored and read back between the products. Every term's
+/// matrix has `out.len()` columns and its vector's length in rows.
+pub fn matvec_sum_packed_ordered(
+    out: &mut [f32],
+    init: &[f32],
+    terms: &[(&[f32], &Packed)],
+    backwards: bool,
+) {
+    assert!(
+        init.len() == out.len()
+            && terms
+                .iter()
+                .all(|(v, m)| m.cols == out.len() && v.len() == m.rows),
+        "matvec_sum: output of {}, start of {}, terms {:?}",
+        out.len(),
+        init.len(),
+        terms
+            .iter()
+            .map(|(v, m)| (v.len(), m.rows, m.cols))
+            .collect::<Vec<_>>()
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::avx512() && !terms.is_empty() {
+            // SAFETY: the CPU supports the features the function is compiled for, and the
+            // sizes were checked above.
+            unsafe { avx512::matvec_sum(out.as_mut_ptr(), init.as_ptr(), terms, backwards) };
+            return;
+        }
+    }
+    out.copy_from_slice(init);
+    for (v, m) in terms {
+        matvec_packed_ordered(out, v, m, backwards);
+    }
+}
+
 /// Whether [`matmul_packed`] has a kernel on this CPU.
 pub fn has_blocked_matmul() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -526,22 +566,39 @@ mod avx512 {
         }
     }
 
-    /// [`super::matvec_packed_ordered`] with whole panels in 512-bit registers, two panels
-    /// per pass (eight independent sums of 16 lanes keep both FMA units busy where one
-    /// panel's four would wait on each other's latency), then a last whole panel alone and a
-    /// partial one, its last register masked. Each output is summed over k in order from its old
-    /// value, one FMA per term, as in every other tier: the same bits. No software prefetch:
-    /// the weights are whole aligned cache lines read in order, and the hardware prefetchers
-    /// keep up with 16-lane loads where explicit prefetches only added work (the four
-    /// products of a streamed step: median 2.05 us without them, 2.54 us with). Caller
-    /// guarantees AVX-512F, AVX2 + FMA, `out.len() == m.cols` and `v.len() == m.rows`.
+    /// [`super::matvec_packed_ordered`] with whole panels in 512-bit registers: see
+    /// [`matvec_sum`], the one-term case of it. Caller guarantees AVX-512F, AVX2 + FMA,
+    /// `out.len() == m.cols` and `v.len() == m.rows`.
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub unsafe fn matvec_packed(out: &mut [f32], v: &[f32], m: &Packed, backwards: bool) {
-        let k = m.rows;
-        let whole = m.cols / PANEL;
-        let partial = m.cols % PANEL;
-        let (o, w) = (out.as_mut_ptr(), m.data().as_ptr());
-        let panel = |p: usize| (o.add(p * PANEL), w.add(p * PANEL * k));
+        let o = out.as_mut_ptr();
+        matvec_sum(o, o, &[(v, m)], backwards);
+    }
+
+    /// `o[j] = init[j] + Σ_t Σ_k v_t[k] · m_t[k, j]` over the terms in order, in one pass
+    /// per pair of panels: two whole panels per pass (eight independent sums of 16 lanes
+    /// keep both FMA units busy where one panel's four would wait on each other's latency),
+    /// then a last whole panel alone and a partial one, its last register masked. Each
+    /// output is summed from `init` over each term's k in order, one FMA per term, as in
+    /// every other tier: the same bits as copying `init` and taking one product per term.
+    /// With several terms (a streamed step's input and recurrent products) the sums stay in
+    /// registers from one matrix to the next. `init` may be `o` itself. No software
+    /// prefetch: the weights are whole aligned cache lines read in order, and the hardware
+    /// prefetchers keep up with 16-lane loads where explicit prefetches only added work (the
+    /// four products of a streamed step: median 2.05 us without them, 2.54 us with).
+    ///
+    /// Safety: AVX-512F, AVX2 + FMA; every term's matrix has the same `cols`, its vector
+    /// `rows` floats; `o` and `init` point to `cols` floats.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn matvec_sum(
+        o: *mut f32,
+        init: *const f32,
+        terms: &[(&[f32], &Packed)],
+        backwards: bool,
+    ) {
+        let cols = terms[0].1.cols;
+        let whole = cols / PANEL;
+        let partial = cols % PANEL;
         // The passes in forward order: pairs of whole panels, a last whole one, the partial.
         let pairs = whole / 2;
         let passes = pairs + whole % 2 + usize::from(partial > 0);
@@ -553,73 +610,95 @@ mod avx512 {
                 } else {
                     (2 * pass, 2 * pass + 1)
                 };
-                let ((oa, wa), (ob, wb)) = (panel(first), panel(second));
-                two_panels(oa, ob, v, wa, wb);
+                two_panels(o, init, terms, first, second);
             } else if pass == pairs && whole % 2 == 1 {
-                let (oa, wa) = panel(whole - 1);
-                one_panel::<4>(oa, v, wa, PANEL);
+                one_panel::<4>(o, init, terms, whole - 1, PANEL);
             } else {
-                let (oa, wa) = panel(whole);
+                let (p, width) = (whole, partial);
                 match partial.div_ceil(16) {
-                    1 => one_panel::<1>(oa, v, wa, partial),
-                    2 => one_panel::<2>(oa, v, wa, partial),
-                    3 => one_panel::<3>(oa, v, wa, partial),
-                    _ => one_panel::<4>(oa, v, wa, partial),
+                    1 => one_panel::<1>(o, init, terms, p, width),
+                    2 => one_panel::<2>(o, init, terms, p, width),
+                    3 => one_panel::<3>(o, init, terms, p, width),
+                    _ => one_panel::<4>(o, init, terms, p, width),
                 }
             }
         }
     }
 
-    /// One panel's outputs at `o` from `v.len()` rows of weights at `w`, `width` columns
-    /// (rows `width` floats apart, `16 * (N - 1) < width <= 16 * N`): `N` sums of 16 lanes,
-    /// the last one masked to the columns that exist (masked lanes are neither loaded, so
-    /// never fault, nor stored). A whole panel is `N = 4`, `width = PANEL`; a GRU(32)'s h
-    /// gate or an RNN(32) is a partial one of 32 columns.
+    /// The weights of panel `p` of `m` (every panel before it is whole).
+    #[inline(always)]
+    unsafe fn panel_weights(m: &Packed, p: usize) -> *const f32 {
+        m.data().as_ptr().add(p * PANEL * m.rows)
+    }
+
+    /// Panel `p`'s outputs (`width` columns from `p * PANEL`, rows `width` floats apart,
+    /// `16 * (N - 1) < width <= 16 * N`): `N` sums of 16 lanes, the last one masked to the
+    /// columns that exist (masked lanes are neither loaded, so never fault, nor stored). A
+    /// whole panel is `N = 4`, `width = PANEL`; a GRU(32)'s h gate or an RNN(32) is a
+    /// partial one of 32 columns.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn one_panel<const N: usize>(o: *mut f32, v: &[f32], w: *const f32, width: usize) {
+    unsafe fn one_panel<const N: usize>(
+        o: *mut f32,
+        init: *const f32,
+        terms: &[(&[f32], &Packed)],
+        p: usize,
+        width: usize,
+    ) {
         let last: __mmask16 = match width % 16 {
             0 => 0xffff,
             rest => (1u16 << rest) - 1,
         };
         let mask = |c: usize| if c + 1 == N { last } else { 0xffff };
+        let (o, init) = (o.add(p * PANEL), init.add(p * PANEL));
         let mut acc = [_mm512_setzero_ps(); N];
         for (c, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_maskz_loadu_ps(mask(c), o.add(16 * c));
+            *a = _mm512_maskz_loadu_ps(mask(c), init.add(16 * c));
         }
-        let mut row = w;
-        for &vk in v {
-            let s = _mm512_set1_ps(vk);
-            for (c, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(s, _mm512_maskz_loadu_ps(mask(c), row.add(16 * c)), *a);
+        for &(v, m) in terms {
+            let mut row = panel_weights(m, p);
+            for &vk in v {
+                let s = _mm512_set1_ps(vk);
+                for (c, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(s, _mm512_maskz_loadu_ps(mask(c), row.add(16 * c)), *a);
+                }
+                row = row.add(width);
             }
-            row = row.add(width);
         }
         for (c, a) in acc.iter().enumerate() {
             _mm512_mask_storeu_ps(o.add(16 * c), mask(c), *a);
         }
     }
 
-    /// Two whole panels' outputs (at `oa` and `ob`, weights at `wa` and `wb`) in one pass
-    /// over `v`: eight sums in flight.
+    /// Whole panels `pa` and `pb`'s outputs in one pass over each term: eight sums in flight.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn two_panels(oa: *mut f32, ob: *mut f32, v: &[f32], wa: *const f32, wb: *const f32) {
+    unsafe fn two_panels(
+        o: *mut f32,
+        init: *const f32,
+        terms: &[(&[f32], &Packed)],
+        pa: usize,
+        pb: usize,
+    ) {
         const C: usize = PANEL / 16;
+        let (oa, ob) = (o.add(pa * PANEL), o.add(pb * PANEL));
+        let (ia, ib) = (init.add(pa * PANEL), init.add(pb * PANEL));
         let (mut acc_a, mut acc_b) = ([_mm512_setzero_ps(); C], [_mm512_setzero_ps(); C]);
         for c in 0..C {
-            acc_a[c] = _mm512_loadu_ps(oa.add(16 * c));
-            acc_b[c] = _mm512_loadu_ps(ob.add(16 * c));
+            acc_a[c] = _mm512_loadu_ps(ia.add(16 * c));
+            acc_b[c] = _mm512_loadu_ps(ib.add(16 * c));
         }
-        let (mut row_a, mut row_b) = (wa, wb);
-        for &vk in v {
-            let s = _mm512_set1_ps(vk);
-            for c in 0..C {
-                acc_a[c] = _mm512_fmadd_ps(s, _mm512_loadu_ps(row_a.add(16 * c)), acc_a[c]);
-                acc_b[c] = _mm512_fmadd_ps(s, _mm512_loadu_ps(row_b.add(16 * c)), acc_b[c]);
+        for &(v, m) in terms {
+            let (mut row_a, mut row_b) = (panel_weights(m, pa), panel_weights(m, pb));
+            for &vk in v {
+                let s = _mm512_set1_ps(vk);
+                for c in 0..C {
+                    acc_a[c] = _mm512_fmadd_ps(s, _mm512_loadu_ps(row_a.add(16 * c)), acc_a[c]);
+                    acc_b[c] = _mm512_fmadd_ps(s, _mm512_loadu_ps(row_b.add(16 * c)), acc_b[c]);
+                }
+                row_a = row_a.add(PANEL);
+                row_b = row_b.add(PANEL);
             }
-            row_a = row_a.add(PANEL);
-            row_b = row_b.add(PANEL);
         }
         for c in 0..C {
             _mm512_storeu_ps(oa.add(16 * c), acc_a[c]);
@@ -898,6 +977,55 @@ mod tests {
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
             Vec::new()
+        }
+    }
+
+    /// A sum of products from a start (a streamed step's bias + x·W + h·R) against
+    /// `f32::mul_add` from the start over each term's k in order: the same bits, in both panel
+    /// orders, for whole, odd, partial and masked panels, with the output's old contents
+    /// (NaN) never read; so it equals copying the start and taking one product per term.
+    #[test]
+    fn sum_of_products_matches_the_fused_loop_bit_for_bit() {
+        let mut seed = 5u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        for (rows_a, rows_b, cols) in [
+            (8, 64, 256),
+            (3, 5, 192),
+            (0, 7, 128),
+            (9, 32, 96),
+            (6, 4, 60),
+            (2, 3, 131),
+            (1, 1, 1),
+        ] {
+            let ma = ndarray::Array2::from_shape_fn((rows_a, cols), |_| next());
+            let mb = ndarray::Array2::from_shape_fn((rows_b, cols), |_| next());
+            let (pa, pb) = (Packed::new(ma.view()), Packed::new(mb.view()));
+            let va: Vec<f32> = (0..rows_a).map(|_| next()).collect();
+            let vb: Vec<f32> = (0..rows_b).map(|_| next()).collect();
+            let init: Vec<f32> = (0..cols).map(|_| next()).collect();
+            let mut want = init.clone();
+            for (j, o) in want.iter_mut().enumerate() {
+                for (k, &v) in va.iter().enumerate() {
+                    *o = v.mul_add(ma[[k, j]], *o);
+                }
+                for (k, &v) in vb.iter().enumerate() {
+                    *o = v.mul_add(mb[[k, j]], *o);
+                }
+            }
+            for backwards in [false, true] {
+                let mut out = vec![f32::NAN; cols];
+                let terms = [(&va[..], &pa), (&vb[..], &pb)];
+                matvec_sum_packed_ordered(&mut out, &init, &terms, backwards);
+                assert_eq!(out, want, "{rows_a}+{rows_b}x{cols}, backwards {backwards}");
+                let mut one = vec![f32::NAN; cols];
+                matvec_sum_packed_ordered(&mut one, &init, &terms[1..], backwards);
+                let mut composed = init.clone();
+                matvec_packed_ordered(&mut composed, &vb, &pb, backwards);
+                assert_eq!(one, composed, "one term: {rows_b}x{cols}");
+            }
         }
     }
 

@@ -540,10 +540,11 @@ impl Steps<'_> {
 }
 
 /// `X · Wᵀ + biases` for every row of `x` (`[rows, input]`), into `out` (`[rows, gates*hidden]`).
+/// From this many rows on, an input projection takes a blocked matrix product (which reuses
+/// each weight across rows) rather than one vector product per row.
+const GEMM_ROWS: usize = 16;
+
 fn input_projection(out: &mut [f32], x: &[f32], input: usize, dw: &DirectionWeights) {
-    /// From this many rows on, a blocked matrix product (which reuses each weight across
-    /// rows) beats one vector product per row.
-    const GEMM_ROWS: usize = 16;
     let gh = dw.bias.len();
     if input == 0 {
         out.chunks_exact_mut(gh)
@@ -682,9 +683,21 @@ fn step_layer_body(
             None => c_state.fill(0.0),
         }
         let step = cell::Step::new(spec, dw, &spec.activations[d]);
-        input_projection(&mut buffers.xproj, x, weights.input, dw);
-        for (row, gates) in buffers.xproj.chunks_exact_mut(gh).enumerate() {
-            step.run(gates, state, row, &mut buffers.scratch);
+        let input = weights.input;
+        if b < GEMM_ROWS && input > 0 {
+            // Row by row, each row's input and recurrent products in one pass.
+            let rows = buffers
+                .xproj
+                .chunks_exact_mut(gh)
+                .zip(x.chunks_exact(input));
+            for (row, (gates, x_row)) in rows.enumerate() {
+                step.run_from_input(x_row, gates, state, row, &mut buffers.scratch);
+            }
+        } else {
+            input_projection(&mut buffers.xproj, x, input, dw);
+            for (row, gates) in buffers.xproj.chunks_exact_mut(gh).enumerate() {
+                step.run(gates, state, row, &mut buffers.scratch);
+            }
         }
         y_h[range.clone()].copy_from_slice(state.h.as_slice().expect("standard layout"));
         y_c[range].copy_from_slice(state.c.as_slice().expect("standard layout"));
