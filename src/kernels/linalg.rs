@@ -123,8 +123,9 @@ pub fn matvec_packed_ordered(out: &mut [f32], v: &[f32], m: &Packed, backwards: 
 /// `out[j] = init[j] + Σ_t Σ_k v_t[k] · m_t[k, j]`: a streamed step's gates from its bias,
 /// its input's product and its state's product (`[(x, W), (h, R)]`). The same bits as
 /// copying `init` into `out` and taking one [`matvec_packed_ordered`] per term in order; with
-/// AVX-512 the sums stay in registers from one matrix to the next, so the gates are written
-/// once instead of being copied, stored and read back between the products. Every term's
+/// AVX-512 or NEON the sums stay in registers from one matrix to the next, so the gates are
+/// written once instead of being copied, stored and read back between the products (AVX2
+/// copies, then multiplies). Every term's
 /// matrix has `out.len()` columns and its vector's length in rows.
 pub fn matvec_sum_packed_ordered(
     out: &mut [f32],
@@ -151,6 +152,14 @@ pub fn matvec_sum_packed_ordered(
             // SAFETY: the CPU supports the features the function is compiled for, and the
             // sizes were checked above.
             unsafe { avx512::matvec_sum(out.as_mut_ptr(), init.as_ptr(), terms, backwards) };
+            return;
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if !terms.is_empty() {
+            // SAFETY: NEON is part of aarch64; the sizes were checked above.
+            unsafe { neon::matvec_sum(out.as_mut_ptr(), init.as_ptr(), terms, backwards) };
             return;
         }
     }
@@ -763,36 +772,72 @@ mod neon {
 
     /// Caller guarantees `out.len() == m.cols` and `v.len() == m.rows`.
     pub unsafe fn matvec_packed(out: &mut [f32], v: &[f32], m: &Packed, backwards: bool) {
-        for (start, width, panel) in super::panels(m, backwards) {
-            let (o, panel) = (out.as_mut_ptr().add(start), panel.as_ptr());
+        let o = out.as_mut_ptr();
+        matvec_sum(o, o, &[(v, m)], backwards);
+    }
+
+    /// `o[j] = init[j] + Σ_t Σ_k v_t[k] · m_t[k, j]` over the terms in order, one panel at a
+    /// time in sixteen registers of four lanes that stay put from one term's matrix to the
+    /// next (a streamed step's input and recurrent products); a partial panel four columns
+    /// at a time, then column by column. Each output summed from `init` with one FMA per
+    /// term in order: the bits of every other tier. `init` may be `o` itself.
+    ///
+    /// Safety: every term's matrix has the same `cols`, its vector `rows` floats; `o` and
+    /// `init` point to `cols` floats.
+    pub unsafe fn matvec_sum(
+        o: *mut f32,
+        init: *const f32,
+        terms: &[(&[f32], &Packed)],
+        backwards: bool,
+    ) {
+        for (start, width, _) in super::panels(terms[0].1, backwards) {
+            let (o, init) = (o.add(start), init.add(start));
+            let p = start / PANEL;
             if width == PANEL {
-                panel_band::<{ PANEL / 4 }>(o, v, panel, PANEL);
+                panel_band::<{ PANEL / 4 }>(o, init, terms, p, 0, PANEL);
             } else {
                 let mut j = 0;
                 while j + 4 <= width {
-                    panel_band::<1>(o.add(j), v, panel.add(j), width);
+                    panel_band::<1>(o.add(j), init.add(j), terms, p, j, width);
                     j += 4;
                 }
                 for jj in j..width {
-                    super::fused_column(o.add(jj), v, panel, width, jj);
+                    let mut acc = *init.add(jj);
+                    for &(v, m) in terms {
+                        let panel = m.data().as_ptr().add(start * m.rows);
+                        for (k, &vk) in v.iter().enumerate() {
+                            acc = vk.mul_add(*panel.add(k * width + jj), acc);
+                        }
+                    }
+                    *o.add(jj) = acc;
                 }
             }
         }
     }
 
-    /// `4*R` outputs at `o` from rows `stride` floats apart starting at `w`.
+    /// `4*R` outputs at `o`, from `init`, over every term's panel `p` (rows `stride` floats
+    /// apart) from column `j` of the panel.
     #[inline]
-    unsafe fn panel_band<const R: usize>(o: *mut f32, v: &[f32], w: *const f32, stride: usize) {
+    unsafe fn panel_band<const R: usize>(
+        o: *mut f32,
+        init: *const f32,
+        terms: &[(&[f32], &Packed)],
+        p: usize,
+        j: usize,
+        stride: usize,
+    ) {
         let mut acc = [vdupq_n_f32(0.0); R];
         for (r, a) in acc.iter_mut().enumerate() {
-            *a = vld1q_f32(o.add(4 * r));
+            *a = vld1q_f32(init.add(4 * r));
         }
-        let mut row = w;
-        for &vk in v {
-            for (r, a) in acc.iter_mut().enumerate() {
-                *a = vfmaq_n_f32(*a, vld1q_f32(row.add(4 * r)), vk);
+        for &(v, m) in terms {
+            let mut row = m.data().as_ptr().add(p * PANEL * m.rows + j);
+            for &vk in v {
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = vfmaq_n_f32(*a, vld1q_f32(row.add(4 * r)), vk);
+                }
+                row = row.add(stride);
             }
-            row = row.add(stride);
         }
         for (r, a) in acc.iter().enumerate() {
             vst1q_f32(o.add(4 * r), *a);
