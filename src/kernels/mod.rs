@@ -539,11 +539,11 @@ impl Steps<'_> {
     }
 }
 
-/// `X · Wᵀ + biases` for every row of `x` (`[rows, input]`), into `out` (`[rows, gates*hidden]`).
 /// From this many rows on, an input projection takes a blocked matrix product (which reuses
 /// each weight across rows) rather than one vector product per row.
 const GEMM_ROWS: usize = 16;
 
+/// `X · Wᵀ + biases` for every row of `x` (`[rows, input]`), into `out` (`[rows, gates*hidden]`).
 fn input_projection(out: &mut [f32], x: &[f32], input: usize, dw: &DirectionWeights) {
     let gh = dw.bias.len();
     if input == 0 {
