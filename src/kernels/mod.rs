@@ -457,7 +457,7 @@ impl Steps<'_> {
         let y = y.as_slice_mut().expect("standard layout");
         // Several sequences at once: one matrix product per recurrent matrix and step for the
         // whole batch (any cell, no Keras mask).
-        let batched = self.mask.is_none() && batch >= 4 && self.step.runs_batched();
+        let batched = self.mask.is_none() && batch >= BATCHED_STEP && self.step.runs_batched();
         // Batch-first rows of one step lie apart: they are gathered here. Time-major ones lie
         // together and are worked on in place.
         let gather = batched && self.batch_major_x;
@@ -543,6 +543,11 @@ impl Steps<'_> {
 /// each weight across rows) rather than one vector product per row.
 const GEMM_ROWS: usize = 16;
 
+/// From this many sequences on, a step (of a whole sequence or streamed) takes one blocked
+/// product per recurrent matrix for the whole batch, reading each weight once per step
+/// rather than once per sequence.
+const BATCHED_STEP: usize = 4;
+
 /// `X · Wᵀ + biases` for every row of `x` (`[rows, input]`), into `out` (`[rows, gates*hidden]`).
 fn input_projection(out: &mut [f32], x: &[f32], input: usize, dw: &DirectionWeights) {
     let gh = dw.bias.len();
@@ -577,6 +582,8 @@ pub struct StepBuffers {
     scratch: cell::Scratch,
     /// One step's input projection, `[B, gates*H]`.
     xproj: Vec<f32>,
+    /// Every sequence steps: what a batched step is told (`[B]`, all true).
+    active: Vec<bool>,
     batch: usize,
 }
 
@@ -598,6 +605,7 @@ impl StepBuffers {
                 .collect(),
             scratch: cell::Scratch::new(h),
             xproj: vec![0.0; batch * gh],
+            active: vec![true; batch],
             batch,
         }
     }
@@ -684,7 +692,16 @@ fn step_layer_body(
         }
         let step = cell::Step::new(spec, dw, &spec.activations[d]);
         let input = weights.input;
-        if b < GEMM_ROWS && input > 0 {
+        if b >= BATCHED_STEP && step.runs_batched() {
+            // The whole batch at once, as the whole-sequence loop steps it (the same bits).
+            input_projection(&mut buffers.xproj, x, input, dw);
+            step.run_batch(
+                &mut buffers.xproj,
+                state,
+                &buffers.active,
+                &mut buffers.scratch,
+            );
+        } else if b < GEMM_ROWS && input > 0 {
             // Row by row, each row's input and recurrent products in one pass.
             let rows = buffers
                 .xproj
@@ -815,6 +832,36 @@ mod tests {
                     "{:?}: step",
                     spec.cell
                 );
+            }
+            // Each sequence stepped on its own (one row: the gates in one pass) gives the
+            // batch step's bits (the batched products where the CPU has them).
+            for e in 0..b {
+                let x_e = x_tb.slice(ndarray::s![0, e..e + 1, ..]).to_owned();
+                let h0_e = h0.slice(ndarray::s![.., e..e + 1, ..]).to_owned();
+                let mut alone = StepBuffers::new(&spec, 1);
+                let (mut h_e, mut c_e) = (vec![0.0; 2 * h], vec![0.0; 2 * h]);
+                step_layer(
+                    &spec,
+                    &weights,
+                    x_e.as_slice().unwrap(),
+                    [Some(h0_e.as_slice().unwrap()), None],
+                    &mut alone,
+                    &mut h_e,
+                    &mut c_e,
+                );
+                for d in 0..2 {
+                    let at = (d * b + e) * h;
+                    let rows = [(&h_e, &y_h), (&c_e, &y_c)];
+                    for (k, (alone, batch)) in rows.into_iter().enumerate() {
+                        assert_eq!(
+                            &alone[d * h..(d + 1) * h],
+                            &batch[at..at + h],
+                            "{:?}: sequence {e} alone, direction {d}, {}",
+                            spec.cell,
+                            ["h", "c"][k]
+                        );
+                    }
+                }
             }
         }
     }
