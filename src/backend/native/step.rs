@@ -71,13 +71,40 @@ enum StepOp {
         lanes: [usize; 3],
     },
     /// Values picked from one or more buffers by a map fixed when the program is built
-    /// (Gather with constant indices, Slice, a Transpose that moves data, Concat):
-    /// `out[i] = buffers[sources[map[i].0]][map[i].1]`.
+    /// (Gather with constant indices, Slice, a Transpose that moves data, Concat), kept as
+    /// runs of consecutive values: the output is the runs one after another, each
+    /// `buffers[sources[run.source]][run.from..run.from + run.len]`. In a one-step program
+    /// most such ops move a size-1 time axis, so their map is one run: a single copy.
     Pick {
         sources: Vec<usize>,
-        map: Vec<(u32, u32)>,
+        runs: Vec<PickRun>,
         out: usize,
     },
+}
+
+/// Consecutive values of one source buffer that a [`StepOp::Pick`] copies together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PickRun {
+    source: u32,
+    from: u32,
+    len: u32,
+}
+
+/// A pick's map (`(source, index)` per output value, in output order) as runs of consecutive
+/// values.
+fn pick_runs(map: impl IntoIterator<Item = (u32, u32)>) -> Vec<PickRun> {
+    let mut runs: Vec<PickRun> = Vec::new();
+    for (source, index) in map {
+        match runs.last_mut() {
+            Some(run) if run.source == source && run.from + run.len == index => run.len += 1,
+            _ => runs.push(PickRun {
+                source,
+                from: index,
+                len: 1,
+            }),
+        }
+    }
+    runs
 }
 
 /// Every element of a value of this shape, tagged with its source number: what a data
@@ -140,7 +167,7 @@ impl StepProgram {
             let shape = map.shape().to_vec();
             let op = StepOp::Pick {
                 sources,
-                map: map.iter().copied().collect(),
+                runs: pick_runs(map.iter().copied()),
                 out,
             };
             (Some(op), shape)
@@ -486,19 +513,14 @@ fn run_op(op: &mut StepOp, plan_ops: &[Op], buffers: &mut [Vec<f32>]) -> Result<
             b_map,
         } => {
             let mut o = std::mem::take(&mut buffers[*out]);
-            let (av, bv) = (&buffers[*a], &buffers[*b]);
-            let f: fn(f32, f32) -> f32 = match kind {
-                '+' => |a, b| a + b,
-                '-' => |a, b| a - b,
-                '*' => |a, b| a * b,
-                _ => |a, b| a / b,
-            };
-            let at = |map: &Option<Vec<u32>>, v: &[f32], i: usize| match map {
-                Some(m) => v[m[i] as usize],
-                None => v[i],
-            };
-            for (i, o) in o.iter_mut().enumerate() {
-                *o = f(at(a_map, av, i), at(b_map, bv, i));
+            let (av, bv) = (&buffers[*a][..], &buffers[*b][..]);
+            let (am, bm) = (a_map.as_deref(), b_map.as_deref());
+            // One loop per operation, inlined (not a call through a pointer per value).
+            match kind {
+                '+' => binary(&mut o, (av, am), (bv, bm), |a, b| a + b),
+                '-' => binary(&mut o, (av, am), (bv, bm), |a, b| a - b),
+                '*' => binary(&mut o, (av, am), (bv, bm), |a, b| a * b),
+                _ => binary(&mut o, (av, am), (bv, bm), |a, b| a / b),
             }
             buffers[*out] = o;
         }
@@ -510,10 +532,18 @@ fn run_op(op: &mut StepOp, plan_ops: &[Op], buffers: &mut [Vec<f32>]) -> Result<
             }
             buffers[*out] = o;
         }
-        StepOp::Pick { sources, map, out } => {
+        StepOp::Pick { sources, runs, out } => {
             let mut o = std::mem::take(&mut buffers[*out]);
-            for (o, &(source, index)) in o.iter_mut().zip(map.iter()) {
-                *o = buffers[sources[source as usize]][index as usize];
+            let mut at = 0;
+            for run in runs {
+                let (from, len) = (run.from as usize, run.len as usize);
+                let source = &buffers[sources[run.source as usize]];
+                if len == 1 {
+                    o[at] = source[from];
+                } else {
+                    o[at..at + len].copy_from_slice(&source[from..from + len]);
+                }
+                at += len;
             }
             buffers[*out] = o;
         }
@@ -539,6 +569,38 @@ fn run_op(op: &mut StepOp, plan_ops: &[Op], buffers: &mut [Vec<f32>]) -> Result<
     Ok(())
 }
 
+/// `o[i] = f(a[i], b[i])`, each operand read through its broadcast map when it has one.
+#[inline(always)]
+fn binary(
+    o: &mut [f32],
+    (a, a_map): (&[f32], Option<&[u32]>),
+    (b, b_map): (&[f32], Option<&[u32]>),
+    f: impl Fn(f32, f32) -> f32,
+) {
+    match (a_map, b_map) {
+        (None, None) => {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = f(a, b);
+            }
+        }
+        (None, Some(mb)) => {
+            for ((o, &a), &j) in o.iter_mut().zip(a).zip(mb) {
+                *o = f(a, b[j as usize]);
+            }
+        }
+        (Some(ma), None) => {
+            for ((o, &i), &b) in o.iter_mut().zip(ma).zip(b) {
+                *o = f(a[i as usize], b);
+            }
+        }
+        (Some(ma), Some(mb)) => {
+            for ((o, &i), &j) in o.iter_mut().zip(ma).zip(mb) {
+                *o = f(a[i as usize], b[j as usize]);
+            }
+        }
+    }
+}
+
 /// Where each element of a value broadcast to `to` comes from in the value of shape `from`,
 /// or None when the shapes are the same.
 fn broadcast_map(from: &[usize], to: &[usize]) -> Result<Option<Vec<u32>>, Why> {
@@ -550,4 +612,60 @@ fn broadcast_map(from: &[usize], to: &[usize]) -> Result<Option<Vec<u32>>, Why> 
         .broadcast(IxDyn(to))
         .ok_or_else(|| format!("{from:?} does not broadcast to {to:?}"))?;
     Ok(Some(broadcast.iter().map(|&(_, i)| i).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pick's runs: consecutive values of one source join a run; a new source, a gap or a
+    /// step back starts a new one. Laid end to end, the runs give back the map.
+    #[test]
+    fn pick_runs_cover_the_map_in_order() {
+        let map = [
+            (0, 4),
+            (0, 5),
+            (0, 6),
+            (1, 0),
+            (1, 2),
+            (1, 3),
+            (0, 0),
+            (0, 0),
+        ];
+        let runs = pick_runs(map);
+        let run = |source, from, len| PickRun { source, from, len };
+        assert_eq!(
+            runs,
+            [
+                run(0, 4, 3),
+                run(1, 0, 1),
+                run(1, 2, 2),
+                run(0, 0, 1),
+                run(0, 0, 1)
+            ]
+        );
+        let back: Vec<(u32, u32)> = runs
+            .iter()
+            .flat_map(|r| (r.from..r.from + r.len).map(move |i| (r.source, i)))
+            .collect();
+        assert_eq!(back, map);
+    }
+
+    /// A pick op copies what its map names, single values and runs alike.
+    #[test]
+    fn a_pick_copies_its_map() {
+        let mut buffers = vec![
+            (0..8).map(|v| v as f32).collect(),
+            vec![10.0, 11.0, 12.0],
+            vec![f32::NAN; 6],
+        ];
+        let map = [(0, 4), (0, 5), (1, 2), (0, 0), (1, 0), (1, 1)];
+        let mut op = StepOp::Pick {
+            sources: vec![0, 1],
+            runs: pick_runs(map),
+            out: 2,
+        };
+        run_op(&mut op, &[], &mut buffers).unwrap();
+        assert_eq!(buffers[2], [4.0, 5.0, 12.0, 0.0, 10.0, 11.0]);
+    }
 }
