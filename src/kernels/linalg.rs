@@ -404,7 +404,7 @@ mod avx2 {
     /// row of `x`, from `out` or (non-null) from `bias`.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn panel_product(
+    unsafe fn panel_product(
         out: &mut [f32],
         ldo: usize,
         x: &[f32],
@@ -540,9 +540,9 @@ mod avx512 {
     /// Rows of `x` per register block: 6 x 4 accumulators of 16 lanes, 4 weight registers.
     const ROWS: usize = 6;
 
-    /// [`super::avx2::matmul_packed`] with whole panels in 512-bit registers (partial panels
-    /// take the AVX2 code). Caller guarantees AVX-512F, AVX2 + FMA and the sizes of
-    /// [`super::matmul_packed_strided`].
+    /// [`super::avx2::matmul_packed`] with each panel in 512-bit registers, a partial panel's
+    /// last one masked to the columns that exist. Caller guarantees AVX-512F, AVX2 + FMA and
+    /// the sizes of [`super::matmul_packed_strided`].
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub unsafe fn matmul_packed(
         out: &mut [f32],
@@ -556,20 +556,14 @@ mod avx512 {
         let mut panel = m.data().as_ptr();
         for start in (0..n).step_by(PANEL) {
             let width = (n - start).min(PANEL);
-            if width == PANEL {
-                let (o, xp) = (out.as_mut_ptr(), x.as_ptr());
-                let init = super::offset(bias, start);
-                let mut r = 0;
-                while r + ROWS <= rows {
-                    block::<ROWS>(o.add(r * ldo + start), ldo, xp.add(r * k), k, panel, init);
-                    r += ROWS;
-                }
-                while r < rows {
-                    block::<1>(o.add(r * ldo + start), ldo, xp.add(r * k), k, panel, init);
-                    r += 1;
-                }
-            } else {
-                super::avx2::panel_product(out, ldo, x, rows, m, start, panel, width, bias);
+            let o = out.as_mut_ptr().add(start);
+            let init = super::offset(bias, start);
+            let band = (o, ldo, x.as_ptr(), rows, k, panel, init, width);
+            match width.div_ceil(16) {
+                1 => panel_rows::<1>(band),
+                2 => panel_rows::<2>(band),
+                3 => panel_rows::<3>(band),
+                _ => panel_rows::<4>(band),
             }
             panel = panel.add(width * k);
         }
@@ -715,30 +709,66 @@ mod avx512 {
         }
     }
 
-    /// `R` rows x one whole panel: `o[r*n + c] = s[r*n + c] + Σ_kk x[r*k + kk] · w[kk*PANEL + c]`,
-    /// `s` being `o` itself, or every row of `init` when that is not null.
+    /// Every row of `x` times one panel `width` columns wide (`16 * (N - 1) < width <= 16 *
+    /// N`), `ROWS` rows at a time, then one at a time: `(o, ldo, x, rows, k, panel, init,
+    /// width)` with `o` the panel's first output column and `init` null or its bias.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn block<const R: usize>(
+    #[allow(clippy::type_complexity)]
+    unsafe fn panel_rows<const N: usize>(
+        (o, ldo, x, rows, k, w, init, width): (
+            *mut f32,
+            usize,
+            *const f32,
+            usize,
+            usize,
+            *const f32,
+            *const f32,
+            usize,
+        ),
+    ) {
+        let mut r = 0;
+        while r + ROWS <= rows {
+            block::<ROWS, N>(o.add(r * ldo), ldo, x.add(r * k), k, w, init, width);
+            r += ROWS;
+        }
+        while r < rows {
+            block::<1, N>(o.add(r * ldo), ldo, x.add(r * k), k, w, init, width);
+            r += 1;
+        }
+    }
+
+    /// `R` rows x one panel of `width` columns in `N` registers of 16 lanes, the last masked
+    /// to the columns that exist (a whole panel: `N = 4`, `width = PANEL`):
+    /// `o[r*n + c] = s[r*n + c] + Σ_kk x[r*k + kk] · w[kk*width + c]`, `s` being `o` itself,
+    /// or every row of `init` when that is not null.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn block<const R: usize, const N: usize>(
         o: *mut f32,
         n: usize,
         x: *const f32,
         k: usize,
         w: *const f32,
         init: *const f32,
+        width: usize,
     ) {
-        const C: usize = PANEL / 16;
-        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let last: __mmask16 = match width % 16 {
+            0 => 0xffff,
+            rest => (1u16 << rest) - 1,
+        };
+        let mask = |c: usize| if c + 1 == N { last } else { 0xffff };
+        let mut acc = [[_mm512_setzero_ps(); N]; R];
         for (r, row) in acc.iter_mut().enumerate() {
             let from = if init.is_null() { o.add(r * n) } else { init };
             for (c, a) in row.iter_mut().enumerate() {
-                *a = _mm512_loadu_ps(from.add(16 * c));
+                *a = _mm512_maskz_loadu_ps(mask(c), from.add(16 * c));
             }
         }
         for kk in 0..k {
-            let mut wv = [_mm512_setzero_ps(); C];
+            let mut wv = [_mm512_setzero_ps(); N];
             for (c, v) in wv.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(w.add(kk * PANEL + 16 * c));
+                *v = _mm512_maskz_loadu_ps(mask(c), w.add(kk * width + 16 * c));
             }
             for (r, row) in acc.iter_mut().enumerate() {
                 let xb = _mm512_set1_ps(*x.add(r * k + kk));
@@ -749,7 +779,7 @@ mod avx512 {
         }
         for (r, row) in acc.iter().enumerate() {
             for (c, a) in row.iter().enumerate() {
-                _mm512_storeu_ps(o.add(r * n + 16 * c), *a);
+                _mm512_mask_storeu_ps(o.add(r * n + 16 * c), mask(c), *a);
             }
         }
     }
