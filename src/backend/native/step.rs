@@ -22,7 +22,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use super::{axis, broadcast_shape, concat, gather, reshape_target, slice_view, Op, Value};
 use crate::ir::ActivationKind;
-use crate::kernels::linalg::matvec_packed;
+use crate::kernels::linalg::{matmul_packed, matvec_packed};
 use crate::kernels::{step_layer, StepBuffers};
 use crate::tensor::HostTensor;
 
@@ -495,12 +495,17 @@ fn run_op(op: &mut StepOp, plan_ops: &[Op], buffers: &mut [Vec<f32>]) -> Result<
             };
             let (k, n) = w.dim();
             let mut y = std::mem::take(&mut buffers[*out]);
+            let x = &buffers[*x];
             match bias {
                 Some(b) => y.copy_from_slice(b),
                 None => y.fill(0.0),
             }
-            for (y_row, x_row) in y.chunks_exact_mut(n).zip(buffers[*x].chunks_exact(k)) {
-                matvec_packed(y_row, x_row, packed);
+            // Every row in one blocked product where the CPU has it (a few rows' sums in
+            // flight at once, not one row's chain of multiply-adds after another).
+            if !matmul_packed(&mut y, x, packed) {
+                for (y_row, x_row) in y.chunks_exact_mut(n).zip(x.chunks_exact(k)) {
+                    matvec_packed(y_row, x_row, packed);
+                }
             }
             buffers[*out] = y;
         }
