@@ -84,7 +84,7 @@ enum StepOp {
 
 /// Consecutive values of one source buffer that a [`StepOp::Pick`] copies together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct PickRun {
+struct PickRun {
     source: u32,
     from: u32,
     len: u32,
