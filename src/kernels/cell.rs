@@ -131,8 +131,7 @@ impl<'a> Step<'a> {
     ) {
         let weights = self.weights;
         if let Cell::Gru { .. } = self.cell {
-            gates.copy_from_slice(&weights.bias);
-            super::linalg::matvec_packed(gates, x, &weights.w_packed);
+            super::input_projection(gates, x, x.len(), weights);
             self.run(gates, state, b, scratch);
             return;
         }

@@ -65,6 +65,13 @@ impl Packed {
         }
     }
 
+    /// Where panel `p`'s weights start (every panel before it is whole): the SIMD vector
+    /// products walk a panel's rows from here, `width` floats apart.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn panel_weights(&self, p: usize) -> *const f32 {
+        self.data()[p * PANEL * self.rows..].as_ptr()
+    }
+
     /// Number of rows (the length of the vector it multiplies).
     pub fn rows(&self) -> usize {
         self.rows
@@ -125,8 +132,8 @@ pub fn matvec_packed_ordered(out: &mut [f32], v: &[f32], m: &Packed, backwards: 
 /// copying `init` into `out` and taking one [`matvec_packed_ordered`] per term in order; with
 /// AVX-512 or NEON the sums stay in registers from one matrix to the next, so the gates are
 /// written once instead of being copied, stored and read back between the products (AVX2
-/// copies, then multiplies). Every term's
-/// matrix has `out.len()` columns and its vector's length in rows.
+/// copies, then multiplies). Every term's matrix has `out.len()` columns and its vector's
+/// length in rows.
 pub fn matvec_sum_packed_ordered(
     out: &mut [f32],
     init: &[f32],
@@ -553,17 +560,16 @@ mod avx512 {
         bias: *const f32,
     ) {
         let (k, n) = (m.rows, m.cols);
-        let mut panel = m.data().as_ptr();
+        let (mut panel, xp) = (m.data().as_ptr(), x.as_ptr());
         for start in (0..n).step_by(PANEL) {
             let width = (n - start).min(PANEL);
             let o = out.as_mut_ptr().add(start);
             let init = super::offset(bias, start);
-            let band = (o, ldo, x.as_ptr(), rows, k, panel, init, width);
             match width.div_ceil(16) {
-                1 => panel_rows::<1>(band),
-                2 => panel_rows::<2>(band),
-                3 => panel_rows::<3>(band),
-                _ => panel_rows::<4>(band),
+                1 => panel_rows::<1>(o, ldo, xp, rows, k, panel, init, width),
+                2 => panel_rows::<2>(o, ldo, xp, rows, k, panel, init, width),
+                3 => panel_rows::<3>(o, ldo, xp, rows, k, panel, init, width),
+                _ => panel_rows::<4>(o, ldo, xp, rows, k, panel, init, width),
             }
             panel = panel.add(width * k);
         }
@@ -628,10 +634,16 @@ mod avx512 {
         }
     }
 
-    /// The weights of panel `p` of `m` (every panel before it is whole).
+    /// The lane masks of a panel `width` columns wide held in `N` registers of 16 lanes
+    /// (`16 * (N - 1) < width <= 16 * N`): every lane of all but the last, and of the last
+    /// the columns that exist.
     #[inline(always)]
-    unsafe fn panel_weights(m: &Packed, p: usize) -> *const f32 {
-        m.data().as_ptr().add(p * PANEL * m.rows)
+    fn register_masks<const N: usize>(width: usize) -> [__mmask16; N] {
+        let last = match width % 16 {
+            0 => 0xffff,
+            rest => (1u16 << rest) - 1,
+        };
+        std::array::from_fn(|c| if c + 1 == N { last } else { 0xffff })
     }
 
     /// Panel `p`'s outputs (`width` columns from `p * PANEL`, rows `width` floats apart,
@@ -648,28 +660,24 @@ mod avx512 {
         p: usize,
         width: usize,
     ) {
-        let last: __mmask16 = match width % 16 {
-            0 => 0xffff,
-            rest => (1u16 << rest) - 1,
-        };
-        let mask = |c: usize| if c + 1 == N { last } else { 0xffff };
+        let mask = register_masks::<N>(width);
         let (o, init) = (o.add(p * PANEL), init.add(p * PANEL));
         let mut acc = [_mm512_setzero_ps(); N];
         for (c, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_maskz_loadu_ps(mask(c), init.add(16 * c));
+            *a = _mm512_maskz_loadu_ps(mask[c], init.add(16 * c));
         }
         for &(v, m) in terms {
-            let mut row = panel_weights(m, p);
+            let mut row = m.panel_weights(p);
             for &vk in v {
                 let s = _mm512_set1_ps(vk);
                 for (c, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(s, _mm512_maskz_loadu_ps(mask(c), row.add(16 * c)), *a);
+                    *a = _mm512_fmadd_ps(s, _mm512_maskz_loadu_ps(mask[c], row.add(16 * c)), *a);
                 }
                 row = row.add(width);
             }
         }
         for (c, a) in acc.iter().enumerate() {
-            _mm512_mask_storeu_ps(o.add(16 * c), mask(c), *a);
+            _mm512_mask_storeu_ps(o.add(16 * c), mask[c], *a);
         }
     }
 
@@ -692,7 +700,7 @@ mod avx512 {
             acc_b[c] = _mm512_loadu_ps(ib.add(16 * c));
         }
         for &(v, m) in terms {
-            let (mut row_a, mut row_b) = (panel_weights(m, pa), panel_weights(m, pb));
+            let (mut row_a, mut row_b) = (m.panel_weights(pa), m.panel_weights(pb));
             for &vk in v {
                 let s = _mm512_set1_ps(vk);
                 for c in 0..C {
@@ -709,23 +717,22 @@ mod avx512 {
         }
     }
 
-    /// Every row of `x` times one panel `width` columns wide (`16 * (N - 1) < width <= 16 *
-    /// N`), `ROWS` rows at a time, then one at a time: `(o, ldo, x, rows, k, panel, init,
-    /// width)` with `o` the panel's first output column and `init` null or its bias.
+    /// Every row of `x` (`rows` of `k`) times one panel `width` columns wide at `w`
+    /// (`16 * (N - 1) < width <= 16 * N`), `ROWS` rows at a time, then one at a time, into
+    /// rows `ldo` apart from `o`, the panel's first output column; `init` null or the
+    /// panel's bias.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn panel_rows<const N: usize>(
-        (o, ldo, x, rows, k, w, init, width): (
-            *mut f32,
-            usize,
-            *const f32,
-            usize,
-            usize,
-            *const f32,
-            *const f32,
-            usize,
-        ),
+        o: *mut f32,
+        ldo: usize,
+        x: *const f32,
+        rows: usize,
+        k: usize,
+        w: *const f32,
+        init: *const f32,
+        width: usize,
     ) {
         let mut r = 0;
         while r + ROWS <= rows {
@@ -753,22 +760,18 @@ mod avx512 {
         init: *const f32,
         width: usize,
     ) {
-        let last: __mmask16 = match width % 16 {
-            0 => 0xffff,
-            rest => (1u16 << rest) - 1,
-        };
-        let mask = |c: usize| if c + 1 == N { last } else { 0xffff };
+        let mask = register_masks::<N>(width);
         let mut acc = [[_mm512_setzero_ps(); N]; R];
         for (r, row) in acc.iter_mut().enumerate() {
             let from = if init.is_null() { o.add(r * n) } else { init };
             for (c, a) in row.iter_mut().enumerate() {
-                *a = _mm512_maskz_loadu_ps(mask(c), from.add(16 * c));
+                *a = _mm512_maskz_loadu_ps(mask[c], from.add(16 * c));
             }
         }
         for kk in 0..k {
             let mut wv = [_mm512_setzero_ps(); N];
             for (c, v) in wv.iter_mut().enumerate() {
-                *v = _mm512_maskz_loadu_ps(mask(c), w.add(kk * width + 16 * c));
+                *v = _mm512_maskz_loadu_ps(mask[c], w.add(kk * width + 16 * c));
             }
             for (r, row) in acc.iter_mut().enumerate() {
                 let xb = _mm512_set1_ps(*x.add(r * k + kk));
@@ -779,7 +782,7 @@ mod avx512 {
         }
         for (r, row) in acc.iter().enumerate() {
             for (c, a) in row.iter().enumerate() {
-                _mm512_mask_storeu_ps(o.add(r * n + 16 * c), mask(c), *a);
+                _mm512_mask_storeu_ps(o.add(r * n + 16 * c), mask[c], *a);
             }
         }
     }
@@ -832,14 +835,10 @@ mod neon {
                     j += 4;
                 }
                 for jj in j..width {
-                    let mut acc = *init.add(jj);
+                    *o.add(jj) = *init.add(jj);
                     for &(v, m) in terms {
-                        let panel = m.data().as_ptr().add(start * m.rows);
-                        for (k, &vk) in v.iter().enumerate() {
-                            acc = vk.mul_add(*panel.add(k * width + jj), acc);
-                        }
+                        super::fused_column(o.add(jj), v, m.panel_weights(p), width, jj);
                     }
-                    *o.add(jj) = acc;
                 }
             }
         }
@@ -861,7 +860,7 @@ mod neon {
             *a = vld1q_f32(init.add(4 * r));
         }
         for &(v, m) in terms {
-            let mut row = m.data().as_ptr().add(p * PANEL * m.rows + j);
+            let mut row = m.panel_weights(p).add(j);
             for &vk in v {
                 for (r, a) in acc.iter_mut().enumerate() {
                     *a = vfmaq_n_f32(*a, vld1q_f32(row.add(4 * r)), vk);
