@@ -18,7 +18,7 @@ use crate::error::{RecurError, Result};
 use crate::ir::RecurrentModel;
 use crate::model::Model;
 use crate::onnx::streamable::{make_streamable, StateWire, Streamable};
-use crate::tensor::{check_inputs, HostTensor};
+use crate::tensor::{check_inputs_into, CheckedInputs, HostTensor};
 
 /// Tolerance of the causality check: streamed and whole-sequence runs of a causal model differ
 /// only by float rounding.
@@ -61,6 +61,10 @@ pub struct StreamModel {
     carry_user_inputs: Vec<crate::ir::ValueInfo>,
     first: Engine,
     carry: Engine,
+    /// The last chunk's checked inputs for each model, kept so that the next chunk's are
+    /// copied over them rather than allocated (see [`check_inputs_into`]).
+    first_checked: CheckedInputs,
+    carry_checked: CheckedInputs,
 }
 
 /// The per-sequence part of streaming: the recurrent state carried between chunks (on the host,
@@ -156,6 +160,8 @@ impl StreamModel {
             plan,
             first,
             carry,
+            first_checked: CheckedInputs::default(),
+            carry_checked: CheckedInputs::default(),
         })
     }
 
@@ -216,17 +222,13 @@ impl StreamModel {
         carry: &mut Option<Carry>,
     ) -> Result<Vec<(String, HostTensor)>> {
         let fresh = carry.is_none();
-        let declared = if fresh {
-            &self.first_user_inputs
+        let (declared, checked) = if fresh {
+            (&self.first_user_inputs, &mut self.first_checked)
         } else {
-            &self.carry_user_inputs
+            (&self.carry_user_inputs, &mut self.carry_checked)
         };
-        let given: Vec<(String, HostTensor)> = inputs
-            .iter()
-            .filter(|(n, _)| declared.iter().any(|d| d.name == *n))
-            .cloned()
-            .collect();
-        let checked = check_inputs(declared, given)?;
+        check_inputs_into(declared, inputs, checked)?;
+        let checked = &*checked;
         let engine = if fresh {
             &mut self.first
         } else {
@@ -297,7 +299,7 @@ impl StreamModel {
                     .map(|w| w.output.clone())
                     .filter(|o| !self.plan.user_outputs.contains(o))
                     .collect();
-                let (host, kept) = backend.run_bound(&checked, &kept_in, &kept_out)?;
+                let (host, kept) = backend.run_bound(checked, &kept_in, &kept_out)?;
                 let find = |name: &str| {
                     host.iter()
                         .find(|(n, _)| n == name)

@@ -35,7 +35,7 @@ pub trait Backend: Send {
     /// the state where it lies overrides this; the default feeds it as ordinary inputs.
     fn run_carried(
         &mut self,
-        user: CheckedInputs,
+        user: &CheckedInputs,
         carried: Carried<'_>,
     ) -> Result<Vec<(String, HostTensor)>> {
         run_carried_as_inputs(self, user, carried)
@@ -70,7 +70,7 @@ impl Carried<'_> {
 /// of the outputs.
 pub fn run_carried_as_inputs<B: Backend + ?Sized>(
     backend: &mut B,
-    mut user: CheckedInputs,
+    user: &CheckedInputs,
     carried: Carried<'_>,
 ) -> Result<Vec<(String, HostTensor)>> {
     let Carried {
@@ -78,6 +78,7 @@ pub fn run_carried_as_inputs<B: Backend + ?Sized>(
         values,
         user_outputs,
     } = carried;
+    let mut user = user.clone();
     if !values.is_empty() {
         for (wire, value) in wires.iter().zip(values.iter()) {
             user.tensors.push((wire.input.clone(), value.clone()));

@@ -29,6 +29,8 @@ pub struct TractBackend {
     plans: HashMap<Vec<Vec<usize>>, Plan>,
     /// recur's own executor, when the whole graph is within its reach (see `native`).
     native: Option<super::native::NativePlan>,
+    /// Why `native` was dropped after it had run, if it was (see [`Self::gave_way`]).
+    gave_way: Option<String>,
 }
 
 impl TractBackend {
@@ -56,22 +58,42 @@ impl TractBackend {
 
     /// Runs `run` on recur's executor when it holds this model. When it cannot take the
     /// inputs (an integer shape computation, say) or panics, tract runs this model from now
-    /// on and the caller goes on with tract (None).
+    /// on and the caller goes on with tract (None). A panic is a bug in recur's executor, so
+    /// it is logged as a warning; either way [`Self::gave_way`] keeps the reason.
     fn try_native<T>(
         &mut self,
         run: impl FnOnce(&mut super::native::NativePlan) -> std::result::Result<T, String>,
     ) -> Option<T> {
         let native = self.native.as_mut()?;
-        let attempt = catch_unwind(AssertUnwindSafe(|| run(native)))
-            .unwrap_or_else(|_| Err("recur's executor panicked".into()));
-        match attempt {
-            Ok(outputs) => Some(outputs),
-            Err(why) => {
+        let why = match catch_unwind(AssertUnwindSafe(|| run(native))) {
+            Ok(Ok(outputs)) => return Some(outputs),
+            Ok(Err(why)) => {
                 tracing::debug!("recur's executor gives way to tract: {why}");
-                self.native = None;
-                None
+                why
             }
-        }
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                let why = format!("recur's executor panicked: {message}");
+                tracing::warn!(
+                    "{}: {why}; tract runs this model from now on",
+                    self.path.display()
+                );
+                why
+            }
+        };
+        self.native = None;
+        self.gave_way = Some(why);
+        None
+    }
+
+    /// Why recur's executor handed this model to tract after running it (a panic, or inputs
+    /// it could not take), if it did: for the tests that hold the executor to every run.
+    pub fn gave_way(&self) -> Option<&str> {
+        self.gave_way.as_deref()
     }
 
     /// Whether recur's own executor runs this model (rather than tract's plan).
@@ -108,6 +130,7 @@ impl TractBackend {
             model: parsed,
             plans: HashMap::new(),
             native: None,
+            gave_way: None,
         })
     }
 
@@ -225,11 +248,11 @@ impl Backend for TractBackend {
     /// [`super::native::NativePlan::run_carried`]); on tract it goes in as inputs.
     fn run_carried(
         &mut self,
-        user: CheckedInputs,
+        user: &CheckedInputs,
         mut carried: super::Carried<'_>,
     ) -> Result<Vec<(String, HostTensor)>> {
         if let Some(outputs) =
-            self.try_native(|native| native.run_carried(&user, carried.reborrow()))
+            self.try_native(|native| native.run_carried(user, carried.reborrow()))
         {
             return Ok(outputs);
         }
