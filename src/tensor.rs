@@ -230,31 +230,28 @@ pub fn check_inputs_into(
     given: &[(String, HostTensor)],
     into: &mut CheckedInputs,
 ) -> Result<()> {
-    let is_declared = |name: &str| declared.iter().any(|d| d.name == name);
-    let mut wanted = given.iter().filter(|(name, _)| is_declared(name));
+    let wanted = || {
+        given
+            .iter()
+            .filter(|(name, _)| declared.iter().any(|d| d.name == *name))
+    };
     // The same inputs in the same order as last time, of the same types and shapes: the
     // shapes have passed `check_dims` already, so only the values are new.
+    let mut fed = wanted();
     let same = into.tensors.len() == declared.len()
         && into.tensors.iter().all(|(name, held)| {
-            wanted
-                .next()
+            fed.next()
                 .is_some_and(|(n, t)| n == name && same_layout(t, held))
         })
-        && wanted.next().is_none();
+        && fed.next().is_none();
     if !same {
-        let copies = given
-            .iter()
-            .filter(|(name, _)| is_declared(name))
-            .cloned()
-            .collect();
-        *into = check_inputs(declared, copies)?;
+        *into = check_inputs(declared, wanted().cloned().collect())?;
         return Ok(());
     }
-    let wanted = given.iter().filter(|(name, _)| is_declared(name));
-    for (name, tensor) in wanted.clone() {
+    for (name, tensor) in wanted() {
         check_finite(name, tensor)?;
     }
-    for ((_, from), (_, to)) in wanted.zip(&mut into.tensors) {
+    for ((_, from), (_, to)) in wanted().zip(&mut into.tensors) {
         copy_values(from, to);
     }
     Ok(())
