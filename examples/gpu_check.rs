@@ -8,7 +8,10 @@
 //! and CPU providers through recur; the same models go to `.gpu/latency/` so that
 //! `scripts/gpu_cudnn_lstm.py` times PyTorch's cuDNN LSTM on the same shapes.
 //!
-//!   gpu_check [--device cuda:N] [--iters N] [--filter SUBSTRING] [--latency-only]
+//!   gpu_check [--device cuda:N] [--iters N] [--filter SUBSTRING] [--latency-only] [--tf32]
+//!
+//! `--tf32` lets CUDA's matrix products use TensorFloat-32 (`--cuda-tf32`); by default they
+//! are f32.
 
 use std::path::{Path, PathBuf};
 
@@ -315,6 +318,7 @@ fn main() {
     let mut iters = 20;
     let mut filter = String::new();
     let mut latency_only = false;
+    let mut tf32 = false;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -327,6 +331,11 @@ fn main() {
                 i += 1;
                 continue;
             }
+            "--tf32" => {
+                tf32 = true;
+                i += 1;
+                continue;
+            }
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -336,6 +345,7 @@ fn main() {
     let cpu = BackendOptions::default();
     let gpu = BackendOptions {
         device,
+        cuda_tf32: tf32,
         ..Default::default()
     };
     if latency_only {

@@ -189,20 +189,23 @@ fn basicmotions() -> (String, String) {
 fn cuda_asked_of_the_cpu_only_library_is_exit_2_with_the_providers_reason() {
     library_present();
     let (model, x) = basicmotions();
-    for device in ["cuda", "cuda:1"] {
-        let out = recur(
-            &[
-                "run",
-                &model,
-                "--input",
-                &x,
-                "--backend",
-                "ort",
-                "--device",
-                device,
-            ],
-            &[],
-        );
+    // With or without TensorFloat-32 allowed: the option changes CUDA's arithmetic, never
+    // whether CUDA is there.
+    for (device, tf32) in [("cuda", false), ("cuda:1", false), ("cuda", true)] {
+        let mut args = vec![
+            "run",
+            &model,
+            "--input",
+            &x,
+            "--backend",
+            "ort",
+            "--device",
+            device,
+        ];
+        if tf32 {
+            args.push("--cuda-tf32");
+        }
+        let out = recur(&args, &[]);
         one_error_line(&out, &["--device cuda", "CUDA execution provider"]);
         assert!(out.stdout.is_empty(), "no output after a refused device");
     }

@@ -203,8 +203,10 @@ impl OrtBackend {
             // error_on_failure: a user who asked for CUDA gets it or an error, never the CPU.
             // CUDA graphs are not offered: ONNX Runtime replays them on the buffers bound at
             // capture, which needs IO binding with fixed device buffers (not done yet).
+            // TF32 is set either way: ONNX Runtime's default is on, which is not f32.
             let cuda = ort::ep::CUDA::default()
                 .with_device_id(id as i32)
+                .with_tf32(options.cuda_tf32)
                 .build()
                 .error_on_failure();
             builder = builder.with_execution_providers([cuda]).map_err(|e| {
