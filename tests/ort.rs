@@ -297,3 +297,50 @@ fn a_model_newer_than_ort_reads_is_refused_in_one_line() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["paths"]["ort"]["runs"], false);
 }
+
+/// Which recurrent nodes `--device cuda` reports as left to ONNX Runtime's CPU provider
+/// (`cuda_leaves_to_cpu`), against what the H200 run of every fixture showed
+/// (`docs/gpu/h200-2026-12-04.txt`, committed raw): a fixture whose CUDA run gave the CPU's
+/// exact bits at the CPU's speed (within 1.6x) had its recurrent node on the CPU, so it
+/// must be reported; one whose CUDA run differed from the CPU at all ran on CUDA, so none
+/// of its nodes may be. (Exact but slow runs, a layout=1 model's Transposes on the GPU
+/// around a node on the CPU say, are left out.)
+#[test]
+fn nodes_reported_as_left_to_the_cpu_are_those_the_h200_ran_on_the_cpu() {
+    use recur::backend::ort::cuda_leaves_to_cpu;
+    let log =
+        std::fs::read_to_string(common::repo_root().join("docs/gpu/h200-2026-12-04.txt")).unwrap();
+    let (mut on_cpu, mut on_cuda, mut wrong) = (0, 0, vec![]);
+    for line in log.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [id, diff, _, cpu_us, cuda_us] = fields[..] else {
+            continue;
+        };
+        let (Ok(diff), Ok(cpu_us), Ok(cuda_us)) = (
+            diff.parse::<f64>(),
+            cpu_us.parse::<f64>(),
+            cuda_us.parse::<f64>(),
+        ) else {
+            continue;
+        };
+        let Some(case) = all_cases().into_iter().find(|c| c.id() == id) else {
+            continue;
+        };
+        let model = Model::load(&case.model_path()).unwrap();
+        let reported = cuda_leaves_to_cpu(&model.ir);
+        if diff == 0.0 && cuda_us < 1.6 * cpu_us {
+            on_cpu += 1;
+            if reported.is_empty() {
+                wrong.push(format!("{id}: ran on the CPU, not reported"));
+            }
+        } else if diff > 0.0 {
+            on_cuda += 1;
+            if !reported.is_empty() {
+                wrong.push(format!("{id}: ran on CUDA, reported {reported:?}"));
+            }
+        }
+    }
+    println!("{on_cpu} fixtures ran on the CPU provider, {on_cuda} on CUDA");
+    assert!(on_cpu >= 40 && on_cuda >= 60, "the log was not read");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

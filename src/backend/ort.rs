@@ -160,6 +160,43 @@ pub struct OrtBackend {
     session: Session,
     input_names: Vec<String>,
     output_names: Vec<String>,
+    /// Under `--device cuda`, the recurrent nodes ONNX Runtime runs on its CPU provider
+    /// instead (see [`cuda_leaves_to_cpu`]).
+    cpu_nodes: Vec<(String, &'static str)>,
+}
+
+/// The recurrent nodes of `ir` that ONNX Runtime's CUDA provider leaves to its CPU provider
+/// inside a CUDA session, each with the variant cuDNN's recurrent layers lack: a GRU with
+/// `linear_before_reset=0`, `clip`, activations other than the defaults, an LSTM's
+/// `input_forget` or peepholes. This is what a run of every fixture on an H200 showed
+/// (ONNX Runtime 1.31.1: those nodes ran at the CPU's speed and gave the CPU's exact bits;
+/// `docs/gpu/h200-2026-12-04.txt`), so that `--device cuda` says so rather than run them
+/// on the CPU in silence.
+pub fn cuda_leaves_to_cpu(ir: &crate::ir::RecurrentModel) -> Vec<(String, &'static str)> {
+    use crate::ir::Cell;
+    ir.recurrent_layers()
+        .filter(|(_, r)| r.keras_loop.is_none())
+        .filter_map(|(layer, r)| {
+            let defaults = r.cell.default_activations();
+            let why = match &r.cell {
+                Cell::Gru {
+                    linear_before_reset: false,
+                } => Some("GRU with linear_before_reset=0"),
+                Cell::Lstm {
+                    input_forget: true, ..
+                } => Some("input_forget"),
+                Cell::Lstm {
+                    peepholes: true, ..
+                } => Some("peepholes"),
+                _ if r.clip.is_some() => Some("clip"),
+                _ if r.activations.iter().any(|a| *a != defaults) => {
+                    Some("activations other than the defaults")
+                }
+                _ => None,
+            };
+            why.map(|why| (layer.node.clone(), why))
+        })
+        .collect()
 }
 
 impl OrtBackend {
@@ -231,13 +268,31 @@ impl OrtBackend {
             .iter()
             .map(|o| o.name().to_string())
             .collect();
+        let cpu_nodes = match options.device {
+            Device::Cuda(_) => cuda_leaves_to_cpu(&model.ir),
+            Device::Cpu => Vec::new(),
+        };
+        for (node, why) in &cpu_nodes {
+            tracing::warn!(
+                "{}: node '{node}' runs on ONNX Runtime's CPU provider, not on {}: its CUDA provider has no {why}",
+                model.path.display(),
+                options.device
+            );
+        }
         Ok(OrtBackend {
             path: model.path.clone(),
             device: options.device,
             session,
             input_names,
             output_names,
+            cpu_nodes,
         })
+    }
+
+    /// Under `--device cuda`, the recurrent nodes that run on ONNX Runtime's CPU provider
+    /// instead, with the reason (empty on the CPU, and when every node runs on CUDA).
+    pub fn cpu_nodes(&self) -> &[(String, &'static str)] {
+        &self.cpu_nodes
     }
 
     /// The library this process loaded ONNX Runtime from.
