@@ -9,6 +9,7 @@
 //! `scripts/gpu_cudnn_lstm.py` times PyTorch's cuDNN LSTM on the same shapes.
 //!
 //!   gpu_check [--device cuda:N] [--iters N] [--filter SUBSTRING] [--latency-only] [--tf32]
+//!             [--sizes "I,H,T,B;I,H,T,B;..."]   (the latency table's sizes; default issue 4's)
 //!
 //! `--tf32` lets CUDA's matrix products use TensorFloat-32 (`--cuda-tf32`); by default they
 //! are f32.
@@ -241,7 +242,13 @@ fn two_layer_lstm(input: i64, hidden: i64) -> tract_onnx::pb::ModelProto {
 
 /// Median latency of the 2-layer LSTMs on the device and on the CPU provider (all cores),
 /// device outputs checked against the CPU's. Returns the number of failures.
-fn latency(root: &Path, cpu: &BackendOptions, gpu: &BackendOptions, iters: usize) -> usize {
+fn latency(
+    root: &Path,
+    cpu: &BackendOptions,
+    gpu: &BackendOptions,
+    iters: usize,
+    sizes: &[(i64, i64, i64, i64)],
+) -> usize {
     let dir = root.join(".gpu/latency");
     std::fs::create_dir_all(&dir).expect(".gpu/latency");
     println!(
@@ -254,7 +261,7 @@ fn latency(root: &Path, cpu: &BackendOptions, gpu: &BackendOptions, iters: usize
     );
     let mut failed = 0;
     let mut table = serde_json::Map::new();
-    for (input, hidden, steps, batch) in LATENCY_SIZES {
+    for &(input, hidden, steps, batch) in sizes {
         let name = format!("lstm2_i{input}_h{hidden}.onnx");
         let path = onnx_builder::write_model(&dir, &name, &two_layer_lstm(input, hidden));
         let result = (|| -> recur::Result<(f32, f64, f64)> {
@@ -319,6 +326,7 @@ fn main() {
     let mut filter = String::new();
     let mut latency_only = false;
     let mut tf32 = false;
+    let mut sizes = LATENCY_SIZES.to_vec();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -326,6 +334,21 @@ fn main() {
             "--device" => device = args[i + 1].parse().expect("device"),
             "--iters" => iters = args[i + 1].parse().expect("iters"),
             "--filter" => filter = args[i + 1].clone(),
+            "--sizes" => {
+                sizes = args[i + 1]
+                    .split(';')
+                    .map(|size| {
+                        let n: Vec<i64> = size
+                            .split(',')
+                            .map(|v| v.trim().parse().expect("--sizes: I,H,T,B;..."))
+                            .collect();
+                        match n[..] {
+                            [i, h, t, b] => (i, h, t, b),
+                            _ => panic!("--sizes: four numbers per size, I,H,T,B"),
+                        }
+                    })
+                    .collect()
+            }
             "--latency-only" => {
                 latency_only = true;
                 i += 1;
@@ -349,7 +372,7 @@ fn main() {
         ..Default::default()
     };
     if latency_only {
-        let failed = latency(&root, &cpu, &gpu, iters.max(50));
+        let failed = latency(&root, &cpu, &gpu, iters.max(50), &sizes);
         std::process::exit(i32::from(failed > 0));
     }
     println!(
@@ -415,7 +438,7 @@ fn main() {
     }
     println!("summary: {passed} agree within {TOLERANCE:e}, {failed} do not (device {device})");
     failed += streaming(&root, &cpu, &gpu, iters.max(50));
-    failed += latency(&root, &cpu, &gpu, iters.max(50));
+    failed += latency(&root, &cpu, &gpu, iters.max(50), &sizes);
     if failed > 0 {
         std::process::exit(1);
     }
