@@ -320,6 +320,21 @@ fn latency(
     failed
 }
 
+/// `--sizes "I,H,T,B;I,H,T,B;..."`: the latency table's (input, hidden, steps, batch).
+fn parse_sizes(arg: &str) -> Vec<(i64, i64, i64, i64)> {
+    let size = |text: &str| {
+        let n: Vec<i64> = text
+            .split(',')
+            .map(|v| v.trim().parse().expect("--sizes: I,H,T,B;..."))
+            .collect();
+        match n[..] {
+            [i, h, t, b] => (i, h, t, b),
+            _ => panic!("--sizes: four numbers per size, I,H,T,B"),
+        }
+    };
+    arg.split(';').map(size).collect()
+}
+
 fn main() {
     let mut device = Device::Cuda(0);
     let mut iters = 20;
@@ -334,21 +349,7 @@ fn main() {
             "--device" => device = args[i + 1].parse().expect("device"),
             "--iters" => iters = args[i + 1].parse().expect("iters"),
             "--filter" => filter = args[i + 1].clone(),
-            "--sizes" => {
-                sizes = args[i + 1]
-                    .split(';')
-                    .map(|size| {
-                        let n: Vec<i64> = size
-                            .split(',')
-                            .map(|v| v.trim().parse().expect("--sizes: I,H,T,B;..."))
-                            .collect();
-                        match n[..] {
-                            [i, h, t, b] => (i, h, t, b),
-                            _ => panic!("--sizes: four numbers per size, I,H,T,B"),
-                        }
-                    })
-                    .collect()
-            }
+            "--sizes" => sizes = parse_sizes(&args[i + 1]),
             "--latency-only" => {
                 latency_only = true;
                 i += 1;

@@ -80,6 +80,16 @@ impl RecurError {
 /// Result alias used across the library.
 pub type Result<T> = std::result::Result<T, RecurError>;
 
+/// The message a caught panic carried (`panic!` with a literal or a formatted string), for
+/// the one-line errors and warnings that replace it.
+pub fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 /// Folds a multi-line message (tract's error chains) onto one line.
 pub fn one_line(message: &str) -> String {
     message

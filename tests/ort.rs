@@ -114,6 +114,13 @@ fn recur(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.args(args).output().expect("runs")
 }
 
+/// `recur run MODEL --input X --backend ort` with `extra` arguments after them.
+fn run_on_ort(model: &str, x: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut args = vec!["run", model, "--input", x, "--backend", "ort"];
+    args.extend_from_slice(extra);
+    recur(&args, env)
+}
+
 fn one_error_line(out: &Output, needles: &[&str]) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "expected exit 2, stderr: {err}");
@@ -191,21 +198,12 @@ fn cuda_asked_of_the_cpu_only_library_is_exit_2_with_the_providers_reason() {
     let (model, x) = basicmotions();
     // With or without TensorFloat-32 allowed: the option changes CUDA's arithmetic, never
     // whether CUDA is there.
-    for (device, tf32) in [("cuda", false), ("cuda:1", false), ("cuda", true)] {
-        let mut args = vec![
-            "run",
-            &model,
-            "--input",
-            &x,
-            "--backend",
-            "ort",
-            "--device",
-            device,
-        ];
-        if tf32 {
-            args.push("--cuda-tf32");
-        }
-        let out = recur(&args, &[]);
+    for extra in [
+        &["--device", "cuda"][..],
+        &["--device", "cuda:1"],
+        &["--device", "cuda", "--cuda-tf32"],
+    ] {
+        let out = run_on_ort(&model, &x, extra, &[]);
         one_error_line(&out, &["--device cuda", "CUDA execution provider"]);
         assert!(out.stdout.is_empty(), "no output after a refused device");
     }
@@ -216,69 +214,27 @@ fn a_missing_or_unusable_library_is_exit_2_naming_where_it_looked() {
     let (model, x) = basicmotions();
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("nowhere/libonnxruntime.so");
-    let out = recur(
-        &[
-            "run",
-            &model,
-            "--input",
-            &x,
-            "--backend",
-            "ort",
-            "--ort-lib",
-            &s(&missing),
-        ],
-        &[],
-    );
+    let out = run_on_ort(&model, &x, &["--ort-lib", &s(&missing)], &[]);
     one_error_line(
         &out,
         &["ONNX Runtime library not found", "--ort-lib", &s(&missing)],
     );
 
-    let out = recur(
-        &["run", &model, "--input", &x, "--backend", "ort"],
-        &[("ORT_DYLIB_PATH", &s(&missing))],
-    );
+    let out = run_on_ort(&model, &x, &[], &[("ORT_DYLIB_PATH", &s(&missing))]);
     one_error_line(&out, &["ORT_DYLIB_PATH", &s(&missing)]);
 
     let not_a_library = tmp.path().join("libonnxruntime.so.1.31.1");
     std::fs::write(&not_a_library, b"not a shared object").unwrap();
-    let out = recur(
-        &["run", &model, "--input", &x, "--backend", "ort"],
-        &[("ORT_DYLIB_PATH", &s(&not_a_library))],
-    );
+    let out = run_on_ort(&model, &x, &[], &[("ORT_DYLIB_PATH", &s(&not_a_library))]);
     one_error_line(&out, &["cannot load ONNX Runtime", &s(&not_a_library)]);
 }
 
 #[test]
 fn bad_ort_options_are_exit_2() {
     let (model, x) = basicmotions();
-    let out = recur(
-        &[
-            "run",
-            &model,
-            "--input",
-            &x,
-            "--backend",
-            "ort",
-            "--ort-opt-level",
-            "max",
-        ],
-        &[],
-    );
+    let out = run_on_ort(&model, &x, &["--ort-opt-level", "max"], &[]);
     one_error_line(&out, &["optimisation level", "max"]);
-    let out = recur(
-        &[
-            "run",
-            &model,
-            "--input",
-            &x,
-            "--backend",
-            "ort",
-            "--device",
-            "gpu",
-        ],
-        &[],
-    );
+    let out = run_on_ort(&model, &x, &["--device", "gpu"], &[]);
     one_error_line(&out, &["unknown device 'gpu'"]);
 }
 
@@ -291,7 +247,7 @@ fn a_model_newer_than_ort_reads_is_refused_in_one_line() {
     let path = tmp.path().join("ir14.onnx");
     std::fs::write(&path, prost::Message::encode_to_vec(&proto)).unwrap();
     let x = s(&dir.join("in_0.npy"));
-    let out = recur(&["run", &s(&path), "--input", &x, "--backend", "ort"], &[]);
+    let out = run_on_ort(&s(&path), &x, &[], &[]);
     one_error_line(&out, &["IR version 14", "at most 13"]);
     let out = recur(&["inspect", &s(&path), "--json"], &[]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -310,6 +266,7 @@ fn nodes_reported_as_left_to_the_cpu_are_those_the_h200_ran_on_the_cpu() {
     use recur::backend::ort::cuda_leaves_to_cpu;
     let log =
         std::fs::read_to_string(common::repo_root().join("docs/gpu/h200-2026-12-04.txt")).unwrap();
+    let cases = all_cases();
     let (mut on_cpu, mut on_cuda, mut wrong) = (0, 0, vec![]);
     for line in log.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -323,7 +280,7 @@ fn nodes_reported_as_left_to_the_cpu_are_those_the_h200_ran_on_the_cpu() {
         ) else {
             continue;
         };
-        let Some(case) = all_cases().into_iter().find(|c| c.id() == id) else {
+        let Some(case) = cases.iter().find(|c| c.id() == id) else {
             continue;
         };
         let model = Model::load(&case.model_path()).unwrap();

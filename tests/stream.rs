@@ -39,6 +39,17 @@ enum Outcome {
     Refused(String),
 }
 
+/// Fails the test when recur's executor handed `backend` to tract: tract gives the right
+/// numbers too, so a step path that panicked would otherwise go unseen.
+fn assert_executor_kept(backend: &recur::backend::tract::TractBackend, case: &Case, what: &str) {
+    if let Some(why) = backend.gave_way() {
+        panic!(
+            "{}: {what}: recur's executor gave way to tract: {why}",
+            case.id()
+        );
+    }
+}
+
 fn stream_case(case: &Case, kind: BackendKind) -> Result<Outcome, String> {
     let model = Model::load(&case.model_path()).map_err(|e| e.to_string())?;
     let inputs = check_inputs(&model.ir.inputs, case.read_inputs()).map_err(|e| e.to_string())?;
@@ -453,10 +464,7 @@ fn one_time_step_on_the_step_path_matches_tract_and_onnx_runtime() {
         };
         let first = recur.run(&inputs).unwrap();
         let again = recur.run(&inputs).unwrap();
-        // tract gives the right numbers too, so a step path that panicked would go unseen.
-        if let Some(why) = recur.gave_way() {
-            panic!("{}: recur's executor gave way to tract: {why}", case.id());
-        }
+        assert_executor_kept(&recur, &case, "two steps");
         if recur.step_path_runs() != 2 {
             continue;
         }
@@ -471,12 +479,7 @@ fn one_time_step_on_the_step_path_matches_tract_and_onnx_runtime() {
         let one_step_long = shapes(&whole) == shapes(&inputs);
         recur.run(&whole).unwrap();
         let after = recur.run(&inputs).unwrap();
-        if let Some(why) = recur.gave_way() {
-            panic!(
-                "{}: around a whole sequence: executor gave way: {why}",
-                case.id()
-            );
-        }
+        assert_executor_kept(&recur, &case, "a step after a whole sequence");
         assert_eq!(
             (recur.step_path_runs(), recur.step_path_builds()),
             (if one_step_long { 4 } else { 3 }, 1),
@@ -632,11 +635,8 @@ fn state_carried_in_place_equals_state_fed_as_inputs_bit_for_bit() {
             );
             start = end;
         }
-        for (backend, what) in [(&first_a, "first chunk"), (&carry_a, "later chunks")] {
-            if let Some(why) = backend.gave_way() {
-                panic!("{}: {what}: recur's executor gave way: {why}", case.id());
-            }
-        }
+        assert_executor_kept(&first_a, &case, "first chunk");
+        assert_executor_kept(&carry_a, &case, "later chunks");
         if carry_a.step_path_runs() > runs_before {
             checked.push(case.id());
         }

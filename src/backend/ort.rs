@@ -26,7 +26,7 @@ use ort::value::{DynValue, Tensor, TensorElementType};
 use prost::Message;
 
 use super::{Backend, BackendOptions, Device, OptLevel};
-use crate::error::{one_line, RecurError, Result};
+use crate::error::{one_line, panic_message, RecurError, Result};
 use crate::model::Model;
 use crate::tensor::{CheckedInputs, HostTensor};
 
@@ -145,14 +145,6 @@ fn runtime(explicit: Option<&Path>) -> Result<&'static Runtime> {
     }))
 }
 
-fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
 /// ONNX Runtime running one model on the CPU or a CUDA device.
 pub struct OrtBackend {
     path: PathBuf,
@@ -160,9 +152,6 @@ pub struct OrtBackend {
     session: Session,
     input_names: Vec<String>,
     output_names: Vec<String>,
-    /// Under `--device cuda`, the recurrent nodes ONNX Runtime runs on its CPU provider
-    /// instead (see [`cuda_leaves_to_cpu`]).
-    cpu_nodes: Vec<(String, &'static str)>,
 }
 
 /// The recurrent nodes of `ir` that ONNX Runtime's CUDA provider leaves to its CPU provider
@@ -268,16 +257,14 @@ impl OrtBackend {
             .iter()
             .map(|o| o.name().to_string())
             .collect();
-        let cpu_nodes = match options.device {
-            Device::Cuda(_) => cuda_leaves_to_cpu(&model.ir),
-            Device::Cpu => Vec::new(),
-        };
-        for (node, why) in &cpu_nodes {
-            tracing::warn!(
+        if let Device::Cuda(_) = options.device {
+            for (node, why) in cuda_leaves_to_cpu(&model.ir) {
+                tracing::warn!(
                 "{}: node '{node}' runs on ONNX Runtime's CPU provider, not on {}: its CUDA provider has no {why}",
                 model.path.display(),
                 options.device
             );
+            }
         }
         Ok(OrtBackend {
             path: model.path.clone(),
@@ -285,14 +272,7 @@ impl OrtBackend {
             session,
             input_names,
             output_names,
-            cpu_nodes,
         })
-    }
-
-    /// Under `--device cuda`, the recurrent nodes that run on ONNX Runtime's CPU provider
-    /// instead, with the reason (empty on the CPU, and when every node runs on CUDA).
-    pub fn cpu_nodes(&self) -> &[(String, &'static str)] {
-        &self.cpu_nodes
     }
 
     /// The library this process loaded ONNX Runtime from.

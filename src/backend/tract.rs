@@ -14,7 +14,7 @@ use tract_onnx::pb::ModelProto;
 
 use super::tract_guard::tract_refusals;
 use super::Backend;
-use crate::error::{one_line, RecurError, Result};
+use crate::error::{one_line, panic_message, RecurError, Result};
 use crate::ir::RecurrentModel;
 use crate::model::Model;
 use crate::tensor::{CheckedInputs, HostTensor};
@@ -72,12 +72,7 @@ impl TractBackend {
                 why
             }
             Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "no message".into());
-                let why = format!("recur's executor panicked: {message}");
+                let why = format!("recur's executor panicked: {}", panic_message(panic));
                 tracing::warn!(
                     "{}: {why}; tract runs this model from now on",
                     self.path.display()
@@ -305,14 +300,7 @@ fn guard_engine<T>(path: &std::path::Path, f: impl FnOnce() -> TractResult<T>) -
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(engine(format!("{e:#}"))),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(engine(format!("tract panicked: {what}")))
-        }
+        Err(panic) => Err(engine(format!("tract panicked: {}", panic_message(panic)))),
     }
 }
 
