@@ -8,8 +8,14 @@
 //! and CPU providers through recur; the same models go to `.gpu/latency/` so that
 //! `scripts/gpu_cudnn_lstm.py` times PyTorch's cuDNN LSTM on the same shapes.
 //!
-//!   gpu_check [--device cuda:N] [--iters N] [--filter SUBSTRING] [--latency-only] [--tf32]
+//!   gpu_check [--backend ort|cudnn] [--device cuda:N] [--iters N] [--filter SUBSTRING]
+//!             [--latency-only] [--tf32]
 //!             [--sizes "I,H,T,B;I,H,T,B;..."]   (the latency table's sizes; default issue 4's)
+//!
+//! `--backend cudnn` checks recur's cuDNN backend instead (`--backend cudnn --device cuda`),
+//! against recur's CPU path (tract backend) in the same process: every fixture it compiles
+//! (the others are listed as refused, with the reason), the same streaming models, and the
+//! latency table; it needs no ONNX Runtime.
 //!
 //! `--tf32` lets CUDA's matrix products use TensorFloat-32 (`--cuda-tf32`); by default they
 //! are f32.
@@ -80,7 +86,8 @@ fn median_us(
 /// Streaming sessions on the device against the CPU provider: chunks of one step give the
 /// same outputs (within the tolerance), and the median latency of one step with the state
 /// carried. Returns the number of failures.
-fn streaming(root: &Path, cpu: &BackendOptions, gpu: &BackendOptions, iters: usize) -> usize {
+fn streaming(root: &Path, pair: &Pair, iters: usize) -> usize {
+    let (cpu, gpu) = (&pair.cpu, &pair.gpu);
     use recur::stream::{slice, Session};
     println!(
         "\n{:<28} {:>10} {:>6} {:>14} {:>14}",
@@ -104,8 +111,8 @@ fn streaming(root: &Path, cpu: &BackendOptions, gpu: &BackendOptions, iters: usi
             let mut worst = 0f32;
             let mut per_step = Vec::new();
             let mut outs = Vec::new();
-            for options in [cpu, gpu] {
-                let mut session = Session::new(&model, BackendKind::Ort, options)?;
+            for (kind, options) in [(pair.cpu_kind, cpu), (pair.gpu_kind, gpu)] {
+                let mut session = Session::new(&model, kind, options)?;
                 outs.push(session.run_chunked(&x.tensors, 1)?);
                 let (seq, axis) = session.sequence_input();
                 let (seq, axis) = (seq.to_string(), axis);
@@ -158,6 +165,33 @@ fn streaming(root: &Path, cpu: &BackendOptions, gpu: &BackendOptions, iters: usi
         }
     }
     failed
+}
+
+/// The backends compared: one on the GPU, its reference on the CPU.
+struct Pair {
+    cpu_kind: BackendKind,
+    gpu_kind: BackendKind,
+    cpu: BackendOptions,
+    gpu: BackendOptions,
+}
+
+/// The backend on the device, with a note of where the recurrent nodes run (cuDNN: how
+/// many on the GPU, and the algorithm of each stack).
+fn device_backend(
+    pair: &Pair,
+    model: &Model,
+) -> recur::Result<(Box<dyn recur::backend::Backend>, String)> {
+    if pair.gpu_kind == BackendKind::Cudnn {
+        let b = recur::backend::cudnn::CudnnBackend::new(model, &pair.gpu)?;
+        let on = b
+            .placements()
+            .iter()
+            .filter(|p| p.cpu_because.is_none())
+            .count();
+        let note = format!("{on}/{} {:?}", b.placements().len(), b.algorithms());
+        return Ok((Box::new(b), note));
+    }
+    Ok((build_with(pair.gpu_kind, model, &pair.gpu)?, String::new()))
 }
 
 /// The sizes of issue 4's latency table: (input, hidden, steps, batch).
@@ -242,13 +276,8 @@ fn two_layer_lstm(input: i64, hidden: i64) -> tract_onnx::pb::ModelProto {
 
 /// Median latency of the 2-layer LSTMs on the device and on the CPU provider (all cores),
 /// device outputs checked against the CPU's. Returns the number of failures.
-fn latency(
-    root: &Path,
-    cpu: &BackendOptions,
-    gpu: &BackendOptions,
-    iters: usize,
-    sizes: &[(i64, i64, i64, i64)],
-) -> usize {
+fn latency(root: &Path, pair: &Pair, iters: usize, sizes: &[(i64, i64, i64, i64)]) -> usize {
+    let (cpu, gpu) = (&pair.cpu, &pair.gpu);
     let dir = root.join(".gpu/latency");
     std::fs::create_dir_all(&dir).expect(".gpu/latency");
     println!(
@@ -277,8 +306,8 @@ fn latency(
             .expect("shape");
             let given = vec![("X".to_string(), recur::tensor::HostTensor::F32(x))];
             let x = check_inputs(&model.ir.inputs, given)?;
-            let mut on_gpu = build_with(BackendKind::Ort, &model, gpu)?;
-            let mut on_cpu = build_with(BackendKind::Ort, &model, cpu)?;
+            let mut on_gpu = build_with(pair.gpu_kind, &model, gpu)?;
+            let mut on_cpu = build_with(pair.cpu_kind, &model, cpu)?;
             let (a, b) = (on_cpu.run(&x)?, on_gpu.run(&x)?);
             let mut worst = 0f32;
             for ((_, a), (_, b)) in a.iter().zip(&b) {
@@ -286,7 +315,7 @@ fn latency(
                     worst = worst.max((p - q).abs());
                 }
             }
-            let cpu_iters = if batch >= 256 { 5 } else { iters };
+            let cpu_iters = if batch >= 256 { 3 } else { iters };
             Ok((
                 worst,
                 median_us(&mut on_gpu, &x, iters) / 1e3,
@@ -316,7 +345,12 @@ fn latency(
         }
     }
     let json = serde_json::json!({ "device": gpu.device.to_string(), "sizes": table });
-    std::fs::write(dir.join("recur.json"), json.to_string()).expect("recur.json");
+    // recur.json for ONNX Runtime, recur-cudnn.json for the cuDNN backend.
+    let file = match pair.gpu_kind {
+        BackendKind::Cudnn => "recur-cudnn.json",
+        _ => "recur.json",
+    };
+    std::fs::write(dir.join(file), json.to_string()).expect("recur.json");
     failed
 }
 
@@ -342,11 +376,13 @@ fn main() {
     let mut latency_only = false;
     let mut tf32 = false;
     let mut sizes = LATENCY_SIZES.to_vec();
+    let mut backend = BackendKind::Ort;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
             "--device" => device = args[i + 1].parse().expect("device"),
+            "--backend" => backend = args[i + 1].parse().expect("backend: ort or cudnn"),
             "--iters" => iters = args[i + 1].parse().expect("iters"),
             "--filter" => filter = args[i + 1].clone(),
             "--sizes" => sizes = parse_sizes(&args[i + 1]),
@@ -366,25 +402,39 @@ fn main() {
     }
     // Run from the repository root (scripts/gpu-check.sh does).
     let root = std::env::current_dir().expect("working directory");
-    let cpu = BackendOptions::default();
-    let gpu = BackendOptions {
-        device,
-        cuda_tf32: tf32,
-        ..Default::default()
+    let pair = Pair {
+        // The cuDNN backend is held to recur's CPU path; ONNX Runtime's CUDA provider to its
+        // CPU provider.
+        cpu_kind: match backend {
+            BackendKind::Cudnn => BackendKind::Tract,
+            other => other,
+        },
+        gpu_kind: backend,
+        cpu: BackendOptions::default(),
+        gpu: BackendOptions {
+            device,
+            cuda_tf32: tf32,
+            ..Default::default()
+        },
     };
     if latency_only {
-        let failed = latency(&root, &cpu, &gpu, iters.max(50), &sizes);
+        let failed = latency(&root, &pair, iters.max(50), &sizes);
         std::process::exit(i32::from(failed > 0));
     }
     println!(
-        "{:<48} {:>10} {:>6} {:>10} {:>10}",
+        "{:<48} {:>10} {:>6} {:>10} {:>10}  {}",
         "fixture",
         "max|d|",
         "ok",
         "cpu_us",
-        format!("{device}_us")
+        format!("{device}_us"),
+        if backend == BackendKind::Cudnn {
+            "recurrent nodes on the GPU (cuDNN algorithm)"
+        } else {
+            ""
+        }
     );
-    let (mut passed, mut failed) = (0, 0);
+    let (mut passed, mut failed, mut refused) = (0, 0, 0);
     for dir in cases(&root) {
         let id = dir
             .strip_prefix(root.join("models"))
@@ -394,11 +444,36 @@ fn main() {
         if !id.contains(&filter) {
             continue;
         }
+        let model = match Model::load(&dir.join("model.onnx")) {
+            Ok(m) => m,
+            Err(e) => {
+                failed += 1;
+                println!("{id:<48} error: {e}");
+                continue;
+            }
+        };
+        let (mut on_gpu, placed) = match device_backend(&pair, &model) {
+            Ok(built) => built,
+            Err(e)
+                if backend == BackendKind::Cudnn
+                    && e.to_string().contains("does not take this one") =>
+            {
+                refused += 1;
+                println!(
+                    "{id:<48} refused: {}",
+                    recur::error::one_line(&e.to_string())
+                );
+                continue;
+            }
+            Err(e) => {
+                failed += 1;
+                println!("{id:<48} error: {e}");
+                continue;
+            }
+        };
         let result = (|| -> recur::Result<(f32, f64, f64)> {
-            let model = Model::load(&dir.join("model.onnx"))?;
             let x = inputs(&dir, &model)?;
-            let mut on_cpu = build_with(BackendKind::Ort, &model, &cpu)?;
-            let mut on_gpu = build_with(BackendKind::Ort, &model, &gpu)?;
+            let mut on_cpu = build_with(pair.cpu_kind, &model, &pair.cpu)?;
             let a = on_cpu.run(&x)?;
             let b = on_gpu.run(&x)?;
             let mut worst = 0f32;
@@ -427,7 +502,7 @@ fn main() {
                     failed += 1
                 }
                 println!(
-                    "{id:<48} {worst:>10.2e} {:>6} {c:>10.1} {g:>10.1}",
+                    "{id:<48} {worst:>10.2e} {:>6} {c:>10.1} {g:>10.1}  {placed}",
                     if ok { "yes" } else { "NO" }
                 );
             }
@@ -437,9 +512,12 @@ fn main() {
             }
         }
     }
-    println!("summary: {passed} agree within {TOLERANCE:e}, {failed} do not (device {device})");
-    failed += streaming(&root, &cpu, &gpu, iters.max(50));
-    failed += latency(&root, &cpu, &gpu, iters.max(50), &sizes);
+    println!(
+        "summary: {passed} agree within {TOLERANCE:e}, {failed} do not, {refused} refused (backend {:?}, device {device})",
+        pair.gpu_kind
+    );
+    failed += streaming(&root, &pair, iters.max(50));
+    failed += latency(&root, &pair, iters.max(50), &sizes);
     if failed > 0 {
         std::process::exit(1);
     }

@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod cuda;
 pub mod deploy;
 pub mod error;
 pub mod flash;

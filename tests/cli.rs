@@ -404,6 +404,44 @@ fn invalid_attributes_and_unknown_ops_are_refused_naming_the_node() {
     );
 }
 
+/// The cuDNN backend on a machine without CUDA (CI's): exit status 2 and one line naming
+/// the library it looked for, never a silent run on the CPU. On a machine with CUDA and
+/// cuDNN the run must instead match the fixture's reference.
+#[test]
+fn the_cudnn_backend_without_cuda_is_exit_2_naming_what_it_looked_for() {
+    let dir = Path::new("models/matrix/lstm_base");
+    let out_dir = tempfile::tempdir().unwrap();
+    let args = [
+        "run",
+        "models/matrix/lstm_base/model.onnx",
+        "--input",
+        "X=models/matrix/lstm_base/in_0.npy",
+        "--backend",
+        "cudnn",
+        "--device",
+        "cuda",
+        "--out",
+        out_dir.path().to_str().unwrap(),
+    ];
+    let out = recur(&args);
+    if out.status.success() {
+        let y: ArrayD<f32> = ndarray_npy::read_npy(out_dir.path().join("Y.npy")).unwrap();
+        let reference: ArrayD<f32> = ndarray_npy::read_npy(dir.join("out_0.npy")).unwrap();
+        if let Err(e) = compare(&y, &reference, 1e-4, 0.0) {
+            panic!("cudnn Y: {e}");
+        }
+        return;
+    }
+    let err = stderr(&out);
+    assert!(
+        err.contains("libcudart") || err.contains("libcudnn") || err.contains("CUDA"),
+        "{err}"
+    );
+    assert_user_error(&out, &[]);
+    // Without a CUDA device it refuses before it looks for the libraries.
+    assert_user_error(&recur(&args[..6]), &["--device cuda"]);
+}
+
 #[test]
 fn asking_tract_for_a_gpu_is_refused() {
     let t = tiny();

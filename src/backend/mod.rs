@@ -3,6 +3,7 @@
 //! A backend is built from a model file, refuses at build time what it cannot compute exactly
 //! (naming the node), and then runs checked inputs as many times as asked.
 
+pub mod cudnn;
 pub mod native;
 pub mod options;
 #[cfg(feature = "ort")]
@@ -114,6 +115,8 @@ pub enum BackendKind {
     Tract,
     /// ONNX Runtime (CPU or CUDA).
     Ort,
+    /// recur's executor with the recurrent layers on a CUDA GPU through cuDNN.
+    Cudnn,
 }
 
 impl FromStr for BackendKind {
@@ -122,8 +125,9 @@ impl FromStr for BackendKind {
         match s {
             "tract" => Ok(BackendKind::Tract),
             "ort" => Ok(BackendKind::Ort),
+            "cudnn" => Ok(BackendKind::Cudnn),
             other => Err(RecurError::Usage(format!(
-                "unknown backend '{other}' (choose tract or ort)"
+                "unknown backend '{other}' (choose tract, ort or cudnn)"
             ))),
         }
     }
@@ -160,5 +164,6 @@ pub fn build_with(
             "this recur was built without the 'ort' feature; rebuild with it or use --backend tract"
                 .into(),
         )),
+        BackendKind::Cudnn => Ok(Box::new(cudnn::CudnnBackend::new(model, options)?)),
     }
 }

@@ -17,7 +17,10 @@ use crate::kernels::{run_layer, run_layer_batch_first, LayerSpec, LayerWeights};
 use crate::onnx::{constant_f32, constant_i64, NodeAttrs};
 use crate::tensor::{CheckedInputs, HostTensor};
 
+mod device;
 mod step;
+
+pub use device::{plan_placements, DevicePlan, Placement};
 
 /// A value flowing through the graph.
 #[derive(Debug, Clone)]
@@ -30,6 +33,8 @@ enum Value {
 #[derive(Debug)]
 enum Op {
     Recurrent {
+        /// Index of the node in the graph (and of its layer in the IR).
+        node: usize,
         spec: LayerSpec,
         weights: Arc<LayerWeights>,
         batch_first: bool,
@@ -227,7 +232,7 @@ impl NativePlan {
                 continue;
             }
             let display = crate::onnx::node_display_name(n, index);
-            let op = compile_node(&mut c, n, &display, opset, recurrent[index])
+            let op = compile_node(&mut c, n, index, &display, opset, recurrent[index])
                 .map_err(|why| format!("node '{display}' ({}): {why}", n.op_type))?;
             ops.push(op);
         }
@@ -558,6 +563,7 @@ impl Produced<'_> {
 fn compile_node<'a>(
     c: &mut Compiler<'a>,
     n: &'a NodeProto,
+    index: usize,
     display: &str,
     opset: i64,
     recurrent: Option<&RecurrentLayer>,
@@ -605,6 +611,7 @@ fn compile_node<'a>(
                 }
             }
             Op::Recurrent {
+                node: index,
                 spec,
                 weights: Arc::new(weights),
                 batch_first: r.layout == Layout::BatchFirst,
@@ -869,6 +876,7 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
             h0,
             c0,
             outs,
+            ..
         } => {
             let view3 = |s: usize| -> Result<ndarray::ArrayView3<f32>, String> {
                 let a = fref(v, s)?

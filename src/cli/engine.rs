@@ -11,10 +11,12 @@ use crate::error::Result;
 /// Which engine runs the model, where, and how.
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
-    /// Engine: tract (CPU) or ort (ONNX Runtime, CPU or CUDA).
+    /// Engine: tract (CPU), ort (ONNX Runtime, CPU or CUDA) or cudnn (recur's executor with
+    /// the recurrent layers on a CUDA GPU through cuDNN 9; needs --device cuda).
     #[arg(long, default_value = "tract")]
     pub backend: String,
-    /// Device: cpu or cuda[:N] (cuda needs --backend ort and ONNX Runtime's CUDA build).
+    /// Device: cpu or cuda[:N] (cuda needs --backend ort with ONNX Runtime's CUDA build, or
+    /// --backend cudnn).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// ONNX Runtime library to load (default: ORT_DYLIB_PATH, then the copy

@@ -186,6 +186,7 @@ impl StepProgram {
                     h0,
                     c0,
                     outs,
+                    ..
                 } => {
                     let xs = shape_of(&shapes, *x)?;
                     if xs.len() != 3 {

@@ -1,0 +1,880 @@
+//! recur's executor with its recurrent layers on an NVIDIA GPU (the cuDNN backend).
+//!
+//! The same compiled graph as the CPU path ([`NativePlan`]), run op by op, except that each
+//! recurrent node cuDNN computes exactly runs there, and a chain of them joined by the
+//! Squeeze that ONNX exporters put between stacked layers runs as one cuDNN stack (cuDNN
+//! overlaps the layers' steps). Their outputs stay on the device: the next layer, and the
+//! shape-only ops between, read them there, and other ops and the graph's outputs copy them
+//! back. Recurrent nodes cuDNN does not compute as ONNX defines them (clip, peepholes,
+//! `input_forget`, other activations, a GRU with `linear_before_reset=0`, reverse or
+//! bidirectional layers, batch-first layout, `sequence_lens`) run on the CPU kernels, and
+//! [`DevicePlan::placements`] says so, node by node.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ndarray::{ArrayD, Axis, Ix2};
+
+use super::{eval, reshape_target, standard_layout, NativePlan, Op, ShapeRule, Value};
+use crate::cuda::rnn::{CellMode, LayerParams, RnnStack};
+use crate::cuda::{DeviceBuffer, Gpu};
+use crate::ir::{ActivationKind, Cell, Direction, LayerKind, RecurrentModel};
+use crate::kernels::LayerSpec;
+use crate::tensor::{CheckedInputs, HostTensor};
+
+/// Where one recurrent node runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The node's name (or `#index` when it has none).
+    pub node: String,
+    /// Its op type.
+    pub op: String,
+    /// `None`: on the GPU through cuDNN; else why it runs on the CPU.
+    pub cpu_because: Option<String>,
+    /// For a node on the GPU, the index of the cuDNN stack it belongs to (nodes that share
+    /// one run as a multi-layer network).
+    pub stack: Option<usize>,
+}
+
+/// What the planner decided, before any GPU object exists (so that it can be checked on a
+/// machine without one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Planned {
+    /// `plan.ops[i]` on the host.
+    Host(usize),
+    /// Recurrent ops (indices into `plan.ops`, bottom layer first) as one cuDNN stack; the
+    /// ops between them are the squeezes that join them.
+    Stack {
+        layers: Vec<usize>,
+        joins: Vec<usize>,
+    },
+}
+
+/// A device-resident value: a window of a device buffer with an ONNX shape.
+#[derive(Clone)]
+struct DeviceValue {
+    buffer: Arc<DeviceBuffer>,
+    offset: usize,
+    shape: Vec<usize>,
+}
+
+impl DeviceValue {
+    fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    fn download(&self) -> Result<ArrayD<f32>, String> {
+        let mut data = vec![0f32; self.len()];
+        self.buffer
+            .read(self.offset, &mut data)
+            .map_err(|e| e.to_string())?;
+        ArrayD::from_shape_vec(self.shape.clone(), data).map_err(|e| e.to_string())
+    }
+}
+
+/// One cuDNN stack and the value slots it reads and writes.
+struct Stack {
+    rnn: RnnStack,
+    input: usize,
+    hidden: usize,
+    x: usize,
+    /// Per layer: the slots of initial_h and initial_c, when given.
+    h0: Vec<Option<usize>>,
+    c0: Vec<Option<usize>>,
+    /// The top layer's Y slot.
+    y: Option<usize>,
+    /// Per layer: the slots of Y_h and Y_c, when used.
+    y_h: Vec<Option<usize>>,
+    y_c: Vec<Option<usize>>,
+    /// Initial states gathered for cuDNN (`[layers, batch, hidden]`), kept between runs.
+    h0_buffer: Option<DeviceBuffer>,
+    c0_buffer: Option<DeviceBuffer>,
+}
+
+enum Unit {
+    Host(usize),
+    Stack(Box<Stack>),
+}
+
+/// A compiled graph's run plan on a GPU: which ops run where, the cuDNN stacks with their
+/// weights on the device, and the buffers the graph's inputs are copied into.
+pub struct DevicePlan {
+    gpu: Arc<Gpu>,
+    units: Vec<Unit>,
+    placements: Vec<Placement>,
+    /// Device copies of graph inputs, per slot, reused between runs.
+    staged: HashMap<usize, Arc<DeviceBuffer>>,
+}
+
+impl DevicePlan {
+    /// Plans `plan` (compiled from `ir`'s graph, whose nodes `names` lists) for `gpu`:
+    /// builds a cuDNN stack per chain of recurrent nodes it computes exactly, with the
+    /// weights laid out on the device once. `tf32` lets cuDNN use TensorFloat-32.
+    pub fn build(
+        plan: &NativePlan,
+        ir: &RecurrentModel,
+        names: &[String],
+        gpu: Arc<Gpu>,
+        tf32: bool,
+    ) -> crate::Result<Self> {
+        let (planned, placements) = plan_units(plan, names);
+        let mut units = Vec::with_capacity(planned.len());
+        for unit in planned {
+            units.push(match unit {
+                Planned::Host(i) => Unit::Host(i),
+                Planned::Stack { layers, .. } => {
+                    Unit::Stack(Box::new(build_stack(plan, ir, &layers, &gpu, tf32)?))
+                }
+            });
+        }
+        Ok(DevicePlan {
+            gpu,
+            units,
+            placements,
+            staged: HashMap::new(),
+        })
+    }
+
+    /// Where each recurrent node runs, in graph order.
+    pub fn placements(&self) -> &[Placement] {
+        &self.placements
+    }
+
+    /// The cuDNN algorithm of each stack, in order (for reports).
+    pub fn algorithms(&self) -> Vec<&'static str> {
+        self.units
+            .iter()
+            .filter_map(|u| match u {
+                Unit::Stack(s) => Some(s.rnn.algo_name()),
+                Unit::Host(_) => None,
+            })
+            .collect()
+    }
+
+    /// Runs `plan` on checked inputs; outputs come back named, in graph order.
+    pub fn run(
+        &mut self,
+        plan: &NativePlan,
+        given: &CheckedInputs,
+    ) -> Result<Vec<(String, HostTensor)>, String> {
+        self.gpu.bind().map_err(|e| e.to_string())?;
+        let mut host: Vec<Option<Value>> = vec![None; plan.slots];
+        for (slot, v) in &plan.constants {
+            host[*slot] = Some(v.clone());
+        }
+        let mut fed: Vec<Option<&HostTensor>> = vec![None; plan.slots];
+        for ((name, slot), (given_name, tensor)) in plan.inputs.iter().zip(&given.tensors) {
+            if name != given_name {
+                return Err(format!("input '{given_name}' where '{name}' was expected"));
+            }
+            fed[*slot] = Some(tensor);
+        }
+        let mut device: Vec<Option<DeviceValue>> = vec![None; plan.slots];
+        for unit in &mut self.units {
+            match unit {
+                Unit::Host(i) => run_host_op(&plan.ops[*i], &mut host, &fed, &mut device)?,
+                Unit::Stack(stack) => {
+                    run_stack(stack, &self.gpu, &mut self.staged, &host, &fed, &mut device)?
+                }
+            }
+        }
+        plan.outputs
+            .iter()
+            .map(|(name, slot)| {
+                let value = match (&host[*slot], &device[*slot], fed[*slot]) {
+                    (Some(Value::F32(a)), _, _) => HostTensor::F32(standard_layout(a.clone())),
+                    (Some(Value::I64(a)), _, _) => HostTensor::I64(standard_layout(a.clone())),
+                    (None, Some(d), _) => HostTensor::F32(d.download()?),
+                    (None, None, Some(t)) => t.clone(),
+                    (None, None, None) => return Err(format!("output '{name}' not computed")),
+                };
+                Ok((name.clone(), value))
+            })
+            .collect()
+    }
+}
+
+/// The input slots an op reads.
+fn reads(op: &Op) -> Vec<usize> {
+    match op {
+        Op::Recurrent {
+            x, lens, h0, c0, ..
+        } => [Some(*x), *lens, *h0, *c0].into_iter().flatten().collect(),
+        Op::Dense { x, .. }
+        | Op::Unary { x, .. }
+        | Op::Softmax { x, .. }
+        | Op::Reshape { x, .. }
+        | Op::Transpose { x, .. }
+        | Op::Slice { x, .. }
+        | Op::Shape { x, .. } => vec![*x],
+        Op::Binary { a, b, .. } => vec![*a, *b],
+        Op::Gather { data, indices, .. } => vec![*data, *indices],
+        Op::Concat { inputs, .. } => inputs.clone(),
+        Op::ConstantOfShape { shape, .. } => vec![*shape],
+    }
+}
+
+/// Whether cuDNN computes this recurrent op exactly as ONNX defines it: the cell to ask
+/// cuDNN for, or why not.
+fn cudnn_cell(
+    spec: &LayerSpec,
+    batch_first: bool,
+    lens: Option<usize>,
+) -> Result<CellMode, String> {
+    if lens.is_some() {
+        return Err("sequence_lens (ragged batches) is not sent to cuDNN".into());
+    }
+    if batch_first {
+        return Err("layout=1 (batch first) is not sent to cuDNN".into());
+    }
+    if spec.direction != Direction::Forward {
+        return Err(format!(
+            "direction {:?}: only forward layers are sent to cuDNN",
+            spec.direction
+        ));
+    }
+    if spec.clip.is_some() {
+        return Err("clip: cuDNN clips the cell state, ONNX each gate's input".into());
+    }
+    let kinds: Vec<ActivationKind> = spec.activations[0].iter().map(|a| a.kind).collect();
+    let plain = spec.activations[0]
+        .iter()
+        .all(|a| a.alpha.is_none() && a.beta.is_none());
+    use ActivationKind::{Relu, Sigmoid, Tanh};
+    let cell = match spec.cell {
+        Cell::Lstm {
+            input_forget,
+            peepholes,
+        } => {
+            if input_forget {
+                return Err("input_forget: cuDNN has no coupled gates".into());
+            }
+            if peepholes {
+                return Err("peepholes: cuDNN has none".into());
+            }
+            (kinds == [Sigmoid, Tanh, Tanh]).then_some(CellMode::Lstm)
+        }
+        Cell::Gru {
+            linear_before_reset,
+        } => {
+            if !linear_before_reset {
+                return Err(
+                    "linear_before_reset=0: cuDNN's GRU applies the reset gate after the recurrent product"
+                        .into(),
+                );
+            }
+            (kinds == [Sigmoid, Tanh]).then_some(CellMode::Gru)
+        }
+        Cell::Rnn => match kinds[..] {
+            [Tanh] => Some(CellMode::RnnTanh),
+            [Relu] => Some(CellMode::RnnRelu),
+            _ => None,
+        },
+    };
+    cell.filter(|_| plain).ok_or_else(|| {
+        format!("activations {kinds:?}: cuDNN computes only the ONNX defaults (and relu for RNN)")
+    })
+}
+
+/// Where each recurrent node of `plan` would run on the GPU (graph order), decided without
+/// one: what [`DevicePlan::placements`] reports once built.
+pub fn plan_placements(plan: &NativePlan, names: &[String]) -> Vec<Placement> {
+    plan_units(plan, names).1
+}
+
+/// Decides, for every op of `plan`, whether it runs on the host or in a cuDNN stack, and
+/// where each recurrent node runs (graph order).
+fn plan_units(plan: &NativePlan, names: &[String]) -> (Vec<Planned>, Vec<Placement>) {
+    // How many ops (and graph outputs) read each slot.
+    let mut readers = vec![0usize; plan.slots];
+    for op in &plan.ops {
+        for s in reads(op) {
+            readers[s] += 1;
+        }
+    }
+    for (_, s) in &plan.outputs {
+        readers[*s] += 1;
+    }
+    let mut placements = Vec::new();
+    let mut planned = Vec::new();
+    let mut i = 0;
+    while i < plan.ops.len() {
+        let Op::Recurrent {
+            node,
+            spec,
+            batch_first,
+            lens,
+            ..
+        } = &plan.ops[i]
+        else {
+            planned.push(Planned::Host(i));
+            i += 1;
+            continue;
+        };
+        let place = |cpu_because: Option<String>| Placement {
+            node: names[*node].clone(),
+            op: spec.cell.op_name().to_string(),
+            cpu_because,
+            stack: None,
+        };
+        let cell = match cudnn_cell(spec, *batch_first, *lens) {
+            Ok(cell) => cell,
+            Err(why) => {
+                placements.push(place(Some(why)));
+                planned.push(Planned::Host(i));
+                i += 1;
+                continue;
+            }
+        };
+        let stack = Some(
+            planned
+                .iter()
+                .filter(|u| matches!(u, Planned::Stack { .. }))
+                .count(),
+        );
+        placements.push(Placement {
+            stack,
+            ..place(None)
+        });
+        let mut layers = vec![i];
+        let mut joins = vec![];
+        let mut hoisted = vec![];
+        // Values the stack makes: nothing it hoists may read them.
+        let mut made: Vec<usize> = outputs_of(&plan.ops[i]);
+        while let Some(next) = stacked_on(plan, &readers, *layers.last().unwrap(), cell, &made) {
+            let Op::Recurrent { node, spec, .. } = &plan.ops[next.layer] else {
+                unreachable!("stacked_on returns recurrent ops")
+            };
+            placements.push(Placement {
+                node: names[*node].clone(),
+                op: spec.cell.op_name().to_string(),
+                cpu_because: None,
+                stack,
+            });
+            made.extend(outputs_of(&plan.ops[next.join]));
+            made.extend(outputs_of(&plan.ops[next.layer]));
+            joins.push(next.join);
+            hoisted.extend(next.between);
+            layers.push(next.layer);
+        }
+        // Ops that lay between the layers (a slice of the initial states, say) read nothing
+        // the stack makes, so they run before it.
+        planned.extend(hoisted.into_iter().map(Planned::Host));
+        i = *layers.last().unwrap() + 1;
+        planned.push(Planned::Stack { layers, joins });
+    }
+    placements.sort_by_key(|p| names.iter().position(|n| *n == p.node));
+    (planned, placements)
+}
+
+/// The slots an op writes.
+fn outputs_of(op: &Op) -> Vec<usize> {
+    match op {
+        Op::Recurrent { outs, .. } => outs.iter().flatten().copied().collect(),
+        Op::Dense { out, .. }
+        | Op::Binary { out, .. }
+        | Op::Unary { out, .. }
+        | Op::Softmax { out, .. }
+        | Op::Reshape { out, .. }
+        | Op::Transpose { out, .. }
+        | Op::Slice { out, .. }
+        | Op::Gather { out, .. }
+        | Op::Concat { out, .. }
+        | Op::Shape { out, .. }
+        | Op::ConstantOfShape { out, .. } => vec![*out],
+    }
+}
+
+/// A layer that continues a cuDNN stack, found by [`stacked_on`].
+struct NextLayer {
+    /// The squeeze between the stack's top and this layer.
+    join: usize,
+    /// The recurrent op.
+    layer: usize,
+    /// Other ops between the top and this layer (none reads what the stack makes).
+    between: Vec<usize>,
+}
+
+/// The recurrent op that continues a cuDNN stack whose top layer is `plan.ops[top]`: it
+/// reads `top`'s Y squeezed on axis 1, nothing else reads that Y or the squeezed value, it
+/// has the same cell and hidden size, its initial states are not among `made` (what the
+/// stack computes), and the ops between are not recurrent and read nothing of `made`.
+fn stacked_on(
+    plan: &NativePlan,
+    readers: &[usize],
+    top: usize,
+    cell: CellMode,
+    made: &[usize],
+) -> Option<NextLayer> {
+    let Op::Recurrent { spec, outs, .. } = &plan.ops[top] else {
+        return None;
+    };
+    let y = outs[0]?;
+    if readers[y] != 1 {
+        return None;
+    }
+    let join = (top + 1..plan.ops.len()).find(|&j| reads(&plan.ops[j]).contains(&y))?;
+    let Op::Reshape {
+        rule: ShapeRule::Squeeze(Some(axes)),
+        out: squeezed,
+        ..
+    } = &plan.ops[join]
+    else {
+        return None;
+    };
+    if axes[..] != [1] || readers[*squeezed] != 1 {
+        return None;
+    }
+    let layer = (join + 1..plan.ops.len()).find(|&k| reads(&plan.ops[k]).contains(squeezed))?;
+    let Op::Recurrent {
+        spec: next_spec,
+        batch_first,
+        lens,
+        x: next_x,
+        h0,
+        c0,
+        ..
+    } = &plan.ops[layer]
+    else {
+        return None;
+    };
+    let made_here = |s: &Option<usize>| s.is_some_and(|s| made.contains(&s) || s == *squeezed);
+    if *next_x != *squeezed
+        || next_spec.hidden != spec.hidden
+        || cudnn_cell(next_spec, *batch_first, *lens).ok() != Some(cell)
+        || made_here(h0)
+        || made_here(c0)
+    {
+        return None;
+    }
+    let between: Vec<usize> = (top + 1..layer).filter(|&k| k != join).collect();
+    let independent = between.iter().all(|&k| {
+        !matches!(plan.ops[k], Op::Recurrent { .. })
+            && reads(&plan.ops[k])
+                .iter()
+                .all(|s| !made.contains(s) && s != squeezed)
+    });
+    independent.then_some(NextLayer {
+        join,
+        layer,
+        between,
+    })
+}
+
+/// Builds the cuDNN stack of `layers` (indices into `plan.ops`) with their ONNX weights.
+fn build_stack(
+    plan: &NativePlan,
+    ir: &RecurrentModel,
+    layers: &[usize],
+    gpu: &Arc<Gpu>,
+    tf32: bool,
+) -> crate::Result<Stack> {
+    let mut params = Vec::with_capacity(layers.len());
+    let mut cell = None;
+    let (mut h0, mut c0, mut y_h, mut y_c) = (vec![], vec![], vec![], vec![]);
+    let mut first_x = None;
+    let mut top_y = None;
+    let mut input = 0;
+    let mut hidden = 0;
+    for (k, &op) in layers.iter().enumerate() {
+        let Op::Recurrent {
+            node,
+            spec,
+            batch_first,
+            lens,
+            x,
+            h0: h,
+            c0: c,
+            outs,
+            ..
+        } = &plan.ops[op]
+        else {
+            unreachable!("stacks hold recurrent ops")
+        };
+        let mode = cudnn_cell(spec, *batch_first, *lens).map_err(crate::RecurError::Usage)?;
+        cell = Some(mode);
+        let LayerKind::Recurrent(layer) = &ir.layers[*node].kind else {
+            unreachable!("recurrent ops come from recurrent layers")
+        };
+        let w = layer
+            .weights
+            .as_ref()
+            .ok_or_else(|| crate::RecurError::Usage("weights are not constant".into()))?;
+        fn two(a: &ArrayD<f32>) -> crate::Result<ndarray::ArrayView2<'_, f32>> {
+            a.index_axis(Axis(0), 0)
+                .into_dimensionality::<Ix2>()
+                .map_err(|e| crate::RecurError::Usage(e.to_string()))
+        }
+        let b =
+            w.b.as_ref()
+                .map(|b| {
+                    b.index_axis(Axis(0), 0)
+                        .into_dimensionality::<ndarray::Ix1>()
+                        .map_err(|e| crate::RecurError::Usage(e.to_string()))
+                })
+                .transpose()?;
+        params.push(LayerParams {
+            w: two(&w.w)?,
+            r: two(&w.r)?,
+            b,
+        });
+        if k == 0 {
+            first_x = Some(*x);
+            input = w.w.shape()[2];
+            hidden = spec.hidden;
+        }
+        h0.push(*h);
+        c0.push(*c);
+        y_h.push(outs[1]);
+        y_c.push(outs[2]);
+        top_y = outs[0];
+    }
+    let rnn = RnnStack::new(
+        gpu,
+        cell.expect("a stack has a layer"),
+        input,
+        hidden,
+        &params,
+        tf32,
+    )?;
+    Ok(Stack {
+        rnn,
+        input,
+        hidden,
+        x: first_x.expect("a stack has a layer"),
+        h0,
+        c0,
+        y: top_y,
+        y_h,
+        y_c,
+        h0_buffer: None,
+        c0_buffer: None,
+    })
+}
+
+/// Runs one host op, copying back from the device the values it reads, except for the
+/// shape-only ops, which read a device value's shape and pass its buffer on.
+fn run_host_op(
+    op: &Op,
+    host: &mut [Option<Value>],
+    fed: &[Option<&HostTensor>],
+    device: &mut [Option<DeviceValue>],
+) -> Result<(), String> {
+    match op {
+        Op::Reshape { x, rule, out } if host[*x].is_none() && device[*x].is_some() => {
+            let d = device[*x].clone().expect("checked");
+            let shape = reshape_target(&d.shape, rule)?;
+            if shape.iter().product::<usize>() != d.len() {
+                return Err(format!("cannot reshape {:?} to {shape:?}", d.shape));
+            }
+            device[*out] = Some(DeviceValue { shape, ..d });
+            return Ok(());
+        }
+        Op::Shape { x, out } if host[*x].is_none() && device[*x].is_some() => {
+            let shape = &device[*x].as_ref().expect("checked").shape;
+            let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            host[*out] = Some(Value::I64(
+                ArrayD::from_shape_vec(vec![dims.len()], dims).map_err(|e| e.to_string())?,
+            ));
+            return Ok(());
+        }
+        _ => {}
+    }
+    for s in reads(op) {
+        if host[s].is_some() {
+            continue;
+        }
+        host[s] = Some(if let Some(d) = &device[s] {
+            Value::F32(d.download()?)
+        } else {
+            match fed[s] {
+                Some(HostTensor::F32(a)) => Value::F32(a.clone()),
+                Some(HostTensor::I64(a)) => Value::I64(a.clone()),
+                Some(HostTensor::I32(a)) => Value::I64(a.mapv(i64::from)),
+                None => return Err(format!("value slot {s} read before it is computed")),
+            }
+        });
+    }
+    eval(op, host)
+}
+
+/// The device copy of slot `s`: already there, or copied from the host value or the fed
+/// input (into a buffer kept per slot between runs).
+fn on_device(
+    s: usize,
+    gpu: &Arc<Gpu>,
+    staged: &mut HashMap<usize, Arc<DeviceBuffer>>,
+    host: &[Option<Value>],
+    fed: &[Option<&HostTensor>],
+    device: &[Option<DeviceValue>],
+) -> Result<DeviceValue, String> {
+    if let Some(d) = &device[s] {
+        return Ok(d.clone());
+    }
+    let array = match (&host[s], fed[s]) {
+        (Some(Value::F32(a)), _) => a,
+        (None, Some(HostTensor::F32(a))) => a,
+        _ => return Err(format!("value slot {s} is not a float tensor on the host")),
+    };
+    let standard;
+    let data = match array.as_slice() {
+        Some(d) => d,
+        None => {
+            standard = array.as_standard_layout().into_owned();
+            standard.as_slice().expect("standard layout")
+        }
+    };
+    let buffer = match staged.remove(&s) {
+        Some(b) if Arc::strong_count(&b) == 1 && b.len() == data.len() => b,
+        _ => Arc::new(gpu.alloc(data.len()).map_err(|e| e.to_string())?),
+    };
+    buffer.write(0, data).map_err(|e| e.to_string())?;
+    staged.insert(s, Arc::clone(&buffer));
+    Ok(DeviceValue {
+        buffer,
+        offset: 0,
+        shape: array.shape().to_vec(),
+    })
+}
+
+/// Gathers the layers' initial states (`[1, batch, hidden]` each, where given) into one
+/// `[layers, batch, hidden]` device buffer, zeros for the layers without one. `None` when
+/// no layer has one (cuDNN starts from zeros).
+#[allow(clippy::too_many_arguments)]
+fn gather_states(
+    slots: &[Option<usize>],
+    buffer: &mut Option<DeviceBuffer>,
+    batch: usize,
+    hidden: usize,
+    gpu: &Arc<Gpu>,
+    staged: &mut HashMap<usize, Arc<DeviceBuffer>>,
+    host: &[Option<Value>],
+    fed: &[Option<&HostTensor>],
+    device: &[Option<DeviceValue>],
+) -> Result<bool, String> {
+    if slots.iter().all(Option::is_none) {
+        return Ok(false);
+    }
+    let each = batch * hidden;
+    let len = slots.len() * each;
+    if buffer.as_ref().is_none_or(|b| b.len() != len) {
+        *buffer = Some(gpu.alloc(len).map_err(|e| e.to_string())?);
+    }
+    let target = buffer.as_ref().expect("set above");
+    for (k, slot) in slots.iter().enumerate() {
+        match slot {
+            None => target.zero(k * each, each).map_err(|e| e.to_string())?,
+            Some(s) => {
+                let v = on_device(*s, gpu, staged, host, fed, device)?;
+                if v.shape != [1, batch, hidden] {
+                    return Err(format!(
+                        "initial state of shape {:?}, expected [1, {batch}, {hidden}]",
+                        v.shape
+                    ));
+                }
+                target
+                    .copy_from(k * each, &v.buffer, v.offset, each)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Runs a cuDNN stack: X and the initial states to the device (where they are not
+/// already), then the outputs left there as views of cuDNN's buffers.
+fn run_stack(
+    stack: &mut Stack,
+    gpu: &Arc<Gpu>,
+    staged: &mut HashMap<usize, Arc<DeviceBuffer>>,
+    host: &[Option<Value>],
+    fed: &[Option<&HostTensor>],
+    device: &mut [Option<DeviceValue>],
+) -> Result<(), String> {
+    let x = on_device(stack.x, gpu, staged, host, fed, device)?;
+    let [steps, batch, features] = x.shape[..] else {
+        return Err(format!(
+            "X of shape {:?}, expected [steps, batch, features]",
+            x.shape
+        ));
+    };
+    if features != stack.input {
+        return Err(format!(
+            "X has {features} features, W expects {}",
+            stack.input
+        ));
+    }
+    let (hidden, layers) = (stack.hidden, stack.rnn.layers());
+    let has_h = gather_states(
+        &stack.h0,
+        &mut stack.h0_buffer,
+        batch,
+        hidden,
+        gpu,
+        staged,
+        host,
+        fed,
+        device,
+    )?;
+    let has_c = gather_states(
+        &stack.c0,
+        &mut stack.c0_buffer,
+        batch,
+        hidden,
+        gpu,
+        staged,
+        host,
+        fed,
+        device,
+    )?;
+    let out = stack
+        .rnn
+        .forward(
+            (&x.buffer, x.offset),
+            steps,
+            batch,
+            stack.h0_buffer.as_ref().filter(|_| has_h),
+            stack.c0_buffer.as_ref().filter(|_| has_c),
+        )
+        .map_err(|e| e.to_string())?;
+    if let Some(y) = stack.y {
+        device[y] = Some(DeviceValue {
+            buffer: Arc::clone(&out.y),
+            offset: 0,
+            shape: vec![steps, 1, batch, hidden],
+        });
+    }
+    let each = batch * hidden;
+    for k in 0..layers {
+        if let Some(s) = stack.y_h[k] {
+            device[s] = Some(DeviceValue {
+                buffer: Arc::clone(&out.h),
+                offset: k * each,
+                shape: vec![1, batch, hidden],
+            });
+        }
+        if let (Some(s), Some(c)) = (stack.y_c[k], &out.c) {
+            device[s] = Some(DeviceValue {
+                buffer: Arc::clone(c),
+                offset: k * each,
+                shape: vec![1, batch, hidden],
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The planner on a compiled model: which recurrent nodes go to cuDNN, in which stacks.
+    fn planned(path: &str) -> (Vec<Planned>, Vec<Placement>) {
+        let model = crate::model::Model::load(std::path::Path::new(path)).expect("model");
+        let graph = model.proto.graph.as_ref().expect("graph");
+        let plan = NativePlan::compile(graph, &model.ir, model.ir.opset).expect("compiles");
+        let names: Vec<String> = graph
+            .node
+            .iter()
+            .enumerate()
+            .map(|(i, n)| crate::onnx::node_display_name(n, i))
+            .collect();
+        plan_units(&plan, &names)
+    }
+
+    #[test]
+    fn gates_map_onto_cudnn_ids_as_a_permutation() {
+        use crate::cuda::rnn::lin_layer_id;
+        for (cell, gates) in [
+            (CellMode::Lstm, 4),
+            (CellMode::Gru, 3),
+            (CellMode::RnnTanh, 1),
+        ] {
+            let mut ids: Vec<i32> = (0..gates)
+                .flat_map(|g| [lin_layer_id(cell, g, false), lin_layer_id(cell, g, true)])
+                .collect();
+            ids.sort();
+            assert_eq!(ids, (0..2 * gates as i32).collect::<Vec<_>>(), "{cell:?}");
+        }
+        // ONNX LSTM gates i, o, f, c; cuDNN's i, f, c, o.
+        assert_eq!(lin_layer_id(CellMode::Lstm, 1, false), 3);
+        assert_eq!(lin_layer_id(CellMode::Lstm, 2, true), 5);
+        // ONNX GRU gates z, r, h; cuDNN's r, z, h.
+        assert_eq!(lin_layer_id(CellMode::Gru, 0, false), 1);
+        assert_eq!(lin_layer_id(CellMode::Gru, 1, true), 3);
+    }
+
+    #[test]
+    fn stacked_lstms_joined_by_a_squeeze_form_one_cudnn_stack() {
+        // PyTorch's 2-layer LSTM export: LSTM -> Squeeze(1) -> LSTM -> Squeeze -> ...
+        let (units, placements) = planned("models/real/lstm_state_io/model.onnx");
+        let stacks: Vec<&Planned> = units
+            .iter()
+            .filter(|u| matches!(u, Planned::Stack { .. }))
+            .collect();
+        assert_eq!(stacks.len(), 1, "{units:?}");
+        let Planned::Stack { layers, joins } = stacks[0] else {
+            unreachable!()
+        };
+        assert_eq!(layers.len(), 2, "{units:?}");
+        assert_eq!(joins, &vec![layers[0] + 1]);
+        assert!(
+            placements.iter().all(|p| p.cpu_because.is_none()),
+            "{placements:?}"
+        );
+    }
+
+    #[test]
+    fn layers_cudnn_computes_exactly_go_to_the_gpu() {
+        for name in [
+            "lstm_base",
+            "gru_lbr1",
+            "rnn_base",
+            "lstm_initial_states",
+            "lstm_nobias",
+            "lstm_only_y_h",
+        ] {
+            let (units, placements) = planned(&format!("models/matrix/{name}/model.onnx"));
+            assert!(
+                units
+                    .iter()
+                    .any(|u| matches!(u, Planned::Stack { layers, .. } if layers.len() == 1)),
+                "{name}: {units:?}"
+            );
+            assert!(
+                placements.iter().all(|p| p.cpu_because.is_none()),
+                "{name}: {placements:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nodes_cudnn_does_not_compute_exactly_stay_on_the_cpu_with_the_reason() {
+        let cases = [
+            ("gru_lbr0", "linear_before_reset=0"),
+            ("lstm_peepholes", "peepholes"),
+            ("lstm_input_forget", "input_forget"),
+            ("lstm_clip", "clip"),
+            ("lstm_bidirectional", "direction"),
+            ("gru_reverse", "direction"),
+            ("lstm_layout1", "layout=1"),
+            ("lstm_seqlens_full", "sequence_lens"),
+            ("lstm_activations", "activations"),
+            ("rnn_leakyrelu", "activations"),
+        ];
+        for (name, why) in cases {
+            let path = format!("models/matrix/{name}/model.onnx");
+            let (units, placements) = planned(&path);
+            assert!(
+                units.iter().all(|u| matches!(u, Planned::Host(_))),
+                "{path}: {units:?}"
+            );
+            assert!(
+                placements
+                    .iter()
+                    .any(|p| p.cpu_because.as_deref().is_some_and(|r| r.contains(why))),
+                "{path}: {placements:?}"
+            );
+        }
+    }
+}
