@@ -274,6 +274,94 @@ fn two_layer_lstm(input: i64, hidden: i64) -> tract_onnx::pb::ModelProto {
     }
 }
 
+/// A 2-layer bidirectional LSTM as PyTorch exports one: X `[steps, batch, input]` ->
+/// LSTM(hidden, bidirectional) -> Transpose(0, 2, 1, 3) -> Reshape(0, 0, -1) -> the same ->
+/// Y `[steps, 2, batch, hidden]` and Y_h `[2, batch, hidden]`, random constant weights.
+fn two_layer_bilstm(input: i64, hidden: i64) -> tract_onnx::pb::ModelProto {
+    use onnx_builder::{attr_int, attr_string, f32_tensor, value_info, D};
+    use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
+    let lstm = |name: &str, x: &str, layer: &str, outputs: Vec<String>| NodeProto {
+        name: name.into(),
+        op_type: "LSTM".into(),
+        input: vec![
+            x.into(),
+            format!("W{layer}"),
+            format!("R{layer}"),
+            format!("B{layer}"),
+        ],
+        output: outputs,
+        attribute: vec![
+            attr_int("hidden_size", hidden),
+            attr_string("direction", "bidirectional"),
+        ],
+        ..Default::default()
+    };
+    let node = |name: &str, op: &str, input: Vec<&str>, output: &str, attribute| NodeProto {
+        name: name.into(),
+        op_type: op.into(),
+        input: input.into_iter().map(String::from).collect(),
+        output: vec![output.into()],
+        attribute,
+        ..Default::default()
+    };
+    let mut perm = attr_int("perm", 0);
+    perm.r#type = 7; // INTS
+    perm.ints = vec![0, 2, 1, 3];
+    let flat = TensorProto {
+        name: "flat".into(),
+        dims: vec![3],
+        data_type: 7,
+        int64_data: vec![0, 0, -1],
+        ..Default::default()
+    };
+    let scale = |mut t: TensorProto| {
+        let k = 1.0 / (hidden as f32).sqrt();
+        t.float_data.iter_mut().for_each(|v| *v *= k);
+        t
+    };
+    ModelProto {
+        ir_version: 8,
+        producer_name: "recur-gpu-check".into(),
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(GraphProto {
+            name: "bilstm2".into(),
+            node: vec![
+                lstm("lstm1", "X", "1", vec!["Y1".into()]),
+                node("transpose", "Transpose", vec!["Y1"], "T1", vec![perm]),
+                node("flatten", "Reshape", vec!["T1", "flat"], "X2", vec![]),
+                lstm("lstm2", "X2", "2", vec!["Y".into(), "Y_h".into()]),
+            ],
+            initializer: vec![
+                scale(f32_tensor("W1", &[2, 4 * hidden, input], 31)),
+                scale(f32_tensor("R1", &[2, 4 * hidden, hidden], 32)),
+                scale(f32_tensor("B1", &[2, 8 * hidden], 33)),
+                scale(f32_tensor("W2", &[2, 4 * hidden, 2 * hidden], 41)),
+                scale(f32_tensor("R2", &[2, 4 * hidden, hidden], 42)),
+                scale(f32_tensor("B2", &[2, 8 * hidden], 43)),
+                flat,
+            ],
+            input: vec![value_info(
+                "X",
+                1,
+                &[D::S("steps"), D::S("batch"), D::N(input)],
+            )],
+            output: vec![
+                value_info(
+                    "Y",
+                    1,
+                    &[D::S("steps"), D::N(2), D::S("batch"), D::N(hidden)],
+                ),
+                value_info("Y_h", 1, &[D::N(2), D::S("batch"), D::N(hidden)]),
+            ],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Median latency of the 2-layer LSTMs on the device and on the CPU provider (all cores),
 /// device outputs checked against the CPU's. Returns the number of failures.
 fn latency(root: &Path, pair: &Pair, iters: usize, sizes: &[(i64, i64, i64, i64)]) -> usize {
@@ -288,11 +376,31 @@ fn latency(root: &Path, pair: &Pair, iters: usize, sizes: &[(i64, i64, i64, i64)
         format!("{}_ms", gpu.device),
         "cpu_ms"
     );
+    let width = 28;
     let mut failed = 0;
     let mut table = serde_json::Map::new();
-    for &(input, hidden, steps, batch) in sizes {
-        let name = format!("lstm2_i{input}_h{hidden}.onnx");
-        let path = onnx_builder::write_model(&dir, &name, &two_layer_lstm(input, hidden));
+    // Each size as two stacked LSTMs, then (not in the JSON table) as two stacked
+    // bidirectional LSTMs joined the way PyTorch exports them.
+    let models = sizes.iter().map(|&size| (size, false)).chain(
+        // The CPU reference of the largest size would take a minute.
+        sizes
+            .iter()
+            .filter(|size| size.3 <= 256)
+            .map(|&size| (size, true)),
+    );
+    for ((input, hidden, steps, batch), bidirectional) in models {
+        let (name, proto) = if bidirectional {
+            (
+                format!("bilstm2_i{input}_h{hidden}.onnx"),
+                two_layer_bilstm(input, hidden),
+            )
+        } else {
+            (
+                format!("lstm2_i{input}_h{hidden}.onnx"),
+                two_layer_lstm(input, hidden),
+            )
+        };
+        let path = onnx_builder::write_model(&dir, &name, &proto);
         let result = (|| -> recur::Result<(f32, f64, f64)> {
             let model = Model::load(&path)?;
             let n = (steps * batch * input) as usize;
@@ -322,25 +430,32 @@ fn latency(root: &Path, pair: &Pair, iters: usize, sizes: &[(i64, i64, i64, i64)
                 median_us(&mut on_cpu, &x, cpu_iters) / 1e3,
             ))
         })();
-        let label = format!("{input}, {hidden}, {steps}, {batch}");
+        let size = format!("{input}, {hidden}, {steps}, {batch}");
+        let label = if bidirectional {
+            format!("bi {size}")
+        } else {
+            size.clone()
+        };
         match result {
             Ok((worst, g, c)) => {
                 let ok = worst <= TOLERANCE;
                 if !ok {
                     failed += 1;
                 }
-                table.insert(
-                    label.clone(),
-                    serde_json::json!({ "device_ms": g, "cpu_ms": c, "max_abs_diff": worst }),
-                );
+                if !bidirectional {
+                    table.insert(
+                        size,
+                        serde_json::json!({ "device_ms": g, "cpu_ms": c, "max_abs_diff": worst }),
+                    );
+                }
                 println!(
-                    "{label:<28} {worst:>10.2e} {:>6} {g:>12.3} {c:>12.3}",
+                    "{label:<width$} {worst:>10.2e} {:>6} {g:>12.3} {c:>12.3}",
                     if ok { "yes" } else { "NO" }
                 );
             }
             Err(e) => {
                 failed += 1;
-                println!("{label:<28} error: {e}");
+                println!("{label:<width$} error: {e}");
             }
         }
     }

@@ -35,6 +35,8 @@ pub const NO_BIAS: c_int = 0;
 pub const DOUBLE_BIAS: c_int = 2;
 /// `CUDNN_UNIDIRECTIONAL`.
 pub const UNIDIRECTIONAL: c_int = 0;
+/// `CUDNN_BIDIRECTIONAL`: both directions, outputs side by side per step.
+pub const BIDIRECTIONAL: c_int = 1;
 /// `CUDNN_LINEAR_INPUT`.
 pub const LINEAR_INPUT: c_int = 0;
 /// `CUDNN_RNN_ALGO_STANDARD`.

@@ -1,5 +1,5 @@
-//! One cuDNN recurrent network: a stack of unidirectional LSTM, GRU or RNN layers of one
-//! hidden size, its ONNX weights laid out once in cuDNN's weight space, run on device
+//! One cuDNN recurrent network: a stack of LSTM, GRU or RNN layers (forward or
+//! bidirectional) of one hidden size, its ONNX weights laid out once in cuDNN's weight space, run on device
 //! tensors with `cudnnRNNForward`.
 //!
 //! ONNX and cuDNN compute the same cells when the ONNX node keeps the default activations
@@ -78,8 +78,9 @@ pub struct LayerParams<'a> {
 /// Host copies of one layer's W, R and B (as [`LayerParams`], flattened).
 type OwnedParams = (Vec<f32>, Vec<f32>, Option<Vec<f32>>);
 
-/// The device memory a forward run writes: Y `[steps, batch, hidden]` and the last states
-/// `[layers, batch, hidden]` (cell state for an LSTM only).
+/// The device memory a forward run writes: Y `[steps, batch, directions * hidden]` (each
+/// step's directions side by side) and the last states `[layers * directions, batch,
+/// hidden]` (cell state for an LSTM only).
 pub struct Outputs {
     /// Y of the top layer.
     pub y: Arc<DeviceBuffer>,
@@ -107,6 +108,7 @@ pub struct RnnStack {
     desc: Opaque,
     cell: CellMode,
     layers: usize,
+    directions: usize,
     input: usize,
     hidden: usize,
     tf32: bool,
@@ -127,20 +129,34 @@ unsafe impl Send for RnnStack {}
 
 impl RnnStack {
     /// Builds the stack: layer 0 reads `input` features, every later layer the one below's
-    /// `hidden`. `tf32` lets cuDNN use TensorFloat-32 (off: f32 multiply-adds only).
+    /// `directions * hidden`. `params` holds each layer's directions in turn (forward, then
+    /// backward). `tf32` lets cuDNN use TensorFloat-32 (off: f32 multiply-adds only).
     pub fn new(
         gpu: &Arc<Gpu>,
         cell: CellMode,
-        input: usize,
-        hidden: usize,
-        layers: &[LayerParams<'_>],
+        (input, hidden, directions): (usize, usize, usize),
+        params: &[LayerParams<'_>],
         tf32: bool,
     ) -> Result<Self> {
         gpu.bind()?;
         let g = cell.gates();
+        if !(directions == 1 || directions == 2)
+            || params.is_empty()
+            || !params.len().is_multiple_of(directions)
+        {
+            return Err(RecurError::Usage(format!(
+                "cuDNN: {} weight sets for {directions} directions",
+                params.len()
+            )));
+        }
+        let layers = params;
         let mut params = Vec::with_capacity(layers.len());
         for (k, l) in layers.iter().enumerate() {
-            let inp = if k == 0 { input } else { hidden };
+            let inp = if k < directions {
+                input
+            } else {
+                directions * hidden
+            };
             if l.w.dim() != (g * hidden, inp) || l.r.dim() != (g * hidden, hidden) {
                 return Err(RecurError::Usage(format!(
                     "cuDNN layer {k}: W {:?} and R {:?} do not fit hidden {hidden}, input {inp}",
@@ -170,7 +186,8 @@ impl RnnStack {
             gpu: Arc::clone(gpu),
             desc,
             cell,
-            layers: layers.len(),
+            layers: layers.len() / directions,
+            directions,
             input,
             hidden,
             tf32,
@@ -203,6 +220,11 @@ impl RnnStack {
         self.layers
     }
 
+    /// Number of directions (1 or 2).
+    pub fn directions(&self) -> usize {
+        self.directions
+    }
+
     /// Sets the descriptor for the current algorithm and writes the weights into a fresh
     /// weight space.
     fn lay_out(&mut self) -> Result<()> {
@@ -221,7 +243,11 @@ impl RnnStack {
                 config.algo,
                 self.cell.raw(),
                 ffi::DOUBLE_BIAS,
-                ffi::UNIDIRECTIONAL,
+                if self.directions == 2 {
+                    ffi::BIDIRECTIONAL
+                } else {
+                    ffi::UNIDIRECTIONAL
+                },
                 ffi::LINEAR_INPUT,
                 ffi::DATA_FLOAT,
                 ffi::DATA_FLOAT,
@@ -247,8 +273,13 @@ impl RnnStack {
         weights.zero(0, weights.len())?;
         let (m_desc, b_desc) = (TensorDesc::new(&self.gpu)?, TensorDesc::new(&self.gpu)?);
         let (g, h) = (self.cell.gates(), self.hidden);
+        // cuDNN's pseudo-layers: each layer's directions in turn, as `params` holds them.
         for (layer, (w, r, b)) in self.params.iter().enumerate() {
-            let inp = if layer == 0 { self.input } else { h };
+            let inp = if layer < self.directions {
+                self.input
+            } else {
+                self.directions * h
+            };
             for gate in 0..g {
                 for recurrent in [false, true] {
                     let id = lin_layer_id(self.cell, gate, recurrent);
@@ -342,9 +373,13 @@ impl RnnStack {
             work_bytes: 0,
         };
         shaped.x_desc = data(self.input)?;
-        shaped.y_desc = data(self.hidden)?;
+        shaped.y_desc = data(self.directions * self.hidden)?;
         let h_desc = TensorDesc::new(&gpu)?;
-        let dims = [int(self.layers)?, int(batch)?, int(self.hidden)?];
+        let dims = [
+            int(self.layers * self.directions)?,
+            int(batch)?,
+            int(self.hidden)?,
+        ];
         let strides = [int(batch * self.hidden)?, int(self.hidden)?, 1];
         // SAFETY: three dims and strides.
         dnn.check("cudnnSetTensorNdDescriptor", unsafe {
@@ -381,7 +416,7 @@ impl RnnStack {
     }
 
     /// Runs the stack on `x` `[steps, batch, input]` (device floats at `x_offset`) from the
-    /// initial states `h0`, `c0` (`[layers, batch, hidden]`; `None`: zeros). The outputs'
+    /// initial states `h0`, `c0` (`[layers * directions, batch, hidden]`; `None`: zeros). The outputs'
     /// buffers are reused between runs when nothing else holds them.
     pub fn forward(
         &mut self,
@@ -419,7 +454,7 @@ impl RnnStack {
         h0: Option<&DeviceBuffer>,
         c0: Option<&DeviceBuffer>,
     ) -> Result<()> {
-        let state_len = self.layers * batch * self.hidden;
+        let state_len = self.layers * self.directions * batch * self.hidden;
         if x_offset + steps * batch * self.input > x.len()
             || h0.is_some_and(|b| b.len() < state_len)
             || c0.is_some_and(|b| b.len() < state_len)
@@ -430,7 +465,7 @@ impl RnnStack {
         }
         self.shape_for(steps, batch)?;
         let lstm = self.cell == CellMode::Lstm;
-        let y_len = steps * batch * self.hidden;
+        let y_len = steps * batch * self.directions * self.hidden;
         let (old_y, old_h, old_c) = match self.outputs.take() {
             Some(o) => (Some(o.y), Some(o.h), o.c),
             None => (None, None, None),

@@ -5,10 +5,12 @@
 //! Squeeze that ONNX exporters put between stacked layers runs as one cuDNN stack (cuDNN
 //! overlaps the layers' steps). Their outputs stay on the device: the next layer, and the
 //! shape-only ops between, read them there, and other ops and the graph's outputs copy them
-//! back. Recurrent nodes cuDNN does not compute as ONNX defines them (clip, peepholes,
-//! `input_forget`, other activations, a GRU with `linear_before_reset=0`, reverse or
-//! bidirectional layers, batch-first layout, `sequence_lens`) run on the CPU kernels, and
-//! [`DevicePlan::placements`] says so, node by node.
+//! back. A bidirectional layer's Y stays in the order cuDNN writes it (each step's two
+//! directions side by side), which is the order the Transpose exporters put after it asks
+//! for, so the next layer reads it where it is. Recurrent nodes cuDNN does not compute as
+//! ONNX defines them (clip, peepholes, `input_forget`, other activations, a GRU with
+//! `linear_before_reset=0`, reverse layers, batch-first layout, `sequence_lens`) run on the
+//! CPU kernels, and [`DevicePlan::placements`] says so, node by node.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,7 +57,12 @@ enum Planned {
 struct DeviceValue {
     buffer: Arc<DeviceBuffer>,
     offset: usize,
+    /// The ONNX shape.
     shape: Vec<usize>,
+    /// A bidirectional layer's Y as cuDNN writes it: ONNX shape `[T, 2, B, H]` with the
+    /// memory in `[T, B, 2, H]` order (each step's directions side by side). Otherwise the
+    /// memory is in the shape's standard order.
+    directions_inner: bool,
 }
 
 impl DeviceValue {
@@ -63,11 +70,23 @@ impl DeviceValue {
         self.shape.iter().product()
     }
 
+    /// The value on the host, in its ONNX shape.
     fn download(&self) -> Result<ArrayD<f32>, String> {
         let mut data = vec![0f32; self.len()];
         self.buffer
             .read(self.offset, &mut data)
             .map_err(|e| e.to_string())?;
+        if self.directions_inner {
+            let [t, d, b, h] = self.shape[..] else {
+                return Err(format!("a bidirectional Y of shape {:?}", self.shape));
+            };
+            let memory =
+                ArrayD::from_shape_vec(vec![t, b, d, h], data).map_err(|e| e.to_string())?;
+            return Ok(memory
+                .permuted_axes(vec![0, 2, 1, 3])
+                .as_standard_layout()
+                .into_owned());
+        }
         ArrayD::from_shape_vec(self.shape.clone(), data).map_err(|e| e.to_string())
     }
 }
@@ -227,19 +246,20 @@ fn cudnn_cell(
     if batch_first {
         return Err("layout=1 (batch first) is not sent to cuDNN".into());
     }
-    if spec.direction != Direction::Forward {
-        return Err(format!(
-            "direction {:?}: only forward layers are sent to cuDNN",
-            spec.direction
-        ));
+    if spec.direction == Direction::Reverse {
+        return Err("direction reverse: cuDNN runs forward and bidirectional layers only".into());
     }
     if spec.clip.is_some() {
         return Err("clip: cuDNN clips the cell state, ONNX each gate's input".into());
     }
     let kinds: Vec<ActivationKind> = spec.activations[0].iter().map(|a| a.kind).collect();
-    let plain = spec.activations[0]
-        .iter()
-        .all(|a| a.alpha.is_none() && a.beta.is_none());
+    // Both directions of a bidirectional layer must use the same (default) functions.
+    let plain = spec.activations.iter().all(|direction| {
+        direction.iter().map(|a| a.kind).eq(kinds.iter().copied())
+            && direction
+                .iter()
+                .all(|a| a.alpha.is_none() && a.beta.is_none())
+    });
     use ActivationKind::{Relu, Sigmoid, Tanh};
     let cell = match spec.cell {
         Cell::Lstm {
@@ -440,6 +460,8 @@ fn stacked_on(
     };
     let made_here = |s: &Option<usize>| s.is_some_and(|s| made.contains(&s) || s == *squeezed);
     if *next_x != *squeezed
+        || spec.direction != Direction::Forward
+        || next_spec.direction != Direction::Forward
         || next_spec.hidden != spec.hidden
         || cudnn_cell(next_spec, *batch_first, *lens).ok() != Some(cell)
         || made_here(h0)
@@ -476,6 +498,7 @@ fn build_stack(
     let mut top_y = None;
     let mut input = 0;
     let mut hidden = 0;
+    let mut directions = 1;
     for (k, &op) in layers.iter().enumerate() {
         let Op::Recurrent {
             node,
@@ -500,28 +523,32 @@ fn build_stack(
             .weights
             .as_ref()
             .ok_or_else(|| crate::RecurError::Usage("weights are not constant".into()))?;
-        fn two(a: &ArrayD<f32>) -> crate::Result<ndarray::ArrayView2<'_, f32>> {
-            a.index_axis(Axis(0), 0)
+        fn two(a: &ArrayD<f32>, d: usize) -> crate::Result<ndarray::ArrayView2<'_, f32>> {
+            a.index_axis(Axis(0), d)
                 .into_dimensionality::<Ix2>()
                 .map_err(|e| crate::RecurError::Usage(e.to_string()))
         }
-        let b =
-            w.b.as_ref()
-                .map(|b| {
-                    b.index_axis(Axis(0), 0)
-                        .into_dimensionality::<ndarray::Ix1>()
-                        .map_err(|e| crate::RecurError::Usage(e.to_string()))
-                })
-                .transpose()?;
-        params.push(LayerParams {
-            w: two(&w.w)?,
-            r: two(&w.r)?,
-            b,
-        });
+        // One weight set per direction, forward first (ONNX's order and cuDNN's).
+        for d in 0..spec.direction.count() {
+            let b =
+                w.b.as_ref()
+                    .map(|b| {
+                        b.index_axis(Axis(0), d)
+                            .into_dimensionality::<ndarray::Ix1>()
+                            .map_err(|e| crate::RecurError::Usage(e.to_string()))
+                    })
+                    .transpose()?;
+            params.push(LayerParams {
+                w: two(&w.w, d)?,
+                r: two(&w.r, d)?,
+                b,
+            });
+        }
         if k == 0 {
             first_x = Some(*x);
             input = w.w.shape()[2];
             hidden = spec.hidden;
+            directions = spec.direction.count();
         }
         h0.push(*h);
         c0.push(*c);
@@ -532,8 +559,7 @@ fn build_stack(
     let rnn = RnnStack::new(
         gpu,
         cell.expect("a stack has a layer"),
-        input,
-        hidden,
+        (input, hidden, directions),
         &params,
         tf32,
     )?;
@@ -561,13 +587,31 @@ fn run_host_op(
     device: &mut [Option<DeviceValue>],
 ) -> Result<(), String> {
     match op {
-        Op::Reshape { x, rule, out } if host[*x].is_none() && device[*x].is_some() => {
+        Op::Reshape { x, rule, out }
+            if host[*x].is_none() && device[*x].as_ref().is_some_and(|d| !d.directions_inner) =>
+        {
             let d = device[*x].clone().expect("checked");
             let shape = reshape_target(&d.shape, rule)?;
             if shape.iter().product::<usize>() != d.len() {
                 return Err(format!("cannot reshape {:?} to {shape:?}", d.shape));
             }
             device[*out] = Some(DeviceValue { shape, ..d });
+            return Ok(());
+        }
+        // A bidirectional Y transposed to [T, B, 2, H], as exporters do before flattening the
+        // directions: that is the order cuDNN wrote it in.
+        Op::Transpose { x, perm, out }
+            if host[*x].is_none()
+                && perm[..] == [0, 2, 1, 3]
+                && device[*x].as_ref().is_some_and(|d| d.directions_inner) =>
+        {
+            let d = device[*x].clone().expect("checked");
+            let shape = vec![d.shape[0], d.shape[2], d.shape[1], d.shape[3]];
+            device[*out] = Some(DeviceValue {
+                shape,
+                directions_inner: false,
+                ..d
+            });
             return Ok(());
         }
         Op::Shape { x, out } if host[*x].is_none() && device[*x].is_some() => {
@@ -608,12 +652,16 @@ fn on_device(
     fed: &[Option<&HostTensor>],
     device: &[Option<DeviceValue>],
 ) -> Result<DeviceValue, String> {
-    if let Some(d) = &device[s] {
-        return Ok(d.clone());
-    }
-    let array = match (&host[s], fed[s]) {
-        (Some(Value::F32(a)), _) => a,
-        (None, Some(HostTensor::F32(a))) => a,
+    let reordered;
+    let array = match (&device[s], &host[s], fed[s]) {
+        (Some(d), _, _) if !d.directions_inner => return Ok(d.clone()),
+        // A bidirectional Y read as is: through the host, in ONNX order.
+        (Some(d), _, _) => {
+            reordered = d.download()?;
+            &reordered
+        }
+        (None, Some(Value::F32(a)), _) => a,
+        (None, None, Some(HostTensor::F32(a))) => a,
         _ => return Err(format!("value slot {s} is not a float tensor on the host")),
     };
     let standard;
@@ -634,18 +682,18 @@ fn on_device(
         buffer,
         offset: 0,
         shape: array.shape().to_vec(),
+        directions_inner: false,
     })
 }
 
-/// Gathers the layers' initial states (`[1, batch, hidden]` each, where given) into one
-/// `[layers, batch, hidden]` device buffer, zeros for the layers without one. `None` when
+/// Gathers the layers' initial states (`[directions, batch, hidden]` each, where given)
+/// into one `[layers * directions, batch, hidden]` device buffer, zeros for the layers without one. `None` when
 /// no layer has one (cuDNN starts from zeros).
 #[allow(clippy::too_many_arguments)]
 fn gather_states(
     slots: &[Option<usize>],
     buffer: &mut Option<DeviceBuffer>,
-    batch: usize,
-    hidden: usize,
+    (directions, batch, hidden): (usize, usize, usize),
     gpu: &Arc<Gpu>,
     staged: &mut HashMap<usize, Arc<DeviceBuffer>>,
     host: &[Option<Value>],
@@ -655,7 +703,7 @@ fn gather_states(
     if slots.iter().all(Option::is_none) {
         return Ok(false);
     }
-    let each = batch * hidden;
+    let each = directions * batch * hidden;
     let len = slots.len() * each;
     if buffer.as_ref().is_none_or(|b| b.len() != len) {
         *buffer = Some(gpu.alloc(len).map_err(|e| e.to_string())?);
@@ -666,9 +714,9 @@ fn gather_states(
             None => target.zero(k * each, each).map_err(|e| e.to_string())?,
             Some(s) => {
                 let v = on_device(*s, gpu, staged, host, fed, device)?;
-                if v.shape != [1, batch, hidden] {
+                if v.shape != [directions, batch, hidden] {
                     return Err(format!(
-                        "initial state of shape {:?}, expected [1, {batch}, {hidden}]",
+                        "initial state of shape {:?}, expected [{directions}, {batch}, {hidden}]",
                         v.shape
                     ));
                 }
@@ -704,12 +752,11 @@ fn run_stack(
             stack.input
         ));
     }
-    let (hidden, layers) = (stack.hidden, stack.rnn.layers());
+    let (hidden, layers, dirs) = (stack.hidden, stack.rnn.layers(), stack.rnn.directions());
     let has_h = gather_states(
         &stack.h0,
         &mut stack.h0_buffer,
-        batch,
-        hidden,
+        (dirs, batch, hidden),
         gpu,
         staged,
         host,
@@ -719,8 +766,7 @@ fn run_stack(
     let has_c = gather_states(
         &stack.c0,
         &mut stack.c0_buffer,
-        batch,
-        hidden,
+        (dirs, batch, hidden),
         gpu,
         staged,
         host,
@@ -741,24 +787,23 @@ fn run_stack(
         device[y] = Some(DeviceValue {
             buffer: Arc::clone(&out.y),
             offset: 0,
-            shape: vec![steps, 1, batch, hidden],
+            shape: vec![steps, dirs, batch, hidden],
+            directions_inner: dirs > 1,
         });
     }
-    let each = batch * hidden;
+    let each = dirs * batch * hidden;
+    let state = |buffer: &Arc<DeviceBuffer>, k: usize| DeviceValue {
+        buffer: Arc::clone(buffer),
+        offset: k * each,
+        shape: vec![dirs, batch, hidden],
+        directions_inner: false,
+    };
     for k in 0..layers {
         if let Some(s) = stack.y_h[k] {
-            device[s] = Some(DeviceValue {
-                buffer: Arc::clone(&out.h),
-                offset: k * each,
-                shape: vec![1, batch, hidden],
-            });
+            device[s] = Some(state(&out.h, k));
         }
         if let (Some(s), Some(c)) = (stack.y_c[k], &out.c) {
-            device[s] = Some(DeviceValue {
-                buffer: Arc::clone(c),
-                offset: k * each,
-                shape: vec![1, batch, hidden],
-            });
+            device[s] = Some(state(c, k));
         }
     }
     Ok(())
@@ -855,8 +900,9 @@ mod tests {
             ("lstm_peepholes", "peepholes"),
             ("lstm_input_forget", "input_forget"),
             ("lstm_clip", "clip"),
-            ("lstm_bidirectional", "direction"),
-            ("gru_reverse", "direction"),
+            ("lstm_reverse", "reverse"),
+            ("gru_reverse", "reverse"),
+            ("lstm_bidirectional_clip", "clip"),
             ("lstm_layout1", "layout=1"),
             ("lstm_seqlens_full", "sequence_lens"),
             ("lstm_activations", "activations"),
