@@ -198,88 +198,14 @@ fn device_backend(
 const LATENCY_SIZES: [(i64, i64, i64, i64); 3] =
     [(8, 64, 100, 1), (8, 64, 100, 256), (32, 256, 200, 1024)];
 
-/// A 2-layer LSTM: X `[steps, batch, input]` -> LSTM(hidden) -> LSTM(hidden) -> Y_h
-/// `[1, batch, hidden]`, random constant weights.
-fn two_layer_lstm(input: i64, hidden: i64) -> tract_onnx::pb::ModelProto {
-    use onnx_builder::{attr_int, f32_tensor, value_info, D};
-    use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
-    let lstm = |name: &str, x: &str, layer: &str, outputs: Vec<String>| NodeProto {
-        name: name.into(),
-        op_type: "LSTM".into(),
-        input: vec![
-            x.into(),
-            format!("W{layer}"),
-            format!("R{layer}"),
-            format!("B{layer}"),
-        ],
-        output: outputs,
-        attribute: vec![attr_int("hidden_size", hidden)],
-        ..Default::default()
-    };
-    let axes = tract_onnx::pb::TensorProto {
-        name: "axes".into(),
-        dims: vec![1],
-        data_type: 7,
-        int64_data: vec![1],
-        ..Default::default()
-    };
-    let scale = |mut t: tract_onnx::pb::TensorProto| {
-        // Weights in +-0.5/sqrt(hidden) keep the states away from saturation.
-        let k = 1.0 / (hidden as f32).sqrt();
-        t.float_data.iter_mut().for_each(|v| *v *= k);
-        t
-    };
-    ModelProto {
-        ir_version: 8,
-        producer_name: "recur-gpu-check".into(),
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: 17,
-        }],
-        graph: Some(GraphProto {
-            name: "lstm2".into(),
-            node: vec![
-                lstm("lstm1", "X", "1", vec!["Y1".into()]),
-                NodeProto {
-                    name: "squeeze".into(),
-                    op_type: "Squeeze".into(),
-                    input: vec!["Y1".into(), "axes".into()],
-                    output: vec!["X2".into()],
-                    ..Default::default()
-                },
-                lstm("lstm2", "X2", "2", vec![String::new(), "Y_h".into()]),
-            ],
-            initializer: vec![
-                scale(f32_tensor("W1", &[1, 4 * hidden, input], 11)),
-                scale(f32_tensor("R1", &[1, 4 * hidden, hidden], 12)),
-                scale(f32_tensor("B1", &[1, 8 * hidden], 13)),
-                scale(f32_tensor("W2", &[1, 4 * hidden, hidden], 21)),
-                scale(f32_tensor("R2", &[1, 4 * hidden, hidden], 22)),
-                scale(f32_tensor("B2", &[1, 8 * hidden], 23)),
-                axes,
-            ],
-            input: vec![value_info(
-                "X",
-                1,
-                &[D::S("steps"), D::S("batch"), D::N(input)],
-            )],
-            output: vec![value_info(
-                "Y_h",
-                1,
-                &[D::N(1), D::S("batch"), D::N(hidden)],
-            )],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// A 2-layer bidirectional LSTM as PyTorch exports one: X `[steps, batch, input]` ->
-/// LSTM(hidden, bidirectional) -> Transpose(0, 2, 1, 3) -> Reshape(0, 0, -1) -> the same ->
-/// Y `[steps, 2, batch, hidden]` and Y_h `[2, batch, hidden]`, random constant weights.
-fn two_layer_bilstm(input: i64, hidden: i64) -> tract_onnx::pb::ModelProto {
+/// A 2-layer LSTM as PyTorch exports one, random constant weights: X `[steps, batch,
+/// input]` -> LSTM(hidden) -> Squeeze(1) -> LSTM(hidden) -> Y_h `[1, batch, hidden]`; or,
+/// `bidirectional`, both layers bidirectional, joined by Transpose(0, 2, 1, 3) and
+/// Reshape(0, 0, -1), giving Y `[steps, 2, batch, hidden]` and Y_h `[2, batch, hidden]`.
+fn two_layer_lstm(input: i64, hidden: i64, bidirectional: bool) -> tract_onnx::pb::ModelProto {
     use onnx_builder::{attr_int, attr_string, f32_tensor, value_info, D};
     use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
+    let dirs = if bidirectional { 2 } else { 1 };
     let lstm = |name: &str, x: &str, layer: &str, outputs: Vec<String>| NodeProto {
         name: name.into(),
         op_type: "LSTM".into(),
@@ -290,10 +216,14 @@ fn two_layer_bilstm(input: i64, hidden: i64) -> tract_onnx::pb::ModelProto {
             format!("B{layer}"),
         ],
         output: outputs,
-        attribute: vec![
-            attr_int("hidden_size", hidden),
-            attr_string("direction", "bidirectional"),
-        ],
+        attribute: if bidirectional {
+            vec![
+                attr_int("hidden_size", hidden),
+                attr_string("direction", "bidirectional"),
+            ]
+        } else {
+            vec![attr_int("hidden_size", hidden)]
+        },
         ..Default::default()
     };
     let node = |name: &str, op: &str, input: Vec<&str>, output: &str, attribute| NodeProto {
@@ -304,21 +234,56 @@ fn two_layer_bilstm(input: i64, hidden: i64) -> tract_onnx::pb::ModelProto {
         attribute,
         ..Default::default()
     };
-    let mut perm = attr_int("perm", 0);
-    perm.r#type = 7; // INTS
-    perm.ints = vec![0, 2, 1, 3];
-    let flat = TensorProto {
-        name: "flat".into(),
-        dims: vec![3],
+    let ints = |name: &str, values: Vec<i64>| TensorProto {
+        name: name.into(),
+        dims: vec![values.len() as i64],
         data_type: 7,
-        int64_data: vec![0, 0, -1],
+        int64_data: values,
         ..Default::default()
     };
+    // Weights in +-0.5/sqrt(hidden) keep the states away from saturation.
     let scale = |mut t: TensorProto| {
         let k = 1.0 / (hidden as f32).sqrt();
         t.float_data.iter_mut().for_each(|v| *v *= k);
         t
     };
+    let (join, outputs) = if bidirectional {
+        let mut perm = attr_int("perm", 0);
+        perm.r#type = 7; // INTS
+        perm.ints = vec![0, 2, 1, 3];
+        (
+            vec![
+                node("transpose", "Transpose", vec!["Y1"], "T1", vec![perm]),
+                node("flatten", "Reshape", vec!["T1", "flat"], "X2", vec![]),
+            ],
+            vec![
+                value_info(
+                    "Y",
+                    1,
+                    &[D::S("steps"), D::N(2), D::S("batch"), D::N(hidden)],
+                ),
+                value_info("Y_h", 1, &[D::N(2), D::S("batch"), D::N(hidden)]),
+            ],
+        )
+    } else {
+        (
+            vec![node("squeeze", "Squeeze", vec!["Y1", "axes"], "X2", vec![])],
+            vec![value_info(
+                "Y_h",
+                1,
+                &[D::N(1), D::S("batch"), D::N(hidden)],
+            )],
+        )
+    };
+    let top_outputs = if bidirectional {
+        vec!["Y".into(), "Y_h".into()]
+    } else {
+        vec![String::new(), "Y_h".into()]
+    };
+    let seed = if bidirectional { 20 } else { 0 };
+    let mut nodes = vec![lstm("lstm1", "X", "1", vec!["Y1".into()])];
+    nodes.extend(join);
+    nodes.push(lstm("lstm2", "X2", "2", top_outputs));
     ModelProto {
         ir_version: 8,
         producer_name: "recur-gpu-check".into(),
@@ -327,35 +292,28 @@ fn two_layer_bilstm(input: i64, hidden: i64) -> tract_onnx::pb::ModelProto {
             version: 17,
         }],
         graph: Some(GraphProto {
-            name: "bilstm2".into(),
-            node: vec![
-                lstm("lstm1", "X", "1", vec!["Y1".into()]),
-                node("transpose", "Transpose", vec!["Y1"], "T1", vec![perm]),
-                node("flatten", "Reshape", vec!["T1", "flat"], "X2", vec![]),
-                lstm("lstm2", "X2", "2", vec!["Y".into(), "Y_h".into()]),
-            ],
+            name: "lstm2".into(),
+            node: nodes,
             initializer: vec![
-                scale(f32_tensor("W1", &[2, 4 * hidden, input], 31)),
-                scale(f32_tensor("R1", &[2, 4 * hidden, hidden], 32)),
-                scale(f32_tensor("B1", &[2, 8 * hidden], 33)),
-                scale(f32_tensor("W2", &[2, 4 * hidden, 2 * hidden], 41)),
-                scale(f32_tensor("R2", &[2, 4 * hidden, hidden], 42)),
-                scale(f32_tensor("B2", &[2, 8 * hidden], 43)),
-                flat,
+                scale(f32_tensor("W1", &[dirs, 4 * hidden, input], seed + 11)),
+                scale(f32_tensor("R1", &[dirs, 4 * hidden, hidden], seed + 12)),
+                scale(f32_tensor("B1", &[dirs, 8 * hidden], seed + 13)),
+                scale(f32_tensor(
+                    "W2",
+                    &[dirs, 4 * hidden, dirs * hidden],
+                    seed + 21,
+                )),
+                scale(f32_tensor("R2", &[dirs, 4 * hidden, hidden], seed + 22)),
+                scale(f32_tensor("B2", &[dirs, 8 * hidden], seed + 23)),
+                ints("axes", vec![1]),
+                ints("flat", vec![0, 0, -1]),
             ],
             input: vec![value_info(
                 "X",
                 1,
                 &[D::S("steps"), D::S("batch"), D::N(input)],
             )],
-            output: vec![
-                value_info(
-                    "Y",
-                    1,
-                    &[D::S("steps"), D::N(2), D::S("batch"), D::N(hidden)],
-                ),
-                value_info("Y_h", 1, &[D::N(2), D::S("batch"), D::N(hidden)]),
-            ],
+            output: outputs,
             ..Default::default()
         }),
         ..Default::default()
@@ -369,12 +327,13 @@ fn latency(root: &Path, pair: &Pair, iters: usize, sizes: &[(i64, i64, i64, i64)
     let dir = root.join(".gpu/latency");
     std::fs::create_dir_all(&dir).expect(".gpu/latency");
     println!(
-        "\n{:<28} {:>10} {:>6} {:>12} {:>12}",
+        "\n{:<28} {:>10} {:>6} {:>12} {:>12} {:>12}",
         "2-layer LSTM (I, H, T, B)",
         "max|d|",
         "ok",
         format!("{}_ms", gpu.device),
-        "cpu_ms"
+        "cpu_ms",
+        "copy_in_ms"
     );
     let width = 28;
     let mut failed = 0;
@@ -389,19 +348,11 @@ fn latency(root: &Path, pair: &Pair, iters: usize, sizes: &[(i64, i64, i64, i64)
             .map(|&size| (size, true)),
     );
     for ((input, hidden, steps, batch), bidirectional) in models {
-        let (name, proto) = if bidirectional {
-            (
-                format!("bilstm2_i{input}_h{hidden}.onnx"),
-                two_layer_bilstm(input, hidden),
-            )
-        } else {
-            (
-                format!("lstm2_i{input}_h{hidden}.onnx"),
-                two_layer_lstm(input, hidden),
-            )
-        };
+        let prefix = if bidirectional { "bilstm2" } else { "lstm2" };
+        let name = format!("{prefix}_i{input}_h{hidden}.onnx");
+        let proto = two_layer_lstm(input, hidden, bidirectional);
         let path = onnx_builder::write_model(&dir, &name, &proto);
-        let result = (|| -> recur::Result<(f32, f64, f64)> {
+        let result = (|| -> recur::Result<(f32, f64, f64, Option<f64>)> {
             let model = Model::load(&path)?;
             let n = (steps * batch * input) as usize;
             let values: Vec<f32> = (0..n)
@@ -424,10 +375,31 @@ fn latency(root: &Path, pair: &Pair, iters: usize, sizes: &[(i64, i64, i64, i64)
                 }
             }
             let cpu_iters = if batch >= 256 { 3 } else { iters };
+            // What of the cuDNN backend's time is copying X to the device (PyTorch's input
+            // is there already).
+            let copy_in = match (pair.gpu_kind, gpu.device) {
+                (BackendKind::Cudnn, Device::Cuda(ordinal)) => {
+                    let device = recur::cuda::Gpu::open(ordinal as usize)?;
+                    let data = x.tensors[0].1.to_f32();
+                    let data = data.as_slice().expect("standard layout");
+                    let buffer = device.alloc(data.len())?;
+                    let mut t: Vec<f64> = (0..iters)
+                        .map(|_| {
+                            let start = Instant::now();
+                            buffer.write(0, data).expect("copy to the device");
+                            start.elapsed().as_secs_f64() * 1e3
+                        })
+                        .collect();
+                    t.sort_by(f64::total_cmp);
+                    Some(t[t.len() / 2])
+                }
+                _ => None,
+            };
             Ok((
                 worst,
                 median_us(&mut on_gpu, &x, iters) / 1e3,
                 median_us(&mut on_cpu, &x, cpu_iters) / 1e3,
+                copy_in,
             ))
         })();
         let size = format!("{input}, {hidden}, {steps}, {batch}");
@@ -437,7 +409,7 @@ fn latency(root: &Path, pair: &Pair, iters: usize, sizes: &[(i64, i64, i64, i64)
             size.clone()
         };
         match result {
-            Ok((worst, g, c)) => {
+            Ok((worst, g, c, copy_in)) => {
                 let ok = worst <= TOLERANCE;
                 if !ok {
                     failed += 1;
@@ -448,8 +420,9 @@ fn latency(root: &Path, pair: &Pair, iters: usize, sizes: &[(i64, i64, i64, i64)
                         serde_json::json!({ "device_ms": g, "cpu_ms": c, "max_abs_diff": worst }),
                     );
                 }
+                let copy_in = copy_in.map_or("-".to_string(), |t| format!("{t:.3}"));
                 println!(
-                    "{label:<width$} {worst:>10.2e} {:>6} {g:>12.3} {c:>12.3}",
+                    "{label:<width$} {worst:>10.2e} {:>6} {g:>12.3} {c:>12.3} {copy_in:>12}",
                     if ok { "yes" } else { "NO" }
                 );
             }

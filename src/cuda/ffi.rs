@@ -247,13 +247,7 @@ impl Cudart {
 
     /// `Ok` for `cudaSuccess`, else an error naming the call.
     pub fn check(&self, call: &str, status: c_int) -> Result<()> {
-        if status == 0 {
-            return Ok(());
-        }
-        Err(RecurError::Usage(format!(
-            "CUDA: {call} failed: {} (error {status})",
-            self.error_string(status)
-        )))
+        checked("CUDA", call, status, || self.error_string(status))
     }
 }
 
@@ -300,12 +294,18 @@ impl Cudnn {
 
     /// `Ok` for `CUDNN_STATUS_SUCCESS`, else an error naming the call.
     pub fn check(&self, call: &str, status: c_int) -> Result<()> {
-        if status == 0 {
-            return Ok(());
-        }
-        Err(RecurError::Usage(format!(
-            "cuDNN: {call} failed: {} (status {status})",
-            self.error_string(status)
-        )))
+        checked("cuDNN", call, status, || self.error_string(status))
     }
+}
+
+/// `Ok` for status 0 (success in both libraries), else one line naming the library, the
+/// call, the library's words and the code.
+fn checked(library: &str, call: &str, status: c_int, words: impl FnOnce() -> String) -> Result<()> {
+    if status == 0 {
+        return Ok(());
+    }
+    Err(RecurError::Usage(format!(
+        "{library}: {call} failed: {} (status {status})",
+        words()
+    )))
 }

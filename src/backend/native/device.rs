@@ -193,7 +193,16 @@ impl DevicePlan {
             match unit {
                 Unit::Host(i) => run_host_op(&plan.ops[*i], &mut host, &fed, &mut device)?,
                 Unit::Stack(stack) => {
-                    run_stack(stack, &self.gpu, &mut self.staged, &host, &fed, &mut device)?
+                    let reader = Reader {
+                        gpu: &self.gpu,
+                        staged: &mut self.staged,
+                        host: &host,
+                        fed: &fed,
+                        device: &device,
+                    };
+                    for (slot, value) in run_stack(stack, reader)? {
+                        device[slot] = Some(value);
+                    }
                 }
             }
         }
@@ -642,104 +651,100 @@ fn run_host_op(
     eval(op, host)
 }
 
-/// The device copy of slot `s`: already there, or copied from the host value or the fed
-/// input (into a buffer kept per slot between runs).
-fn on_device(
-    s: usize,
-    gpu: &Arc<Gpu>,
-    staged: &mut HashMap<usize, Arc<DeviceBuffer>>,
-    host: &[Option<Value>],
-    fed: &[Option<&HostTensor>],
-    device: &[Option<DeviceValue>],
-) -> Result<DeviceValue, String> {
-    let reordered;
-    let array = match (&device[s], &host[s], fed[s]) {
-        (Some(d), _, _) if !d.directions_inner => return Ok(d.clone()),
-        // A bidirectional Y read as is: through the host, in ONNX order.
-        (Some(d), _, _) => {
-            reordered = d.download()?;
-            &reordered
-        }
-        (None, Some(Value::F32(a)), _) => a,
-        (None, None, Some(HostTensor::F32(a))) => a,
-        _ => return Err(format!("value slot {s} is not a float tensor on the host")),
-    };
-    let standard;
-    let data = match array.as_slice() {
-        Some(d) => d,
-        None => {
-            standard = array.as_standard_layout().into_owned();
-            standard.as_slice().expect("standard layout")
-        }
-    };
-    let buffer = match staged.remove(&s) {
-        Some(b) if Arc::strong_count(&b) == 1 && b.len() == data.len() => b,
-        _ => Arc::new(gpu.alloc(data.len()).map_err(|e| e.to_string())?),
-    };
-    buffer.write(0, data).map_err(|e| e.to_string())?;
-    staged.insert(s, Arc::clone(&buffer));
-    Ok(DeviceValue {
-        buffer,
-        offset: 0,
-        shape: array.shape().to_vec(),
-        directions_inner: false,
-    })
+/// Where a cuDNN stack finds its inputs during a run: the values computed so far (on the
+/// host or the device), the fed inputs, and the per-slot buffers inputs are copied into.
+struct Reader<'a, 'g> {
+    gpu: &'a Arc<Gpu>,
+    staged: &'a mut HashMap<usize, Arc<DeviceBuffer>>,
+    host: &'a [Option<Value>],
+    fed: &'a [Option<&'g HostTensor>],
+    device: &'a [Option<DeviceValue>],
 }
 
-/// Gathers the layers' initial states (`[directions, batch, hidden]` each, where given)
-/// into one `[layers * directions, batch, hidden]` device buffer, zeros for the layers without one. `None` when
-/// no layer has one (cuDNN starts from zeros).
-#[allow(clippy::too_many_arguments)]
-fn gather_states(
-    slots: &[Option<usize>],
-    buffer: &mut Option<DeviceBuffer>,
-    (directions, batch, hidden): (usize, usize, usize),
-    gpu: &Arc<Gpu>,
-    staged: &mut HashMap<usize, Arc<DeviceBuffer>>,
-    host: &[Option<Value>],
-    fed: &[Option<&HostTensor>],
-    device: &[Option<DeviceValue>],
-) -> Result<bool, String> {
-    if slots.iter().all(Option::is_none) {
-        return Ok(false);
+impl Reader<'_, '_> {
+    /// The device copy of slot `s`: already there, or copied from the host value or the fed
+    /// input (into a buffer kept per slot between runs).
+    fn on_device(&mut self, s: usize) -> Result<DeviceValue, String> {
+        let reordered;
+        let array = match (&self.device[s], &self.host[s], self.fed[s]) {
+            (Some(d), _, _) if !d.directions_inner => return Ok(d.clone()),
+            // A bidirectional Y read as is: through the host, in ONNX order.
+            (Some(d), _, _) => {
+                reordered = d.download()?;
+                &reordered
+            }
+            (None, Some(Value::F32(a)), _) => a,
+            (None, None, Some(HostTensor::F32(a))) => a,
+            _ => return Err(format!("value slot {s} is not a float tensor on the host")),
+        };
+        let standard;
+        let data = match array.as_slice() {
+            Some(d) => d,
+            None => {
+                standard = array.as_standard_layout().into_owned();
+                standard.as_slice().expect("standard layout")
+            }
+        };
+        let buffer = match self.staged.remove(&s) {
+            Some(b) if Arc::strong_count(&b) == 1 && b.len() == data.len() => b,
+            _ => Arc::new(self.gpu.alloc(data.len()).map_err(|e| e.to_string())?),
+        };
+        buffer.write(0, data).map_err(|e| e.to_string())?;
+        self.staged.insert(s, Arc::clone(&buffer));
+        Ok(DeviceValue {
+            buffer,
+            offset: 0,
+            shape: array.shape().to_vec(),
+            directions_inner: false,
+        })
     }
-    let each = directions * batch * hidden;
-    let len = slots.len() * each;
-    if buffer.as_ref().is_none_or(|b| b.len() != len) {
-        *buffer = Some(gpu.alloc(len).map_err(|e| e.to_string())?);
-    }
-    let target = buffer.as_ref().expect("set above");
-    for (k, slot) in slots.iter().enumerate() {
-        match slot {
-            None => target.zero(k * each, each).map_err(|e| e.to_string())?,
-            Some(s) => {
-                let v = on_device(*s, gpu, staged, host, fed, device)?;
-                if v.shape != [directions, batch, hidden] {
-                    return Err(format!(
-                        "initial state of shape {:?}, expected [{directions}, {batch}, {hidden}]",
-                        v.shape
-                    ));
+
+    /// Gathers the layers' initial states (`[directions, batch, hidden]` each, where given)
+    /// into one `[layers * directions, batch, hidden]` device buffer, zeros for the layers
+    /// without one. False when no layer has one (cuDNN starts from zeros).
+    fn gather_states(
+        &mut self,
+        slots: &[Option<usize>],
+        buffer: &mut Option<DeviceBuffer>,
+        (directions, batch, hidden): (usize, usize, usize),
+    ) -> Result<bool, String> {
+        if slots.iter().all(Option::is_none) {
+            return Ok(false);
+        }
+        let each = directions * batch * hidden;
+        let len = slots.len() * each;
+        if buffer.as_ref().is_none_or(|b| b.len() != len) {
+            *buffer = Some(self.gpu.alloc(len).map_err(|e| e.to_string())?);
+        }
+        let target = buffer.as_ref().expect("set above");
+        for (k, slot) in slots.iter().enumerate() {
+            match slot {
+                None => target.zero(k * each, each).map_err(|e| e.to_string())?,
+                Some(s) => {
+                    let v = self.on_device(*s)?;
+                    if v.shape != [directions, batch, hidden] {
+                        return Err(format!(
+                            "initial state of shape {:?}, expected [{directions}, {batch}, {hidden}]",
+                            v.shape
+                        ));
+                    }
+                    target
+                        .copy_from(k * each, &v.buffer, v.offset, each)
+                        .map_err(|e| e.to_string())?;
                 }
-                target
-                    .copy_from(k * each, &v.buffer, v.offset, each)
-                    .map_err(|e| e.to_string())?;
             }
         }
+        Ok(true)
     }
-    Ok(true)
 }
 
 /// Runs a cuDNN stack: X and the initial states to the device (where they are not
-/// already), then the outputs left there as views of cuDNN's buffers.
+/// already), then the outputs, left there as views of cuDNN's buffers, for their slots.
 fn run_stack(
     stack: &mut Stack,
-    gpu: &Arc<Gpu>,
-    staged: &mut HashMap<usize, Arc<DeviceBuffer>>,
-    host: &[Option<Value>],
-    fed: &[Option<&HostTensor>],
-    device: &mut [Option<DeviceValue>],
-) -> Result<(), String> {
-    let x = on_device(stack.x, gpu, staged, host, fed, device)?;
+    mut reader: Reader<'_, '_>,
+) -> Result<Vec<(usize, DeviceValue)>, String> {
+    let x = reader.on_device(stack.x)?;
     let [steps, batch, features] = x.shape[..] else {
         return Err(format!(
             "X of shape {:?}, expected [steps, batch, features]",
@@ -753,26 +758,9 @@ fn run_stack(
         ));
     }
     let (hidden, layers, dirs) = (stack.hidden, stack.rnn.layers(), stack.rnn.directions());
-    let has_h = gather_states(
-        &stack.h0,
-        &mut stack.h0_buffer,
-        (dirs, batch, hidden),
-        gpu,
-        staged,
-        host,
-        fed,
-        device,
-    )?;
-    let has_c = gather_states(
-        &stack.c0,
-        &mut stack.c0_buffer,
-        (dirs, batch, hidden),
-        gpu,
-        staged,
-        host,
-        fed,
-        device,
-    )?;
+    let dims = (dirs, batch, hidden);
+    let has_h = reader.gather_states(&stack.h0, &mut stack.h0_buffer, dims)?;
+    let has_c = reader.gather_states(&stack.c0, &mut stack.c0_buffer, dims)?;
     let out = stack
         .rnn
         .forward(
@@ -783,13 +771,17 @@ fn run_stack(
             stack.c0_buffer.as_ref().filter(|_| has_c),
         )
         .map_err(|e| e.to_string())?;
+    let mut made = Vec::new();
     if let Some(y) = stack.y {
-        device[y] = Some(DeviceValue {
-            buffer: Arc::clone(&out.y),
-            offset: 0,
-            shape: vec![steps, dirs, batch, hidden],
-            directions_inner: dirs > 1,
-        });
+        made.push((
+            y,
+            DeviceValue {
+                buffer: Arc::clone(&out.y),
+                offset: 0,
+                shape: vec![steps, dirs, batch, hidden],
+                directions_inner: dirs > 1,
+            },
+        ));
     }
     let each = dirs * batch * hidden;
     let state = |buffer: &Arc<DeviceBuffer>, k: usize| DeviceValue {
@@ -800,13 +792,13 @@ fn run_stack(
     };
     for k in 0..layers {
         if let Some(s) = stack.y_h[k] {
-            device[s] = Some(state(&out.h, k));
+            made.push((s, state(&out.h, k)));
         }
         if let (Some(s), Some(c)) = (stack.y_c[k], &out.c) {
-            device[s] = Some(state(c, k));
+            made.push((s, state(c, k)));
         }
     }
-    Ok(())
+    Ok(made)
 }
 
 #[cfg(test)]
