@@ -32,7 +32,8 @@ pub struct InspectReport {
     pub op_histogram: BTreeMap<String, usize>,
     /// Every node, classified; recurrent ones with all their attributes.
     pub layers: Vec<Layer>,
-    /// Per path (tract, ort, mcu): whether it can run the model and, if not, why.
+    /// Per path (tract, ort, stream, mcu, cudnn): whether it can run the model and, if not,
+    /// why.
     pub paths: BTreeMap<String, PathSupport>,
 }
 
@@ -64,6 +65,7 @@ pub fn inspect(model: &Model) -> InspectReport {
     paths.insert("ort".to_string(), ort_support(model));
     paths.insert("stream".to_string(), stream_support(model));
     paths.insert("mcu".to_string(), mcu_support(model));
+    paths.insert("cudnn".to_string(), cudnn_support(model));
     InspectReport {
         model: model.path.display().to_string(),
         producer: ir.producer.clone(),
@@ -135,6 +137,37 @@ fn stream_support(model: &Model) -> PathSupport {
             )),
         },
         Err(e) => refused(e),
+    }
+}
+
+/// Whether `--backend cudnn` takes the model, and which recurrent nodes it would run on the
+/// GPU (decided without one; the others run on the CPU kernels, each named with its reason).
+fn cudnn_support(model: &Model) -> PathSupport {
+    match crate::backend::cudnn::placements(model) {
+        Ok(placements) => {
+            let on_gpu = placements
+                .iter()
+                .filter(|p| p.cpu_because.is_none())
+                .count();
+            let mut note = format!(
+                "{on_gpu} of {} recurrent node(s) on the GPU",
+                placements.len()
+            );
+            for p in placements.iter().filter(|p| p.cpu_because.is_some()) {
+                let why = p.cpu_because.as_deref().unwrap_or_default();
+                note.push_str(&format!("; '{}' on the CPU: {why}", p.node));
+            }
+            PathSupport {
+                runs: true,
+                reasons: vec![],
+                note: Some(note),
+            }
+        }
+        Err(e) => PathSupport {
+            runs: false,
+            reasons: vec![],
+            note: Some(crate::error::one_line(&e.to_string())),
+        },
     }
 }
 

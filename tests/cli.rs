@@ -97,6 +97,7 @@ fn inspect_reports_every_fixture_as_text_and_json() {
             case.id()
         );
         assert!(v["paths"]["tract"]["runs"].is_boolean(), "{}", case.id());
+        assert!(v["paths"]["cudnn"]["runs"].is_boolean(), "{}", case.id());
         let recurrent: Vec<&serde_json::Value> = v["layers"]
             .as_array()
             .unwrap()
@@ -440,6 +441,33 @@ fn the_cudnn_backend_without_cuda_is_exit_2_naming_what_it_looked_for() {
     assert_user_error(&out, &[]);
     // Without a CUDA device it refuses before it looks for the libraries.
     assert_user_error(&recur(&args[..6]), &["--device cuda"]);
+}
+
+/// `inspect` says, without a GPU, which recurrent nodes the cuDNN backend runs there and why
+/// the others stay on the CPU.
+#[test]
+fn inspect_tells_which_nodes_the_cudnn_backend_sends_to_the_gpu() {
+    let line = |model: &str| {
+        let out = recur(&["inspect", model]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find(|l| l.trim_start().starts_with("cudnn"))
+            .unwrap_or_else(|| panic!("no cudnn line in:\n{text}"))
+            .to_string()
+    };
+    let stacked = line("models/real/lstm_state_io/model.onnx");
+    assert!(
+        stacked.contains("yes (2 of 2 recurrent node(s) on the GPU)"),
+        "{stacked}"
+    );
+    let lbr0 = line("models/matrix/gru_lbr0/model.onnx");
+    assert!(
+        lbr0.contains("0 of 1") && lbr0.contains("linear_before_reset=0"),
+        "{lbr0}"
+    );
+    let keras = line("models/real/masked_lstm/model.onnx");
+    assert!(keras.contains("no:") && keras.contains("Cast"), "{keras}");
 }
 
 #[test]
