@@ -36,10 +36,10 @@ pub struct DeployArgs {
     /// The release version (default: v<unix time>-<hash of the contents>).
     #[arg(long = "release", value_name = "NAME")]
     pub release: Option<String>,
-    /// The service's engine: tract or ort.
+    /// The service's engine: tract, ort or cudnn.
     #[arg(long, default_value = "tract")]
     pub backend: String,
-    /// The service's device: cpu or cuda[:N] (cuda with --backend ort).
+    /// The service's device: cpu or cuda[:N] (cuda with --backend ort or cudnn).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// The ONNX Runtime library on the device, set as ORT_DYLIB_PATH in the unit (default:

@@ -15,10 +15,10 @@ use crate::error::{RecurError, Result};
 pub struct ServeConfig {
     /// The ONNX model to serve (re-read from here on reload).
     pub model: PathBuf,
-    /// Engine: tract or ort.
+    /// Engine: tract, ort or cudnn.
     #[serde(default = "default_backend")]
     pub backend: String,
-    /// Device: cpu or `cuda[:N]` (cuda with the ort backend).
+    /// Device: cpu or `cuda[:N]` (cuda with the ort or cudnn backend).
     #[serde(default = "default_device")]
     pub device: String,
     /// ONNX Runtime library (default: ORT_DYLIB_PATH, then recur's usual places).
