@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use recur::backend::{build_with, BackendKind, BackendOptions, Device};
 use recur::model::Model;
-use recur::tensor::{check_inputs, read_npy, CheckedInputs};
+use recur::tensor::{check_inputs, read_npy, CheckedInputs, HostTensor};
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -64,6 +64,22 @@ fn inputs(dir: &Path, model: &Model) -> recur::Result<CheckedInputs> {
         })
         .collect::<recur::Result<Vec<_>>>()?;
     check_inputs(&model.ir.inputs, given)
+}
+
+/// The largest absolute difference between two runs' outputs, output by output (infinite
+/// when an output's shape differs).
+fn max_abs_diff(a: &[(String, HostTensor)], b: &[(String, HostTensor)]) -> f32 {
+    let mut worst = 0f32;
+    for ((_, a), (_, b)) in a.iter().zip(b) {
+        let (a, b) = (a.to_f32(), b.to_f32());
+        if a.shape() != b.shape() {
+            return f32::INFINITY;
+        }
+        for (p, q) in a.iter().zip(b.iter()) {
+            worst = worst.max((p - q).abs());
+        }
+    }
+    worst
 }
 
 fn median_us(
@@ -108,7 +124,6 @@ fn streaming(root: &Path, pair: &Pair, iters: usize) -> usize {
         let result = (|| -> recur::Result<(f32, f64, f64)> {
             let model = Model::load(&dir.join("model.onnx"))?;
             let x = inputs(&dir, &model)?;
-            let mut worst = 0f32;
             let mut per_step = Vec::new();
             let mut outs = Vec::new();
             for (kind, options) in [(pair.cpu_kind, cpu), (pair.gpu_kind, gpu)] {
@@ -140,12 +155,7 @@ fn streaming(root: &Path, pair: &Pair, iters: usize) -> usize {
                 times.sort_by(f64::total_cmp);
                 per_step.push(times[times.len() / 2]);
             }
-            for ((_, a), (_, b)) in outs[0].iter().zip(&outs[1]) {
-                for (p, q) in a.to_f32().iter().zip(b.to_f32().iter()) {
-                    worst = worst.max((p - q).abs());
-                }
-            }
-            Ok((worst, per_step[0], per_step[1]))
+            Ok((max_abs_diff(&outs[0], &outs[1]), per_step[0], per_step[1]))
         })();
         match result {
             Ok((worst, c, g)) => {
@@ -367,13 +377,7 @@ fn latency(root: &Path, pair: &Pair, iters: usize, sizes: &[(i64, i64, i64, i64)
             let x = check_inputs(&model.ir.inputs, given)?;
             let mut on_gpu = build_with(pair.gpu_kind, &model, gpu)?;
             let mut on_cpu = build_with(pair.cpu_kind, &model, cpu)?;
-            let (a, b) = (on_cpu.run(&x)?, on_gpu.run(&x)?);
-            let mut worst = 0f32;
-            for ((_, a), (_, b)) in a.iter().zip(&b) {
-                for (p, q) in a.to_f32().iter().zip(b.to_f32().iter()) {
-                    worst = worst.max((p - q).abs());
-                }
-            }
+            let worst = max_abs_diff(&on_cpu.run(&x)?, &on_gpu.run(&x)?);
             let cpu_iters = if batch >= 256 { 3 } else { iters };
             // What of the cuDNN backend's time is copying X to the device (PyTorch's input
             // is there already).
@@ -562,19 +566,7 @@ fn main() {
         let result = (|| -> recur::Result<(f32, f64, f64)> {
             let x = inputs(&dir, &model)?;
             let mut on_cpu = build_with(pair.cpu_kind, &model, &pair.cpu)?;
-            let a = on_cpu.run(&x)?;
-            let b = on_gpu.run(&x)?;
-            let mut worst = 0f32;
-            for ((_, a), (_, b)) in a.iter().zip(&b) {
-                let (a, b) = (a.to_f32(), b.to_f32());
-                if a.shape() != b.shape() {
-                    worst = f32::INFINITY;
-                    continue;
-                }
-                for (p, q) in a.iter().zip(b.iter()) {
-                    worst = worst.max((p - q).abs());
-                }
-            }
+            let worst = max_abs_diff(&on_cpu.run(&x)?, &on_gpu.run(&x)?);
             Ok((
                 worst,
                 median_us(&mut on_cpu, &x, iters),

@@ -30,9 +30,9 @@ impl CudnnBackend {
                 "the cudnn backend runs on a CUDA device: add --device cuda (or cuda:N)".into(),
             ));
         };
-        let (plan, names) = compile(model)?;
+        let plan = compile(model)?;
         let gpu = Gpu::open(ordinal as usize)?;
-        let device = DevicePlan::build(&plan, &model.ir, &names, gpu, options.cuda_tf32)?;
+        let device = DevicePlan::build(&plan, &model.ir, gpu, options.cuda_tf32)?;
         for p in device.placements() {
             if let Some(why) = &p.cpu_because {
                 tracing::warn!(
@@ -64,25 +64,22 @@ impl CudnnBackend {
 /// Where each recurrent node of `model` would run under the cuDNN backend (graph order),
 /// decided without a GPU; an error when recur's executor does not compile the model.
 pub fn placements(model: &Model) -> Result<Vec<Placement>> {
-    let (plan, names) = compile(model)?;
-    Ok(plan_placements(&plan, &names))
+    Ok(plan_placements(&compile(model)?, &model.ir))
 }
 
-/// The model compiled for recur's executor, and its nodes' names.
-fn compile(model: &Model) -> Result<(NativePlan, Vec<String>)> {
+/// The model compiled for recur's executor.
+fn compile(model: &Model) -> Result<NativePlan> {
     let graph = model
         .proto
         .graph
         .as_ref()
         .expect("decode_proto checked the graph");
-    let plan = NativePlan::compile(graph, &model.ir, model.ir.opset).map_err(|why| {
+    NativePlan::compile(graph, &model.ir, model.ir.opset).map_err(|why| {
         RecurError::Usage(format!(
             "{}: the cudnn backend runs the models recur's own executor compiles, and it does not take this one: {why}; use --backend tract or --backend ort",
             model.path.display()
         ))
-    })?;
-    let names = model.ir.layers.iter().map(|l| l.node.clone()).collect();
-    Ok((plan, names))
+    })
 }
 
 impl Backend for CudnnBackend {

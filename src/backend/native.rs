@@ -29,6 +29,26 @@ enum Value {
     I64(ArrayD<i64>),
 }
 
+impl Value {
+    /// A graph input as the executor holds it (int32 widened to int64).
+    fn from_host(tensor: &HostTensor) -> Value {
+        match tensor {
+            HostTensor::F32(a) => Value::F32(a.clone()),
+            HostTensor::I64(a) => Value::I64(a.clone()),
+            HostTensor::I32(a) => Value::I64(a.mapv(i64::from)),
+        }
+    }
+
+    /// A graph output as it leaves, in standard layout (a Transpose inside only sets
+    /// strides).
+    fn into_host(self) -> HostTensor {
+        match self {
+            Value::F32(a) => HostTensor::F32(standard_layout(a)),
+            Value::I64(a) => HostTensor::I64(standard_layout(a)),
+        }
+    }
+}
+
 /// One step of the compiled graph.
 #[derive(Debug)]
 enum Op {
@@ -445,11 +465,7 @@ impl NativePlan {
         }
         for ((name, slot), (given_name, tensor)) in self.inputs.iter().zip(given) {
             debug_assert_eq!(name, given_name);
-            values[*slot] = Some(match tensor {
-                HostTensor::F32(a) => Value::F32(a.clone()),
-                HostTensor::I64(a) => Value::I64(a.clone()),
-                HostTensor::I32(a) => Value::I64(a.mapv(i64::from)),
-            });
+            values[*slot] = Some(Value::from_host(tensor));
         }
         for op in &self.ops {
             eval(op, &mut values)?;
@@ -465,11 +481,7 @@ impl NativePlan {
                     values[*slot].take()
                 }
                 .ok_or("output not computed")?;
-                // Graph outputs leave in standard layout (a Transpose inside only sets strides).
-                Ok(match v {
-                    Value::F32(a) => HostTensor::F32(standard_layout(a)),
-                    Value::I64(a) => HostTensor::I64(standard_layout(a)),
-                })
+                Ok(v.into_host())
             })
             .collect()
     }

@@ -83,7 +83,6 @@ pub struct Cudnn {
     pub path: String,
     pub(crate) create: unsafe extern "C" fn(*mut Opaque) -> c_int,
     pub(crate) destroy: unsafe extern "C" fn(Opaque) -> c_int,
-    pub(crate) get_version: unsafe extern "C" fn() -> usize,
     get_error_string: unsafe extern "C" fn(c_int) -> *const c_char,
     pub(crate) create_rnn_descriptor: unsafe extern "C" fn(*mut Opaque) -> c_int,
     pub(crate) destroy_rnn_descriptor: unsafe extern "C" fn(Opaque) -> c_int,
@@ -264,7 +263,6 @@ impl Cudnn {
             Ok(Cudnn {
                 create: symbol(&lib, &path, "cudnnCreate")?,
                 destroy: symbol(&lib, &path, "cudnnDestroy")?,
-                get_version: symbol(&lib, &path, "cudnnGetVersion")?,
                 get_error_string: symbol(&lib, &path, "cudnnGetErrorString")?,
                 create_rnn_descriptor: symbol(&lib, &path, "cudnnCreateRNNDescriptor")?,
                 destroy_rnn_descriptor: symbol(&lib, &path, "cudnnDestroyRNNDescriptor")?,

@@ -28,8 +28,6 @@ pub struct Gpu {
     pub(crate) handle: ffi::Handle,
     /// The CUDA device index.
     device: c_int,
-    /// cuDNN's version, as `cudnnGetVersion` gives it (91900 for 9.19.0).
-    cudnn_version: usize,
 }
 
 // SAFETY: the handle and the entry points are used by one thread at a time (a backend is
@@ -66,20 +64,12 @@ impl Gpu {
         let mut raw = std::ptr::null_mut();
         // SAFETY: cudnnCreate writes the handle on success.
         dnn.check("cudnnCreate", unsafe { (dnn.create)(&mut raw) })?;
-        // SAFETY: no arguments.
-        let cudnn_version = unsafe { (dnn.get_version)() };
         Ok(Arc::new(Gpu {
             rt,
             dnn,
             handle: ffi::Handle(raw),
             device: ordinal,
-            cudnn_version,
         }))
-    }
-
-    /// cuDNN's version, e.g. 91900 for 9.19.0.
-    pub fn cudnn_version(&self) -> usize {
-        self.cudnn_version
     }
 
     /// Makes this device current on the calling thread (CUDA's current device is per
@@ -103,13 +93,6 @@ impl Gpu {
             ptr,
             len,
         })
-    }
-
-    /// A device copy of `data`.
-    pub fn upload(self: &Arc<Self>, data: &[f32]) -> Result<DeviceBuffer> {
-        let buffer = self.alloc(data.len())?;
-        buffer.write(0, data)?;
-        Ok(buffer)
     }
 }
 

@@ -152,11 +152,7 @@ impl RnnStack {
         let layers = params;
         let mut params = Vec::with_capacity(layers.len());
         for (k, l) in layers.iter().enumerate() {
-            let inp = if k < directions {
-                input
-            } else {
-                directions * hidden
-            };
+            let inp = pseudo_layer_input(k, (input, hidden, directions));
             if l.w.dim() != (g * hidden, inp) || l.r.dim() != (g * hidden, hidden) {
                 return Err(RecurError::Usage(format!(
                     "cuDNN layer {k}: W {:?} and R {:?} do not fit hidden {hidden}, input {inp}",
@@ -275,11 +271,7 @@ impl RnnStack {
         let (g, h) = (self.cell.gates(), self.hidden);
         // cuDNN's pseudo-layers: each layer's directions in turn, as `params` holds them.
         for (layer, (w, r, b)) in self.params.iter().enumerate() {
-            let inp = if layer < self.directions {
-                self.input
-            } else {
-                self.directions * h
-            };
+            let inp = pseudo_layer_input(layer, (self.input, h, self.directions));
             for gate in 0..g {
                 for recurrent in [false, true] {
                     let id = lin_layer_id(self.cell, gate, recurrent);
@@ -545,6 +537,16 @@ impl Drop for Shaped {
                 (dnn.destroy_tensor_descriptor)(self.h_desc);
             }
         }
+    }
+}
+
+/// The features pseudo-layer `k` (layer `k / directions`, one direction of it) reads: the
+/// input for the first layer, every direction of the layer below for the others.
+fn pseudo_layer_input(k: usize, (input, hidden, directions): (usize, usize, usize)) -> usize {
+    if k < directions {
+        input
+    } else {
+        directions * hidden
     }
 }
 

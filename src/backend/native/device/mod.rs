@@ -19,13 +19,13 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, Axis, Ix2};
 
-use super::{eval, reshape_target, standard_layout, NativePlan, Op, Value};
-use crate::cuda::rnn::{LayerParams, RnnStack};
+use super::{eval, reshape_target, NativePlan, Op, Value};
+use crate::cuda::rnn::{CellMode, LayerParams, RnnStack};
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::ir::{LayerKind, RecurrentModel};
 use crate::tensor::{CheckedInputs, HostTensor};
-use plan::{cudnn_cell, plan_units, reads, Planned};
 pub use plan::{plan_placements, Placement};
+use plan::{plan_units, reads, Planned};
 
 /// A device-resident value: a window of a device buffer with an ONNX shape.
 #[derive(Clone)]
@@ -80,7 +80,8 @@ struct Stack {
     /// Per layer: the slots of Y_h and Y_c, when used.
     y_h: Vec<Option<usize>>,
     y_c: Vec<Option<usize>>,
-    /// Initial states gathered for cuDNN (`[layers, batch, hidden]`), kept between runs.
+    /// Initial states gathered for cuDNN (`[layers * directions, batch, hidden]`), kept
+    /// between runs.
     h0_buffer: Option<DeviceBuffer>,
     c0_buffer: Option<DeviceBuffer>,
 }
@@ -101,23 +102,22 @@ pub struct DevicePlan {
 }
 
 impl DevicePlan {
-    /// Plans `plan` (compiled from `ir`'s graph, whose nodes `names` lists) for `gpu`:
+    /// Plans `plan` (compiled from `ir`'s graph) for `gpu`:
     /// builds a cuDNN stack per chain of recurrent nodes it computes exactly, with the
     /// weights laid out on the device once. `tf32` lets cuDNN use TensorFloat-32.
     pub fn build(
         plan: &NativePlan,
         ir: &RecurrentModel,
-        names: &[String],
         gpu: Arc<Gpu>,
         tf32: bool,
     ) -> crate::Result<Self> {
-        let (planned, placements) = plan_units(plan, names);
+        let (planned, placements) = plan_units(plan, ir);
         let mut units = Vec::with_capacity(planned.len());
         for unit in planned {
             units.push(match unit {
                 Planned::Host(i) => Unit::Host(i),
-                Planned::Stack { layers, .. } => {
-                    Unit::Stack(Box::new(build_stack(plan, ir, &layers, &gpu, tf32)?))
+                Planned::Stack { layers, cell, .. } => {
+                    Unit::Stack(Box::new(build_stack(plan, ir, &layers, cell, &gpu, tf32)?))
                 }
             });
         }
@@ -183,10 +183,17 @@ impl DevicePlan {
         }
         plan.outputs
             .iter()
-            .map(|(name, slot)| {
-                let value = match (&host[*slot], &device[*slot], fed[*slot]) {
-                    (Some(Value::F32(a)), _, _) => HostTensor::F32(standard_layout(a.clone())),
-                    (Some(Value::I64(a)), _, _) => HostTensor::I64(standard_layout(a.clone())),
+            .enumerate()
+            .map(|(k, (name, slot))| {
+                // A host value leaves as is unless a later output is the same value.
+                let used_again = plan.outputs[k + 1..].iter().any(|(_, s)| s == slot);
+                let held = if used_again {
+                    host[*slot].clone()
+                } else {
+                    host[*slot].take()
+                };
+                let value = match (held, &device[*slot], fed[*slot]) {
+                    (Some(v), _, _) => v.into_host(),
                     (None, Some(d), _) => HostTensor::F32(d.download()?),
                     (None, None, Some(t)) => t.clone(),
                     (None, None, None) => return Err(format!("output '{name}' not computed")),
@@ -197,16 +204,17 @@ impl DevicePlan {
     }
 }
 
-/// Builds the cuDNN stack of `layers` (indices into `plan.ops`) with their ONNX weights.
+/// Builds the cuDNN stack of `layers` (indices into `plan.ops`; the planner found that cuDNN
+/// computes them as `cell`) with their ONNX weights.
 fn build_stack(
     plan: &NativePlan,
     ir: &RecurrentModel,
     layers: &[usize],
+    cell: CellMode,
     gpu: &Arc<Gpu>,
     tf32: bool,
 ) -> crate::Result<Stack> {
     let mut params = Vec::with_capacity(layers.len());
-    let mut cell = None;
     let (mut h0, mut c0, mut y_h, mut y_c) = (vec![], vec![], vec![], vec![]);
     let mut first_x = None;
     let mut top_y = None;
@@ -217,8 +225,6 @@ fn build_stack(
         let Op::Recurrent {
             node,
             spec,
-            batch_first,
-            lens,
             x,
             h0: h,
             c0: c,
@@ -228,8 +234,6 @@ fn build_stack(
         else {
             unreachable!("stacks hold recurrent ops")
         };
-        let mode = cudnn_cell(spec, *batch_first, *lens).map_err(crate::RecurError::Usage)?;
-        cell = Some(mode);
         let LayerKind::Recurrent(layer) = &ir.layers[*node].kind else {
             unreachable!("recurrent ops come from recurrent layers")
         };
@@ -270,13 +274,7 @@ fn build_stack(
         y_c.push(outs[2]);
         top_y = outs[0];
     }
-    let rnn = RnnStack::new(
-        gpu,
-        cell.expect("a stack has a layer"),
-        (input, hidden, directions),
-        &params,
-        tf32,
-    )?;
+    let rnn = RnnStack::new(gpu, cell, (input, hidden, directions), &params, tf32)?;
     Ok(Stack {
         rnn,
         input,
@@ -342,15 +340,10 @@ fn run_host_op(
         if host[s].is_some() {
             continue;
         }
-        host[s] = Some(if let Some(d) = &device[s] {
-            Value::F32(d.download()?)
-        } else {
-            match fed[s] {
-                Some(HostTensor::F32(a)) => Value::F32(a.clone()),
-                Some(HostTensor::I64(a)) => Value::I64(a.clone()),
-                Some(HostTensor::I32(a)) => Value::I64(a.mapv(i64::from)),
-                None => return Err(format!("value slot {s} read before it is computed")),
-            }
+        host[s] = Some(match (&device[s], fed[s]) {
+            (Some(d), _) => Value::F32(d.download()?),
+            (None, Some(tensor)) => Value::from_host(tensor),
+            (None, None) => return Err(format!("value slot {s} read before it is computed")),
         });
     }
     eval(op, host)

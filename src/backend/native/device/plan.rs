@@ -4,7 +4,7 @@
 
 use super::super::{NativePlan, Op, ShapeRule};
 use crate::cuda::rnn::CellMode;
-use crate::ir::{ActivationKind, Cell, Direction};
+use crate::ir::{Activation, ActivationKind, Cell, Direction, RecurrentModel};
 use crate::kernels::LayerSpec;
 
 /// Where one recurrent node runs.
@@ -34,6 +34,8 @@ pub(super) enum Planned {
         layers: Vec<usize>,
         /// The squeezes between them.
         joins: Vec<usize>,
+        /// The cell every layer asks cuDNN for.
+        cell: CellMode,
     },
 }
 
@@ -76,59 +78,48 @@ pub(super) fn cudnn_cell(
     if spec.clip.is_some() {
         return Err("clip: cuDNN clips the cell state, ONNX each gate's input".into());
     }
-    let kinds: Vec<ActivationKind> = spec.activations[0].iter().map(|a| a.kind).collect();
-    // Both directions of a bidirectional layer must use the same (default) functions.
-    let plain = spec.activations.iter().all(|direction| {
-        direction.iter().map(|a| a.kind).eq(kinds.iter().copied())
-            && direction
-                .iter()
-                .all(|a| a.alpha.is_none() && a.beta.is_none())
-    });
-    use ActivationKind::{Relu, Sigmoid, Tanh};
+    let defaults = spec.cell.default_activations();
+    // An RNN may use relu as well (cuDNN's RNN_RELU); everything else only the defaults.
+    let relu = [Activation::plain(ActivationKind::Relu)];
+    let every = |wanted: &[Activation]| spec.activations.iter().all(|d| d[..] == *wanted);
     let cell = match spec.cell {
         Cell::Lstm {
-            input_forget,
-            peepholes,
-        } => {
-            if input_forget {
-                return Err("input_forget: cuDNN has no coupled gates".into());
-            }
-            if peepholes {
-                return Err("peepholes: cuDNN has none".into());
-            }
-            (kinds == [Sigmoid, Tanh, Tanh]).then_some(CellMode::Lstm)
-        }
+            input_forget: true, ..
+        } => return Err("input_forget: cuDNN has no coupled gates".into()),
+        Cell::Lstm {
+            peepholes: true, ..
+        } => return Err("peepholes: cuDNN has none".into()),
         Cell::Gru {
-            linear_before_reset,
-        } => {
-            if !linear_before_reset {
-                return Err(
-                    "linear_before_reset=0: cuDNN's GRU applies the reset gate after the recurrent product"
-                        .into(),
-                );
-            }
-            (kinds == [Sigmoid, Tanh]).then_some(CellMode::Gru)
-        }
-        Cell::Rnn => match kinds[..] {
-            [Tanh] => Some(CellMode::RnnTanh),
-            [Relu] => Some(CellMode::RnnRelu),
-            _ => None,
+            linear_before_reset: false,
+        } => return Err(
+            "linear_before_reset=0: cuDNN's GRU applies the reset gate after the recurrent product"
+                .into(),
+        ),
+        _ if every(&defaults) => match spec.cell {
+            Cell::Lstm { .. } => CellMode::Lstm,
+            Cell::Gru { .. } => CellMode::Gru,
+            Cell::Rnn => CellMode::RnnTanh,
         },
+        Cell::Rnn if every(&relu) => CellMode::RnnRelu,
+        _ => {
+            let kinds: Vec<ActivationKind> = spec.activations[0].iter().map(|a| a.kind).collect();
+            return Err(format!(
+                "activations {kinds:?}: cuDNN computes only the ONNX defaults (and relu for RNN)"
+            ));
+        }
     };
-    cell.filter(|_| plain).ok_or_else(|| {
-        format!("activations {kinds:?}: cuDNN computes only the ONNX defaults (and relu for RNN)")
-    })
+    Ok(cell)
 }
 
 /// Where each recurrent node of `plan` would run on the GPU (graph order), decided without
 /// one: what [`super::DevicePlan::placements`] reports once built.
-pub fn plan_placements(plan: &NativePlan, names: &[String]) -> Vec<Placement> {
-    plan_units(plan, names).1
+pub fn plan_placements(plan: &NativePlan, ir: &RecurrentModel) -> Vec<Placement> {
+    plan_units(plan, ir).1
 }
 
 /// Decides, for every op of `plan`, whether it runs on the host or in a cuDNN stack, and
 /// where each recurrent node runs (graph order).
-pub(super) fn plan_units(plan: &NativePlan, names: &[String]) -> (Vec<Planned>, Vec<Placement>) {
+pub(super) fn plan_units(plan: &NativePlan, ir: &RecurrentModel) -> (Vec<Planned>, Vec<Placement>) {
     // How many ops (and graph outputs) read each slot.
     let mut readers = vec![0usize; plan.slots];
     for op in &plan.ops {
@@ -156,7 +147,7 @@ pub(super) fn plan_units(plan: &NativePlan, names: &[String]) -> (Vec<Planned>, 
             continue;
         };
         let place = |cpu_because: Option<String>| Placement {
-            node: names[*node].clone(),
+            node: ir.layers[*node].node.clone(),
             op: spec.cell.op_name().to_string(),
             cpu_because,
             stack: None,
@@ -190,7 +181,7 @@ pub(super) fn plan_units(plan: &NativePlan, names: &[String]) -> (Vec<Planned>, 
                 unreachable!("stacked_on returns recurrent ops")
             };
             placements.push(Placement {
-                node: names[*node].clone(),
+                node: ir.layers[*node].node.clone(),
                 op: spec.cell.op_name().to_string(),
                 cpu_because: None,
                 stack,
@@ -205,9 +196,12 @@ pub(super) fn plan_units(plan: &NativePlan, names: &[String]) -> (Vec<Planned>, 
         // the stack makes, so they run before it.
         planned.extend(hoisted.into_iter().map(Planned::Host));
         i = *layers.last().unwrap() + 1;
-        planned.push(Planned::Stack { layers, joins });
+        planned.push(Planned::Stack {
+            layers,
+            joins,
+            cell,
+        });
     }
-    placements.sort_by_key(|p| names.iter().position(|n| *n == p.node));
     (planned, placements)
 }
 
@@ -316,13 +310,7 @@ mod tests {
         let model = crate::model::Model::load(std::path::Path::new(path)).expect("model");
         let graph = model.proto.graph.as_ref().expect("graph");
         let plan = NativePlan::compile(graph, &model.ir, model.ir.opset).expect("compiles");
-        let names: Vec<String> = graph
-            .node
-            .iter()
-            .enumerate()
-            .map(|(i, n)| crate::onnx::node_display_name(n, i))
-            .collect();
-        plan_units(&plan, &names)
+        plan_units(&plan, &model.ir)
     }
 
     #[test]
@@ -356,7 +344,7 @@ mod tests {
             .filter(|u| matches!(u, Planned::Stack { .. }))
             .collect();
         assert_eq!(stacks.len(), 1, "{units:?}");
-        let Planned::Stack { layers, joins } = stacks[0] else {
+        let Planned::Stack { layers, joins, .. } = stacks[0] else {
             unreachable!()
         };
         assert_eq!(layers.len(), 2, "{units:?}");
