@@ -473,17 +473,26 @@ impl NativePlan {
         self.outputs
             .iter()
             .enumerate()
-            .map(|(k, (_, slot))| {
-                let used_again = self.outputs[k + 1..].iter().any(|(_, s)| s == slot);
-                let v = if used_again {
-                    values[*slot].clone()
-                } else {
-                    values[*slot].take()
-                }
-                .ok_or("output not computed")?;
+            .map(|(k, _)| {
+                let v = take_output(&mut values, &self.outputs, k).ok_or("output not computed")?;
                 Ok(v.into_host())
             })
             .collect()
+    }
+}
+
+/// Graph output `k`'s value, taken from `values`, or copied when a later output is the same
+/// value.
+fn take_output(
+    values: &mut [Option<Value>],
+    outputs: &[(String, usize)],
+    k: usize,
+) -> Option<Value> {
+    let slot = outputs[k].1;
+    if outputs[k + 1..].iter().any(|(_, s)| *s == slot) {
+        values[slot].clone()
+    } else {
+        values[slot].take()
     }
 }
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, Axis, Ix2};
 
-use super::{eval, reshape_target, NativePlan, Op, Value};
+use super::{eval, reshape_target, take_output, NativePlan, Op, Value};
 use crate::cuda::rnn::{CellMode, LayerParams, RnnStack};
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::ir::{LayerKind, RecurrentModel};
@@ -185,14 +185,11 @@ impl DevicePlan {
             .iter()
             .enumerate()
             .map(|(k, (name, slot))| {
-                // A host value leaves as is unless a later output is the same value.
-                let used_again = plan.outputs[k + 1..].iter().any(|(_, s)| s == slot);
-                let held = if used_again {
-                    host[*slot].clone()
-                } else {
-                    host[*slot].take()
-                };
-                let value = match (held, &device[*slot], fed[*slot]) {
+                let value = match (
+                    take_output(&mut host, &plan.outputs, k),
+                    &device[*slot],
+                    fed[*slot],
+                ) {
                     (Some(v), _, _) => v.into_host(),
                     (None, Some(d), _) => HostTensor::F32(d.download()?),
                     (None, None, Some(t)) => t.clone(),
