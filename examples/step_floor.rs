@@ -1,7 +1,8 @@
 //! Min-of-N timings of one streamed step and of a whole sequence (robust to a busy machine):
 //! raw kernels vs the tract backend and a streaming session, and the whole sequence on ONNX
-//! Runtime's CPU provider next to it. `cargo run --release --example step_floor` (ONNX Runtime from
-//! `bash scripts/fetch-ort.sh`).
+//! Runtime's CPU provider next to it, and the whole sequence's arithmetic floor: its
+//! multiply-adds at this core's measured multiply-add peak. `cargo run --release --example
+//! step_floor` (ONNX Runtime from `bash scripts/fetch-ort.sh`).
 use std::path::Path;
 use std::time::Instant;
 
@@ -21,6 +22,125 @@ fn stats(mut v: Vec<f64>) -> String {
         v[v.len() / 10],
         v[v.len() / 2]
     )
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// The multiply-adds of one run of `model` (its recurrent layers' products: every step's
+/// input and recurrent product, each direction) for an input of `steps` steps, batch 1.
+fn recurrent_multiply_adds(model: &Model, steps: usize) -> f64 {
+    let mut input = None;
+    let mut total = 0.0;
+    for l in &model.ir.layers {
+        if let LayerKind::Recurrent(r) = &l.kind {
+            let w = r.weights.as_ref().unwrap();
+            let (dirs, gates_hidden, input_size) = (w.w.shape()[0], w.w.shape()[1], w.w.shape()[2]);
+            let hidden = r.hidden_size;
+            // A layer's input is the previous layer's output (both directions'), except
+            // for the first.
+            let input_size = input.unwrap_or(input_size);
+            total += (steps * dirs * gates_hidden * (input_size + hidden)) as f64;
+            input = Some(dirs * hidden);
+        }
+    }
+    total
+}
+
+/// The whole sequence's floor: its multiply-adds at the core's peak, against half of ONNX
+/// Runtime's median (the issue's goal), and what share of the peak each engine reaches.
+fn print_arithmetic_floor(model: &Model, recur_us: f64, ort_us: Option<f64>) {
+    let Some(peak) = peak::multiply_adds_per_ns() else {
+        println!("arithmetic floor: no AVX2/AVX-512 peak measured on this CPU");
+        return;
+    };
+    let fmas = recurrent_multiply_adds(model, 100);
+    let floor_us = fmas / peak / 1e3;
+    println!(
+        "this core's f32 multiply-add peak: {peak:.1} per ns; the sequence's {:.2} million \
+         multiply-adds take {floor_us:.1} us at that peak",
+        fmas / 1e6
+    );
+    print!(
+        "share of that peak (floor / median): recur {:.0}%",
+        100.0 * floor_us / recur_us
+    );
+    match ort_us {
+        Some(ort_us) => println!(
+            ", ONNX Runtime {:.0}%; half of ONNX Runtime's median is {:.1} us, {:.0}% of the \
+             peak",
+            100.0 * floor_us / ort_us,
+            ort_us / 2.0,
+            200.0 * floor_us / ort_us
+        ),
+        None => println!(),
+    }
+}
+
+/// The core's multiply-add throughput, measured: twelve independent chains of fused
+/// multiply-adds on registers (no memory), the widest vectors the CPU has, best of five.
+mod peak {
+    /// f32 multiply-adds per nanosecond, or `None` without AVX2 + FMA.
+    pub fn multiply_adds_per_ns() -> Option<f64> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let rounds = 20_000_000u64;
+            let time = |run: &dyn Fn()| {
+                (0..5)
+                    .map(|_| {
+                        let t = std::time::Instant::now();
+                        run();
+                        t.elapsed().as_secs_f64()
+                    })
+                    .fold(f64::MAX, f64::min)
+            };
+            if is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has the feature the function is compiled for.
+                let secs = time(&|| unsafe { x86::chains_avx512(rounds) });
+                return Some((rounds * 12 * 16) as f64 / secs / 1e9);
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                // SAFETY: as above.
+                let secs = time(&|| unsafe { x86::chains_avx2(rounds) });
+                return Some((rounds * 12 * 8) as f64 / secs / 1e9);
+            }
+        }
+        None
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod x86 {
+        use std::arch::x86_64::*;
+
+        /// Twelve chains of `rounds` 16-lane multiply-adds each.
+        #[target_feature(enable = "avx512f")]
+        pub unsafe fn chains_avx512(rounds: u64) {
+            let (b, c) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+            let mut acc = [_mm512_set1_ps(1.0); 12];
+            for _ in 0..rounds {
+                for a in acc.iter_mut() {
+                    *a = _mm512_fmadd_ps(*a, b, c);
+                }
+            }
+            std::hint::black_box(acc);
+        }
+
+        /// Twelve chains of `rounds` 8-lane multiply-adds each.
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn chains_avx2(rounds: u64) {
+            let (b, c) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+            let mut acc = [_mm256_set1_ps(1.0); 12];
+            for _ in 0..rounds {
+                for a in acc.iter_mut() {
+                    *a = _mm256_fmadd_ps(*a, b, c);
+                }
+            }
+            std::hint::black_box(acc);
+        }
+    }
 }
 
 fn main() {
@@ -147,16 +267,19 @@ fn main() {
                 ort_times.push(t.elapsed().as_secs_f64() * 1e6);
             }
         }
+        let recur_median = median(&times);
         println!(
             "whole sequence, 2 LSTM layers x 100 steps: {}",
             stats(times)
         );
+        let ort_median = (!ort_times.is_empty()).then(|| median(&ort_times));
         if !ort_times.is_empty() {
             println!(
                 "same on ONNX Runtime CPU, one thread:      {}",
                 stats(ort_times)
             );
         }
+        print_arithmetic_floor(&seq, recur_median, ort_median);
     }
     let mut x = Array3::<f32>::from_elem((1, 1, 8), 0.1);
     let mut h = vec![Array3::<f32>::zeros((1, 1, 64)); 2];
