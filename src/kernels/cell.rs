@@ -131,7 +131,7 @@ impl<'a> Step<'a> {
     ) {
         let weights = self.weights;
         if let Cell::Gru { .. } = self.cell {
-            super::input_projection(gates, x, x.len(), weights);
+            super::rows_projection(gates, x, x.len(), weights);
             self.run(gates, state, b, scratch);
             return;
         }

@@ -203,11 +203,18 @@ pub fn matmul_packed(out: &mut [f32], x: &[f32], m: &Packed) -> bool {
     matmul_packed_strided(out, m.cols, x, m)
 }
 
-/// `out[r, j] = bias[j] + Σ_k x[r, k] · m[k, j]`: [`matmul_packed`] with each output starting
-/// from the bias instead of from what `out` held (the same bits as writing the bias into every
-/// row first, without writing and reading back a bias row per input row). An input
-/// projection's form.
-pub fn matmul_packed_onto_bias(out: &mut [f32], x: &[f32], m: &Packed, bias: &[f32]) -> bool {
+/// `out[r*ldo + j] = bias[j] + Σ_k x[r, k] · m[k, j]`: [`matmul_packed_strided`] with each
+/// output starting from the bias instead of from what `out` held (the same bits as writing the
+/// bias into every row first, without writing and reading back a bias row per input row). An
+/// input projection's form; `ldo == m.cols()` for rows that lie together, more to write one
+/// sequence's steps between the other sequences' (time-major rows from a batch-major input).
+pub fn matmul_packed_onto_bias(
+    out: &mut [f32],
+    ldo: usize,
+    x: &[f32],
+    m: &Packed,
+    bias: &[f32],
+) -> bool {
     assert_eq!(
         bias.len(),
         m.cols,
@@ -215,7 +222,7 @@ pub fn matmul_packed_onto_bias(out: &mut [f32], x: &[f32], m: &Packed, bias: &[f
         bias.len(),
         m.cols
     );
-    product(out, m.cols, x, m, bias.as_ptr())
+    product(out, ldo, x, m, bias.as_ptr())
 }
 
 /// [`matmul_packed`] into rows of `out` that lie `ldo` floats apart (`ldo >= m.cols()`): the

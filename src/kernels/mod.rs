@@ -335,7 +335,7 @@ fn run_ordered(
     let mut last_of_forward = None;
     for (d, dw) in weights.dirs.iter().enumerate() {
         let reverse = spec.direction == Direction::Reverse || d == 1;
-        input_projection(&mut xproj, x_rows, input, dw);
+        input_projection(&mut xproj, x_rows, (t_len, batch, input), batch_major_x, dw);
         let mut state = cell::State::new(batch, h);
         if let Some(h0) = &initial_h {
             state.h.assign(&h0.index_axis(Axis(0), d));
@@ -369,7 +369,6 @@ fn run_ordered(
             t_len,
             direction: d,
             dirs,
-            batch_major_x,
             batch_major_y,
         };
         steps.run_dispatched(
@@ -400,8 +399,6 @@ struct Steps<'a> {
     /// This direction, and how many the layer has.
     direction: usize,
     dirs: usize,
-    /// Rows of `xproj` in (b, t) order rather than (t, b).
-    batch_major_x: bool,
     /// Y as `[B, T*D, H]` rather than `[T, D*B, H]`.
     batch_major_y: bool,
 }
@@ -458,10 +455,6 @@ impl Steps<'_> {
         // Several sequences at once: one matrix product per recurrent matrix and step for the
         // whole batch (any cell, no Keras mask).
         let batched = self.mask.is_none() && batch >= BATCHED_STEP && self.step.runs_batched();
-        // Batch-first rows of one step lie apart: they are gathered here. Time-major ones lie
-        // together and are worked on in place.
-        let gather = batched && self.batch_major_x;
-        let mut batch_gates = vec![0.0; if gather { batch * gh } else { 0 }];
         let mut active = vec![false; batch];
         for s in 0..self.t_len {
             let t = if self.reverse { self.t_len - 1 - s } else { s };
@@ -469,16 +462,9 @@ impl Steps<'_> {
                 for (on, &len) in active.iter_mut().zip(self.lengths) {
                     *on = t < len;
                 }
-                let gates = if gather {
-                    for (b, g) in batch_gates.chunks_exact_mut(gh).enumerate() {
-                        let row = self.xproj_row(t, b);
-                        g.copy_from_slice(&xproj[row * gh..(row + 1) * gh]);
-                    }
-                    &mut batch_gates[..]
-                } else {
-                    let row = self.xproj_row(t, 0);
-                    &mut xproj[row * gh..(row + batch) * gh]
-                };
+                // The step's rows lie together (time-major), worked on in place.
+                let row = self.xproj_row(t, 0);
+                let gates = &mut xproj[row * gh..(row + batch) * gh];
                 self.step.run_batch(gates, state, &active, scratch);
                 let h_all = state.h.as_slice().expect("standard layout");
                 if !self.batch_major_y && active.iter().all(|&on| on) {
@@ -520,11 +506,7 @@ impl Steps<'_> {
     /// The row of `xproj` that holds step `t` of sequence `b`.
     #[inline(always)]
     fn xproj_row(&self, t: usize, b: usize) -> usize {
-        if self.batch_major_x {
-            b * self.t_len + t
-        } else {
-            t * self.lengths.len() + b
-        }
+        t * self.lengths.len() + b
     }
 
     /// Where step `t` of sequence `b` of this direction starts in Y (`h` values long).
@@ -548,8 +530,47 @@ const GEMM_ROWS: usize = 16;
 /// rather than once per sequence.
 const BATCHED_STEP: usize = 4;
 
-/// `X · Wᵀ + biases` for every row of `x` (`[rows, input]`), into `out` (`[rows, gates*hidden]`).
-fn input_projection(out: &mut [f32], x: &[f32], input: usize, dw: &DirectionWeights) {
+/// `X · Wᵀ + biases` for every step of every sequence, into `out` time-major
+/// (`[T*B, gates*hidden]`, step `t` of sequence `b` in row `t*B + b`), the order the time
+/// loop works in. `x` holds the rows in (t, b) order, or with `batch_major` in (b, t) order
+/// (a batch-first input read in place): then each sequence's projections are written `B` rows
+/// apart, so the loop finds a step's rows together without gathering them.
+fn input_projection(
+    out: &mut [f32],
+    x: &[f32],
+    (t_len, batch, input): (usize, usize, usize),
+    batch_major: bool,
+    dw: &DirectionWeights,
+) {
+    let gh = dw.bias.len();
+    if !batch_major || batch == 1 || t_len == 0 || input == 0 {
+        return rows_projection(out, x, input, dw);
+    }
+    if t_len * batch >= GEMM_ROWS {
+        let ldo = batch * gh;
+        let span = (t_len - 1) * ldo + gh;
+        let ran = (0..batch).all(|b| {
+            let x_b = &x[b * t_len * input..(b + 1) * t_len * input];
+            let out_b = &mut out[b * gh..b * gh + span];
+            linalg::matmul_packed_onto_bias(out_b, ldo, x_b, &dw.w_packed, &dw.bias)
+        });
+        if ran {
+            return;
+        }
+    }
+    // Few rows, or no blocked kernel on this CPU: project in the input's order, then move
+    // each row to its place.
+    let mut by_sequence = vec![0f32; out.len()];
+    rows_projection(&mut by_sequence, x, input, dw);
+    for (k, row) in by_sequence.chunks_exact(gh).enumerate() {
+        let (b, t) = (k / t_len, k % t_len);
+        out[(t * batch + b) * gh..(t * batch + b + 1) * gh].copy_from_slice(row);
+    }
+}
+
+/// `X · Wᵀ + biases` for every row of `x` (`[rows, input]`), into the same rows of `out`
+/// (`[rows, gates*hidden]`).
+fn rows_projection(out: &mut [f32], x: &[f32], input: usize, dw: &DirectionWeights) {
     let gh = dw.bias.len();
     if input == 0 {
         out.chunks_exact_mut(gh)
@@ -558,7 +579,7 @@ fn input_projection(out: &mut [f32], x: &[f32], input: usize, dw: &DirectionWeig
     }
     let rows = x.len() / input;
     if rows >= GEMM_ROWS {
-        if linalg::matmul_packed_onto_bias(out, x, &dw.w_packed, &dw.bias) {
+        if linalg::matmul_packed_onto_bias(out, gh, x, &dw.w_packed, &dw.bias) {
             return;
         }
         out.chunks_exact_mut(gh)
@@ -694,7 +715,7 @@ fn step_layer_body(
         let input = weights.input;
         if b >= BATCHED_STEP && step.runs_batched() {
             // The whole batch at once, as the whole-sequence loop steps it (the same bits).
-            input_projection(&mut buffers.xproj, x, input, dw);
+            rows_projection(&mut buffers.xproj, x, input, dw);
             step.run_batch(
                 &mut buffers.xproj,
                 state,
@@ -711,7 +732,7 @@ fn step_layer_body(
                 step.run_from_input(x_row, gates, state, row, &mut buffers.scratch);
             }
         } else {
-            input_projection(&mut buffers.xproj, x, input, dw);
+            rows_projection(&mut buffers.xproj, x, input, dw);
             for (row, gates) in buffers.xproj.chunks_exact_mut(gh).enumerate() {
                 step.run(gates, state, row, &mut buffers.scratch);
             }
@@ -737,6 +758,66 @@ mod tests {
     /// The batch-first run (input read and Y written in place) gives the time-major run's
     /// values bit for bit, for every cell, both directions and ragged lengths; and one
     /// `step_layer` gives a one-step `run_layer` bit for bit.
+    /// A batch-first input's projection is written time-major, by one strided blocked
+    /// product per sequence or, for a few rows, projected in the input's order and moved:
+    /// both give the time-major run's bits, batched steps (4+ sequences) or not.
+    #[test]
+    fn batch_first_projection_gives_the_time_major_bits_at_every_size() {
+        let (i, h) = (5, 9);
+        for (n, (b, t)) in [(2, 3), (3, 5), (2, 8), (6, 2), (4, 40), (7, 1)]
+            .into_iter()
+            .enumerate()
+        {
+            for cell in [
+                Cell::Lstm {
+                    input_forget: false,
+                    peepholes: false,
+                },
+                Cell::Gru {
+                    linear_before_reset: false,
+                },
+            ] {
+                let spec = LayerSpec {
+                    direction: Direction::Forward,
+                    hidden: h,
+                    activations: vec![cell.default_activations()],
+                    clip: None,
+                    cell,
+                };
+                let gh = spec.cell.gates() * h;
+                let seed = 60 + n as u32;
+                let w = pseudo_random(&[1, gh, i], seed)
+                    .into_dimensionality()
+                    .unwrap();
+                let r = pseudo_random(&[1, gh, h], seed + 1)
+                    .into_dimensionality()
+                    .unwrap();
+                let bias = pseudo_random(&[1, 2 * gh], seed + 2)
+                    .into_dimensionality()
+                    .unwrap();
+                let weights =
+                    LayerWeights::prepare(&spec, w.view(), r.view(), Some(bias.view()), None)
+                        .unwrap();
+                let x_bt: Array3<f32> = pseudo_random(&[b, t, i], seed + 3)
+                    .into_dimensionality()
+                    .unwrap();
+                let x_tb = x_bt
+                    .view()
+                    .permuted_axes([1, 0, 2])
+                    .as_standard_layout()
+                    .into_owned();
+                let time_major = run_layer(&spec, &weights, x_tb.view(), None, None, None);
+                let batch_first =
+                    run_layer_batch_first(&spec, &weights, x_bt.view(), None, None, None);
+                let y_tm = time_major.y.into_shape_with_order((t, b, h)).unwrap();
+                let y_bf = batch_first.y.into_shape_with_order((b, t, h)).unwrap();
+                let what = format!("{:?}, batch {b}, {t} steps", spec.cell);
+                assert_eq!(y_tm.permuted_axes([1, 0, 2]), y_bf, "{what}: Y");
+                assert_eq!(time_major.y_h, batch_first.y_h, "{what}: Y_h");
+            }
+        }
+    }
+
     #[test]
     fn batch_first_and_single_step_runs_equal_the_time_major_run() {
         let (b, t, i, h) = (5, 23, 7, 12);
