@@ -148,6 +148,10 @@ pub struct NativePlan {
     inputs: Vec<(String, usize)>,
     outputs: Vec<(String, usize)>,
     ops: Vec<Op>,
+    /// For each op, the slots it is the last to read (graph outputs excepted): the general
+    /// executor lets the op take those values instead of copying them, and drops the rest
+    /// once the op has run.
+    last_reads: Vec<Vec<usize>>,
     /// The step path's program for the last step-shaped inputs it was built for. A run on
     /// other shapes (a whole sequence between steps, say) leaves it in place.
     step: Option<step::StepProgram>,
@@ -260,12 +264,14 @@ impl NativePlan {
         for o in &graph.output {
             outputs.push((o.name.clone(), c.existing(&o.name)?));
         }
+        let last_reads = last_reads(&ops, &outputs);
         Ok(NativePlan {
             slots: c.slots.len(),
             constants: c.constants,
             inputs,
             outputs,
             ops,
+            last_reads,
             step: None,
             refused: Vec::new(),
             step_runs: 0,
@@ -467,8 +473,11 @@ impl NativePlan {
             debug_assert_eq!(name, given_name);
             values[*slot] = Some(Value::from_host(tensor));
         }
-        for op in &self.ops {
-            eval(op, &mut values)?;
+        for (op, dying) in self.ops.iter().zip(&self.last_reads) {
+            eval(op, &mut values, dying)?;
+            for &slot in dying {
+                values[slot] = None;
+            }
         }
         self.outputs
             .iter()
@@ -479,6 +488,25 @@ impl NativePlan {
             })
             .collect()
     }
+}
+
+/// For each of `ops` (in order), the slots it reads for the last time that are not graph
+/// outputs.
+fn last_reads(ops: &[Op], outputs: &[(String, usize)]) -> Vec<Vec<usize>> {
+    let mut last_reader = std::collections::HashMap::new();
+    for (k, op) in ops.iter().enumerate() {
+        for slot in reads(op) {
+            last_reader.insert(slot, k);
+        }
+    }
+    let mut dying = vec![Vec::new(); ops.len()];
+    for (slot, k) in last_reader {
+        if !outputs.iter().any(|(_, s)| *s == slot) {
+            dying[k].push(slot);
+        }
+    }
+    dying.iter_mut().for_each(|slots| slots.sort_unstable());
+    dying
 }
 
 /// Graph output `k`'s value, taken from `values`, or copied when a later output is the same
@@ -881,7 +909,9 @@ fn axis(a: i64, rank: usize) -> Result<usize, String> {
     }
 }
 
-fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
+/// Runs one op on the values computed so far. `dying` lists the slots this op is the last to
+/// read: a Transpose or Reshape takes such an input rather than copying it.
+fn eval(op: &Op, v: &mut [Option<Value>], dying: &[usize]) -> Result<(), String> {
     let get = |v: &[Option<Value>], s: usize| -> Result<Value, String> {
         v[s].clone().ok_or_else(|| "value not computed".to_string())
     };
@@ -1052,18 +1082,35 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
                 Value::I64(a) => a.shape().to_vec(),
             };
             let target = reshape_target(&shape, rule)?;
-            // One copy: a view when the data is contiguous, then owned.
-            let r = match value {
-                Value::F32(a) => Value::F32(
-                    a.to_shape(IxDyn(&target))
-                        .map_err(|e| e.to_string())?
-                        .into_owned(),
-                ),
-                Value::I64(a) => Value::I64(
-                    a.to_shape(IxDyn(&target))
-                        .map_err(|e| e.to_string())?
-                        .into_owned(),
-                ),
+            let standard = match value {
+                Value::F32(a) => a.is_standard_layout(),
+                Value::I64(a) => a.is_standard_layout(),
+            };
+            // An input in standard layout that nothing reads later is reshaped where it lies;
+            // any other takes one copy (a view when the data is contiguous, then owned).
+            let r = if standard && dying.contains(x) {
+                let shaped = |e: ndarray::ShapeError| e.to_string();
+                match v[*x].take().ok_or("value not computed")? {
+                    Value::F32(a) => {
+                        Value::F32(a.into_shape_with_order(IxDyn(&target)).map_err(shaped)?)
+                    }
+                    Value::I64(a) => {
+                        Value::I64(a.into_shape_with_order(IxDyn(&target)).map_err(shaped)?)
+                    }
+                }
+            } else {
+                match value {
+                    Value::F32(a) => Value::F32(
+                        a.to_shape(IxDyn(&target))
+                            .map_err(|e| e.to_string())?
+                            .into_owned(),
+                    ),
+                    Value::I64(a) => Value::I64(
+                        a.to_shape(IxDyn(&target))
+                            .map_err(|e| e.to_string())?
+                            .into_owned(),
+                    ),
+                }
             };
             v[*out] = Some(r);
         }
@@ -1072,9 +1119,18 @@ fn eval(op: &Op, v: &mut [Option<Value>]) -> Result<(), String> {
             if perm.len() != a.ndim() || (0..perm.len()).any(|i| !perm.contains(&i)) {
                 return Err("perm does not fit the rank".into());
             }
-            // Only the strides change (a plain copy, never a strided one): the ops after it
-            // take any layout, and the graph outputs are laid out when they leave.
-            let r = a.clone().permuted_axes(IxDyn(perm));
+            // Only the strides change (no copy when nothing reads the input later, else a
+            // plain one, never a strided one): the ops after it take any layout, and the graph
+            // outputs are laid out when they leave.
+            let a = if dying.contains(x) {
+                match v[*x].take() {
+                    Some(Value::F32(a)) => a,
+                    _ => unreachable!("checked to be a float tensor above"),
+                }
+            } else {
+                a.clone()
+            };
+            let r = a.permuted_axes(IxDyn(perm));
             v[*out] = Some(Value::F32(r));
         }
         Op::Slice { x, ranges, out } => {
@@ -1179,6 +1235,26 @@ fn slice_view<'a, T>(
 }
 
 /// A float value by reference (no copy).
+/// The input slots an op reads.
+fn reads(op: &Op) -> Vec<usize> {
+    match op {
+        Op::Recurrent {
+            x, lens, h0, c0, ..
+        } => [Some(*x), *lens, *h0, *c0].into_iter().flatten().collect(),
+        Op::Dense { x, .. }
+        | Op::Unary { x, .. }
+        | Op::Softmax { x, .. }
+        | Op::Reshape { x, .. }
+        | Op::Transpose { x, .. }
+        | Op::Slice { x, .. }
+        | Op::Shape { x, .. } => vec![*x],
+        Op::Binary { a, b, .. } => vec![*a, *b],
+        Op::Gather { data, indices, .. } => vec![*data, *indices],
+        Op::Concat { inputs, .. } => inputs.clone(),
+        Op::ConstantOfShape { shape, .. } => vec![*shape],
+    }
+}
+
 fn fref(v: &[Option<Value>], s: usize) -> Result<&ArrayD<f32>, String> {
     match &v[s] {
         Some(Value::F32(a)) => Ok(a),
@@ -1329,6 +1405,89 @@ fn reshape_target(shape: &[usize], rule: &ShapeRule) -> Result<Vec<usize>, Strin
 mod tests {
     use super::*;
     use ndarray::Dimension;
+
+    /// A value is taken by the op that reads it last and copied by the ones before; graph
+    /// outputs are never taken or dropped, even when an op reads them.
+    #[test]
+    fn ops_take_what_nothing_reads_later_and_copy_the_rest() {
+        let ops = vec![
+            Op::Transpose {
+                x: 0,
+                perm: vec![1, 0],
+                out: 1,
+            },
+            Op::Binary {
+                kind: '+',
+                a: 0,
+                b: 1,
+                out: 2,
+            },
+            Op::Transpose {
+                x: 2,
+                perm: vec![1, 0],
+                out: 3,
+            },
+            // Reads an output: copies it.
+            Op::Reshape {
+                x: 1,
+                rule: ShapeRule::Reshape(vec![9]),
+                out: 4,
+            },
+            Op::Binary {
+                kind: '*',
+                a: 1,
+                b: 1,
+                out: 5,
+            },
+            // The last to read a value in standard layout: reshapes it where it lies.
+            Op::Reshape {
+                x: 5,
+                rule: ShapeRule::Reshape(vec![9]),
+                out: 6,
+            },
+        ];
+        let outputs = vec![
+            ("y".to_string(), 3),
+            ("t".to_string(), 1),
+            ("r".to_string(), 4),
+            ("m".to_string(), 6),
+        ];
+        assert_eq!(
+            last_reads(&ops, &outputs),
+            vec![vec![], vec![0], vec![2], vec![], vec![], vec![5]]
+        );
+        let plan = NativePlan {
+            constants: vec![],
+            slots: 7,
+            inputs: vec![("x".to_string(), 0)],
+            last_reads: last_reads(&ops, &outputs),
+            outputs,
+            ops,
+            step: None,
+            refused: vec![],
+            step_runs: 0,
+            step_builds: 0,
+        };
+        let x = ArrayD::from_shape_fn(IxDyn(&[3, 3]), |i| (i[0] * 3 + i[1]) as f32 * 0.5 - 1.0);
+        let given = HostTensor::F32(x.clone());
+        let out = plan.run_general(&[("x", &given)]).unwrap();
+        let f32s = |t: &HostTensor| match t {
+            HostTensor::F32(a) => a.clone(),
+            _ => panic!("float output expected"),
+        };
+        let x2 = x.clone().into_dimensionality::<ndarray::Ix2>().unwrap();
+        let sum = &x2 + &x2.t();
+        assert_eq!(f32s(&out[0]), sum.t().into_dyn());
+        assert_eq!(f32s(&out[1]), x2.t().into_dyn());
+        let flat = |a: ndarray::ArrayView2<f32>| a.iter().copied().collect::<Vec<_>>();
+        assert_eq!(f32s(&out[2]).into_raw_vec_and_offset().0, flat(x2.t()));
+        let squares = x2.t().mapv(|v| v * v);
+        assert_eq!(f32s(&out[3]).shape(), &[9]);
+        assert_eq!(
+            f32s(&out[3]).iter().copied().collect::<Vec<_>>(),
+            flat(squares.view())
+        );
+    }
 
     /// The contiguous pass gives ndarray's broadcasting result bit for bit where it applies
     /// (per-channel constants, scalars, equal shapes) and declines the other shapes.

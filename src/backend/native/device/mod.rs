@@ -19,13 +19,13 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, Axis, Ix2};
 
-use super::{eval, reshape_target, take_output, NativePlan, Op, Value};
+use super::{eval, reads, reshape_target, take_output, NativePlan, Op, Value};
 use crate::cuda::rnn::{CellMode, LayerParams, RnnStack};
 use crate::cuda::{DeviceBuffer, Gpu};
 use crate::ir::{LayerKind, RecurrentModel};
 use crate::tensor::{CheckedInputs, HostTensor};
 pub use plan::{plan_placements, Placement};
-use plan::{plan_units, reads, Planned};
+use plan::{plan_units, Planned};
 
 /// A device-resident value: a window of a device buffer with an ONNX shape.
 #[derive(Clone)]
@@ -343,7 +343,7 @@ fn run_host_op(
             (None, None) => return Err(format!("value slot {s} read before it is computed")),
         });
     }
-    eval(op, host)
+    eval(op, host, &[])
 }
 
 /// Where a cuDNN stack finds its inputs during a run: the values computed so far (on the

@@ -2,7 +2,7 @@
 //! of them run together as one cuDNN stack: decided from the graph alone, so that `inspect`
 //! and the tests can ask on a machine without a GPU.
 
-use super::super::{NativePlan, Op, ShapeRule};
+use super::super::{reads, NativePlan, Op, ShapeRule};
 use crate::cuda::rnn::CellMode;
 use crate::ir::{Activation, ActivationKind, Cell, Direction, RecurrentModel};
 use crate::kernels::LayerSpec;
@@ -37,26 +37,6 @@ pub(super) enum Planned {
         /// The cell every layer asks cuDNN for.
         cell: CellMode,
     },
-}
-
-/// The input slots an op reads.
-pub(super) fn reads(op: &Op) -> Vec<usize> {
-    match op {
-        Op::Recurrent {
-            x, lens, h0, c0, ..
-        } => [Some(*x), *lens, *h0, *c0].into_iter().flatten().collect(),
-        Op::Dense { x, .. }
-        | Op::Unary { x, .. }
-        | Op::Softmax { x, .. }
-        | Op::Reshape { x, .. }
-        | Op::Transpose { x, .. }
-        | Op::Slice { x, .. }
-        | Op::Shape { x, .. } => vec![*x],
-        Op::Binary { a, b, .. } => vec![*a, *b],
-        Op::Gather { data, indices, .. } => vec![*data, *indices],
-        Op::Concat { inputs, .. } => inputs.clone(),
-        Op::ConstantOfShape { shape, .. } => vec![*shape],
-    }
 }
 
 /// Whether cuDNN computes this recurrent op exactly as ONNX defines it: the cell to ask
