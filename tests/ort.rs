@@ -12,6 +12,7 @@ use std::process::Output;
 
 use assert_cmd::Command;
 use common::{all_cases, compare, Case};
+use ndarray_npy::WriteNpyExt;
 use recur::backend::{build_with, BackendKind, BackendOptions};
 use recur::error::RecurError;
 use recur::model::Model;
@@ -252,6 +253,37 @@ fn a_model_newer_than_ort_reads_is_refused_in_one_line() {
     let out = recur(&["inspect", &s(&path), "--json"], &[]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["paths"]["ort"]["runs"], false);
+}
+
+/// A run ONNX Runtime fails (sequence_lens past the sequence's end) is one line naming the
+/// node and ONNX Runtime's reason; ONNX Runtime's own log line about it only shows when
+/// recur's log asks for it.
+#[test]
+fn a_run_ort_fails_is_one_line_and_its_log_goes_to_recurs() {
+    library_present();
+    let dir = common::repo_root().join("models/matrix/lstm_seqlens_runtime");
+    let tmp = tempfile::tempdir().unwrap();
+    let lens = tmp.path().join("lens.npy");
+    ndarray::arr1(&[9i32, 99, 2])
+        .write_npy(std::fs::File::create(&lens).unwrap())
+        .unwrap();
+    let (model, x) = (s(&dir.join("model.onnx")), s(&dir.join("in_0.npy")));
+    let (x, lens) = (format!("X={x}"), format!("sequence_lens={}", s(&lens)));
+    let out = run_on_ort(&model, &x, &["--input", &lens], &[]);
+    one_error_line(&out, &["error: ", "'lstm0'", "sequence_lens"]);
+    let out = run_on_ort(
+        &model,
+        &x,
+        &["--input", &lens],
+        &[("RECUR_LOG", "onnxruntime=debug")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("onnxruntime") && l.contains("DEBUG")),
+        "ONNX Runtime's message is not in recur's debug log: {err}"
+    );
 }
 
 /// Which recurrent nodes `--device cuda` reports as left to ONNX Runtime's CPU provider

@@ -17,9 +17,10 @@
 use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ort::environment::Environment;
+use ort::logging::LogLevel;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType};
@@ -131,11 +132,19 @@ fn runtime(explicit: Option<&Path>) -> Result<&'static Runtime> {
     };
     let built = catch_unwind(AssertUnwindSafe(|| {
         let builder = ort::init_from(&library).map_err(|e| e.to_string())?;
-        builder
+        let environment = builder
             .with_name("recur")
             .with_telemetry(false)
+            .with_logger(Arc::new(forward_log))
             .build()
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        // Warnings and up reach the logger (ORT_LOG=info or verbose asks for more).
+        environment.set_log_level(match std::env::var("ORT_LOG").as_deref() {
+            Ok("verbose") => LogLevel::Verbose,
+            Ok("info") => LogLevel::Info,
+            _ => LogLevel::Warning,
+        });
+        Ok(environment)
     }))
     .map_err(|p| failed(panic_message(p)))?
     .map_err(failed)?;
@@ -143,6 +152,24 @@ fn runtime(explicit: Option<&Path>) -> Result<&'static Runtime> {
         library,
         environment: built,
     }))
+}
+
+/// ONNX Runtime's own log messages, into recur's log (target `onnxruntime`). A failed run
+/// comes back to recur as an error, which recur reports in its one line, so ONNX Runtime's
+/// errors and warnings are debug messages (`RECUR_LOG=onnxruntime=debug` shows them) rather
+/// than a second, differently formatted line on stderr. Only a fatal one is an error here.
+fn forward_log(level: LogLevel, category: &str, _id: &str, location: &str, message: &str) {
+    match level {
+        LogLevel::Fatal => {
+            tracing::error!(target: "onnxruntime", "{category}: {message} ({location})")
+        }
+        LogLevel::Error | LogLevel::Warning => {
+            tracing::debug!(target: "onnxruntime", "{category}: {message} ({location})")
+        }
+        LogLevel::Info | LogLevel::Verbose => {
+            tracing::trace!(target: "onnxruntime", "{category}: {message} ({location})")
+        }
+    }
 }
 
 /// ONNX Runtime running one model on the CPU or a CUDA device.
