@@ -220,9 +220,18 @@ impl InspectReport {
         let _ = writeln!(s, "parameters  {}", self.parameter_count);
         let _ = writeln!(s, "inputs");
         for v in &self.inputs {
+            // An embedding's ids: the range the input is checked against.
+            let ids = v.index_limit.as_ref().map_or(String::new(), |l| {
+                format!(
+                    "  ids {}..={} ('{}')",
+                    -(l.rows as i64),
+                    l.rows as i64 - 1,
+                    l.node
+                )
+            });
             let _ = writeln!(
                 s,
-                "  {:<24} {:<8} {}",
+                "  {:<24} {:<8} {}{ids}",
                 v.name,
                 v.elem_type.numpy_name(),
                 format_dims(&v.dims)

@@ -56,6 +56,21 @@ pub struct ValueInfo {
     pub elem_type: ElemType,
     /// Dimensions; `None` when the file declares no shape at all.
     pub dims: Option<Vec<Dim>>,
+    /// For a graph input that indexes a constant table (a token embedding's Gather reads it
+    /// as indices, directly or through Casts): the ids that table has rows for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index_limit: Option<IndexLimit>,
+}
+
+/// The ids a graph input may hold because an embedding looks them up: ONNX's Gather takes
+/// `-rows..rows` (a negative id counts from the end), and any other id has no row, which the
+/// engines report as a crash or an out-of-bounds error deep inside the run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IndexLimit {
+    /// Rows of the table (the smallest, if the input indexes several).
+    pub rows: usize,
+    /// The Gather node that looks the ids up.
+    pub node: String,
 }
 
 /// One dimension of a declared shape.

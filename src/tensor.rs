@@ -12,7 +12,7 @@ use ndarray::ArrayD;
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 
 use crate::error::{RecurError, Result};
-use crate::ir::{Dim, ElemType, ValueInfo};
+use crate::ir::{Dim, ElemType, IndexLimit, ValueInfo};
 
 /// A tensor on the host in one of the element types recurrent models take or give.
 #[derive(Debug, Clone, PartialEq)]
@@ -214,6 +214,7 @@ pub fn check_inputs(
         let tensor = convert_elem_type(&decl.name, tensor, decl.elem_type)?;
         check_dims(decl, tensor.shape(), &mut symbols)?;
         check_finite(&decl.name, &tensor)?;
+        check_indices(&decl.name, decl.index_limit.as_ref(), &tensor)?;
         tensors.push((name, tensor));
     }
     Ok(CheckedInputs { tensors })
@@ -248,8 +249,10 @@ pub fn check_inputs_into(
         *into = check_inputs(declared, wanted().cloned().collect())?;
         return Ok(());
     }
-    for (name, tensor) in wanted() {
+    // In declared order, as `into` holds them.
+    for (decl, (name, tensor)) in declared.iter().zip(wanted()) {
         check_finite(name, tensor)?;
+        check_indices(name, decl.index_limit.as_ref(), tensor)?;
     }
     for ((_, from), (_, to)) in wanted().zip(&mut into.tensors) {
         copy_values(from, to);
@@ -414,6 +417,41 @@ fn check_finite(name: &str, tensor: &HostTensor) -> Result<()> {
     Ok(())
 }
 
+/// Refuses token ids the embedding that reads `name` has no row for (see [`IndexLimit`]),
+/// naming the first one, where it is, and the embedding's node.
+fn check_indices(name: &str, limit: Option<&IndexLimit>, tensor: &HostTensor) -> Result<()> {
+    let Some(limit) = limit else {
+        return Ok(());
+    };
+    let rows = limit.rows as i64;
+    let outside = |id: i64| id < -rows || id >= rows;
+    let found = match tensor {
+        HostTensor::I64(a) => a
+            .indexed_iter()
+            .find(|(_, id)| outside(**id))
+            .map(|(at, id)| (at, *id)),
+        HostTensor::I32(a) => a
+            .indexed_iter()
+            .find(|(_, id)| outside(i64::from(**id)))
+            .map(|(at, id)| (at, i64::from(*id))),
+        HostTensor::F32(_) => None,
+    };
+    match found {
+        None => Ok(()),
+        Some((at, id)) => Err(RecurError::input(
+            name,
+            format!(
+                "token id {id} at index {:?} has no row in embedding '{}' ({} rows: ids {}..={})",
+                ndarray::Dimension::slice(&at).to_vec(),
+                limit.node,
+                limit.rows,
+                -rows,
+                rows - 1
+            ),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,6 +461,7 @@ mod tests {
             name: name.into(),
             elem_type,
             dims: Some(dims),
+            index_limit: None,
         }
     }
 

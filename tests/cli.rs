@@ -13,7 +13,7 @@ use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::WriteNpyExt;
 
 use common::{all_cases, compare};
-use onnx_builder::{attr_string, lstm_model, write_model};
+use onnx_builder::{attr_string, embedding_lstm_model, lstm_model, write_model};
 
 fn recur(args: &[&str]) -> Output {
     Command::cargo_bin("recur")
@@ -549,4 +549,67 @@ fn bench_reports_median_and_p90_as_json() {
         ]),
         &["missing.npy"],
     );
+}
+
+/// Token ids the embedding has no row for are refused before any engine runs (one line naming
+/// the input, the id, where it is and the embedding's node), whether the ids reach the Gather
+/// directly or through a Cast; the ids ONNX's Gather takes run, a negative one naming the row
+/// it counts from the end.
+#[test]
+fn token_ids_outside_the_embedding_are_refused_naming_the_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    for cast in [false, true] {
+        let model = write_model(
+            tmp.path(),
+            &format!("embed_cast{cast}.onnx"),
+            &embedding_lstm_model(cast),
+        );
+        let run_ids = |name: &str, ids: Vec<i64>| {
+            let tokens = npy(tmp.path(), &format!("{name}.npy"), &[3, 2], ids);
+            let out_dir = tmp.path().join(name);
+            let out = recur(&[
+                "run",
+                &s(&model),
+                "--input",
+                &format!("tokens={}", s(&tokens)),
+                "--out",
+                &s(&out_dir),
+            ]);
+            (out, out_dir)
+        };
+        let (out, _) = run_ids("high", vec![0, 1, 2, 3, 7, 5]);
+        assert_user_error(
+            &out,
+            &[
+                "input 'tokens'",
+                "token id 7",
+                "[2, 0]",
+                "'embed0'",
+                "7 rows",
+            ],
+        );
+        let (out, _) = run_ids("low", vec![0, -8, 2, 3, 4, 5]);
+        assert_user_error(
+            &out,
+            &["input 'tokens'", "token id -8", "[0, 1]", "'embed0'"],
+        );
+        // -7 is row 0 and -1 row 6, as ONNX Runtime takes them.
+        let (negative, negative_dir) = run_ids("negative", vec![-7, 1, 2, 3, -1, 5]);
+        let (positive, positive_dir) = run_ids("positive", vec![0, 1, 2, 3, 6, 5]);
+        assert!(negative.status.success(), "{}", stderr(&negative));
+        assert!(positive.status.success(), "{}", stderr(&positive));
+        let y = |dir: &Path| {
+            recur::tensor::read_npy(&dir.join("Y.npy"))
+                .unwrap()
+                .to_f32()
+        };
+        compare(&y(&negative_dir), &y(&positive_dir), 0.0, 0.0).unwrap();
+        // inspect says which ids the input takes.
+        let text = recur(&["inspect", &s(&model)]);
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(text.contains("ids -7..=6 ('embed0')"), "{text}");
+        let json = recur(&["inspect", &s(&model), "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        assert_eq!(json["inputs"][0]["index_limit"]["rows"], 7, "{json}");
+    }
 }

@@ -130,13 +130,56 @@ pub fn lift(proto: &ModelProto) -> Result<RecurrentModel> {
             .input
             .iter()
             .filter(|i| index.graph_inputs.contains(i.name.as_str()))
-            .map(value_info)
+            .map(|i| ValueInfo {
+                index_limit: index_limit(graph, &index, &i.name),
+                ..value_info(i)
+            })
             .collect(),
         outputs: graph.output.iter().map(value_info).collect(),
         layers,
         op_histogram: op_histogram(graph, false),
         parameter_count,
     })
+}
+
+/// The table rows the graph input `input` may index: the Gathers on a constant table that
+/// read it as indices, directly or through Casts (tf2onnx casts Keras's int64 tokens to
+/// int32 first), the one with the fewest rows along its axis.
+fn index_limit(graph: &GraphProto, index: &GraphIndex, input: &str) -> Option<IndexLimit> {
+    let mut names = vec![input];
+    let mut limit: Option<IndexLimit> = None;
+    let mut next = 0;
+    while let Some(&name) = names.get(next) {
+        next += 1;
+        for (i, node) in graph.node.iter().enumerate() {
+            let reads = |k: usize| node.input.get(k).is_some_and(|n| n == name);
+            match node.op_type.as_str() {
+                "Cast" if reads(0) => names.extend(node.output.first().map(String::as_str)),
+                "Gather" if reads(1) => {
+                    let Some(table) = index.constant(node.input.first()) else {
+                        continue;
+                    };
+                    let display = node_display_name(node, i);
+                    let rank = table.dims.len() as i64;
+                    let axis = NodeAttrs::new(node, &display).int("axis").unwrap_or(0);
+                    let axis = if axis < 0 { axis + rank } else { axis };
+                    let Some(&rows) = usize::try_from(axis).ok().and_then(|a| table.dims.get(a))
+                    else {
+                        continue;
+                    };
+                    let rows = rows.max(0) as usize;
+                    if limit.as_ref().is_none_or(|l| rows < l.rows) {
+                        limit = Some(IndexLimit {
+                            rows,
+                            node: display,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    limit
 }
 
 fn value_info(v: &ValueInfoProto) -> ValueInfo {
@@ -159,6 +202,7 @@ fn value_info(v: &ValueInfoProto) -> ValueInfo {
                 })
                 .collect()
         }),
+        index_limit: None,
     }
 }
 

@@ -140,3 +140,36 @@ pub fn write_model(dir: &std::path::Path, name: &str, model: &ModelProto) -> std
     std::fs::write(&path, model.encode_to_vec()).expect("model written");
     path
 }
+
+/// [`lstm_model`] fed by a token embedding: int64 `tokens` `[seq, batch]`, looked up in a
+/// constant `[7, 3]` table by a Gather (through a Cast to int32 first when `cast`, as
+/// tf2onnx writes it), then the LSTM.
+pub fn embedding_lstm_model(cast: bool) -> ModelProto {
+    let mut model = lstm_model(vec![]);
+    let graph = model.graph.as_mut().expect("graph");
+    let indices = if cast { "tokens32" } else { "tokens" };
+    let mut nodes = vec![];
+    if cast {
+        nodes.push(NodeProto {
+            name: "cast0".into(),
+            op_type: "Cast".into(),
+            input: vec!["tokens".into()],
+            output: vec!["tokens32".into()],
+            attribute: vec![attr_int("to", 6)],
+            ..Default::default()
+        });
+    }
+    nodes.push(NodeProto {
+        name: "embed0".into(),
+        op_type: "Gather".into(),
+        input: vec!["table".into(), indices.into()],
+        output: vec!["emb".into()],
+        ..Default::default()
+    });
+    graph.node[0].input[0] = "emb".into();
+    nodes.append(&mut graph.node);
+    graph.node = nodes;
+    graph.initializer.push(f32_tensor("table", &[7, 3], 4));
+    graph.input = vec![value_info("tokens", 7, &[D::S("seq"), D::S("batch")])];
+    model
+}
