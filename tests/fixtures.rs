@@ -219,3 +219,34 @@ fn stock_tract_goes_wrong_only_where_a_known_defect_explains_it() {
         "stock tract got every fixture right: recheck the defect list"
     );
 }
+
+/// Values no engine takes (a sequence length past the sequence's end) fail the run on recur's
+/// executor and on tract alike, and the executor keeps the model: the next run, with good
+/// lengths, runs on it and matches the reference. (The executor used to hand a model to
+/// tract for good on any run it refused.)
+#[test]
+fn a_bad_sequence_length_fails_the_run_and_the_executor_keeps_the_model() {
+    use recur::tensor::{read_npy, HostTensor};
+    let dir = common::repo_root().join("models/matrix/lstm_seqlens_runtime");
+    let model = Model::load(&dir.join("model.onnx")).unwrap();
+    let mut backend = TractBackend::new(&model, &model.path).unwrap();
+    assert!(backend.runs_natively());
+    let x = read_npy(&dir.join("in_0.npy")).unwrap();
+    let inputs = |lens: HostTensor| {
+        let given = vec![("X".to_string(), x.clone()), ("sequence_lens".into(), lens)];
+        check_inputs(&model.ir.inputs, given).unwrap()
+    };
+    let bad = HostTensor::I32(ndarray::arr1(&[9, 99, 2]).into_dyn());
+    let err = backend.run(&inputs(bad)).unwrap_err().to_string();
+    assert!(err.contains("sequence_lens") && err.contains("99"), "{err}");
+    assert!(
+        backend.runs_natively(),
+        "the executor gave way: {:?}",
+        backend.gave_way()
+    );
+    let good = read_npy(&dir.join("in_1.npy")).unwrap();
+    let out = backend.run(&inputs(good)).unwrap();
+    assert!(backend.runs_natively());
+    let reference = read_npy(&dir.join("out_0.npy")).unwrap().to_f32();
+    common::compare(&out[0].1.to_f32(), &reference, 1e-5, 0.0).unwrap();
+}

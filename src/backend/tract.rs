@@ -33,6 +33,16 @@ pub struct TractBackend {
     gave_way: Option<String>,
 }
 
+/// Why recur's executor did not run a call.
+enum NativeMiss {
+    /// It does not hold this model.
+    Absent,
+    /// It refused the call, for this reason.
+    Refused(String),
+    /// It panicked (and has handed the model to tract).
+    Panicked,
+}
+
 impl TractBackend {
     /// The CPU path: tract with recur's recurrent kernels, after the guard has accepted the
     /// model.
@@ -56,20 +66,22 @@ impl TractBackend {
         Self::build(model, true)
     }
 
-    /// Runs `run` on recur's executor when it holds this model. When it cannot take the
-    /// inputs (an integer shape computation, say) or panics, tract runs this model from now
-    /// on and the caller goes on with tract (None). A panic is a bug in recur's executor, so
-    /// it is logged as a warning; either way [`Self::gave_way`] keeps the reason.
+    /// Runs `run` on recur's executor when it holds this model, or says why it did not. A
+    /// panic is a bug in recur's executor: it is logged as a warning and tract runs this
+    /// model from now on. A refusal (inputs it cannot take, an integer shape computation,
+    /// say, or values no engine takes) is settled by [`Self::settle`] once tract has tried.
     fn try_native<T>(
         &mut self,
         run: impl FnOnce(&mut super::native::NativePlan) -> std::result::Result<T, String>,
-    ) -> Option<T> {
-        let native = self.native.as_mut()?;
-        let why = match catch_unwind(AssertUnwindSafe(|| run(native))) {
-            Ok(Ok(outputs)) => return Some(outputs),
+    ) -> std::result::Result<T, NativeMiss> {
+        let Some(native) = self.native.as_mut() else {
+            return Err(NativeMiss::Absent);
+        };
+        match catch_unwind(AssertUnwindSafe(|| run(native))) {
+            Ok(Ok(outputs)) => Ok(outputs),
             Ok(Err(why)) => {
-                tracing::debug!("recur's executor gives way to tract: {why}");
-                why
+                tracing::debug!("recur's executor gives way to tract for this run: {why}");
+                Err(NativeMiss::Refused(why))
             }
             Err(panic) => {
                 let why = format!("recur's executor panicked: {}", panic_message(panic));
@@ -77,12 +89,24 @@ impl TractBackend {
                     "{}: {why}; tract runs this model from now on",
                     self.path.display()
                 );
-                why
+                self.native = None;
+                self.gave_way = Some(why);
+                Err(NativeMiss::Panicked)
             }
-        };
-        self.native = None;
-        self.gave_way = Some(why);
-        None
+        }
+    }
+
+    /// After tract ran a call recur's executor refused: if tract ran it, the executor cannot
+    /// take this model and tract runs it from now on ([`Self::gave_way`] keeps the reason);
+    /// if tract refused it too, the inputs were at fault (a sequence length past the end,
+    /// say) and the executor keeps the model for the calls that follow.
+    fn settle<T>(&mut self, miss: NativeMiss, tract_ran: &Result<T>) {
+        if let NativeMiss::Refused(why) = miss {
+            if tract_ran.is_ok() {
+                self.native = None;
+                self.gave_way = Some(why);
+            }
+        }
     }
 
     /// Why recur's executor handed this model to tract after running it (a panic, or inputs
@@ -202,9 +226,38 @@ impl Backend for TractBackend {
     }
 
     fn run(&mut self, inputs: &CheckedInputs) -> Result<Vec<(String, HostTensor)>> {
-        if let Some(outputs) = self.try_native(|native| native.run(inputs)) {
-            return Ok(outputs);
-        }
+        let miss = match self.try_native(|native| native.run(inputs)) {
+            Ok(outputs) => return Ok(outputs),
+            Err(miss) => miss,
+        };
+        let ran = self.run_on_tract(inputs);
+        self.settle(miss, &ran);
+        ran
+    }
+
+    /// On recur's executor the state is read and written where it lies (see
+    /// [`super::native::NativePlan::run_carried`]); on tract it goes in as inputs.
+    fn run_carried(
+        &mut self,
+        user: &CheckedInputs,
+        mut carried: super::Carried<'_>,
+    ) -> Result<Vec<(String, HostTensor)>> {
+        let miss = match self.try_native(|native| native.run_carried(user, carried.reborrow())) {
+            Ok(outputs) => return Ok(outputs),
+            Err(miss) => miss,
+        };
+        // tract alone runs this call: the executor has just refused it.
+        let held = self.native.take();
+        let ran = super::run_carried_as_inputs(self, user, carried);
+        self.native = held;
+        self.settle(miss, &ran);
+        ran
+    }
+}
+
+impl TractBackend {
+    /// One run on tract's plan for these inputs' shapes.
+    fn run_on_tract(&mut self, inputs: &CheckedInputs) -> Result<Vec<(String, HostTensor)>> {
         let plan = self.plan_for(inputs)?;
         let outlets = plan
             .model()
@@ -237,21 +290,6 @@ impl Backend for TractBackend {
                 ))
             })
             .collect()
-    }
-
-    /// On recur's executor the state is read and written where it lies (see
-    /// [`super::native::NativePlan::run_carried`]); on tract it goes in as inputs.
-    fn run_carried(
-        &mut self,
-        user: &CheckedInputs,
-        mut carried: super::Carried<'_>,
-    ) -> Result<Vec<(String, HostTensor)>> {
-        if let Some(outputs) =
-            self.try_native(|native| native.run_carried(user, carried.reborrow()))
-        {
-            return Ok(outputs);
-        }
-        super::run_carried_as_inputs(self, user, carried)
     }
 }
 
