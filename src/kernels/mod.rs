@@ -755,6 +755,40 @@ mod tests {
         })
     }
 
+    /// Pseudo-random W, R, B (seeds `seed`, `seed + 10`, `seed + 20`) and, for an LSTM with
+    /// peepholes, P (`seed + 30`), laid out for `spec` with `input` features.
+    fn random_weights(spec: &LayerSpec, input: usize, seed: u32) -> LayerWeights {
+        let (dirs, h) = (spec.direction.count(), spec.hidden);
+        let gh = spec.cell.gates() * h;
+        let array3 = |shape: [usize; 3], seed| -> Array3<f32> {
+            pseudo_random(&shape, seed).into_dimensionality().unwrap()
+        };
+        let array2 = |shape: [usize; 2], seed| -> Array2<f32> {
+            pseudo_random(&shape, seed).into_dimensionality().unwrap()
+        };
+        let (w, r) = (
+            array3([dirs, gh, input], seed),
+            array3([dirs, gh, h], seed + 10),
+        );
+        let bias = array2([dirs, 2 * gh], seed + 20);
+        let peepholes = matches!(
+            spec.cell,
+            Cell::Lstm {
+                peepholes: true,
+                ..
+            }
+        )
+        .then(|| array2([dirs, 3 * h], seed + 30));
+        LayerWeights::prepare(
+            spec,
+            w.view(),
+            r.view(),
+            Some(bias.view()),
+            peepholes.as_ref().map(|p| p.view()),
+        )
+        .unwrap()
+    }
+
     /// The batch-first run (input read and Y written in place) gives the time-major run's
     /// values bit for bit, for every cell, both directions and ragged lengths; and one
     /// `step_layer` gives a one-step `run_layer` bit for bit.
@@ -784,20 +818,8 @@ mod tests {
                     clip: None,
                     cell,
                 };
-                let gh = spec.cell.gates() * h;
                 let seed = 60 + n as u32;
-                let w = pseudo_random(&[1, gh, i], seed)
-                    .into_dimensionality()
-                    .unwrap();
-                let r = pseudo_random(&[1, gh, h], seed + 1)
-                    .into_dimensionality()
-                    .unwrap();
-                let bias = pseudo_random(&[1, 2 * gh], seed + 2)
-                    .into_dimensionality()
-                    .unwrap();
-                let weights =
-                    LayerWeights::prepare(&spec, w.view(), r.view(), Some(bias.view()), None)
-                        .unwrap();
+                let weights = random_weights(&spec, i, seed);
                 let x_bt: Array3<f32> = pseudo_random(&[b, t, i], seed + 3)
                     .into_dimensionality()
                     .unwrap();
@@ -839,19 +861,8 @@ mod tests {
                 clip: None,
                 cell,
             };
-            let gh = spec.cell.gates() * h;
             let seed = 7 + n as u32;
-            let w = pseudo_random(&[2, gh, i], seed)
-                .into_dimensionality()
-                .unwrap();
-            let r = pseudo_random(&[2, gh, h], seed + 10)
-                .into_dimensionality()
-                .unwrap();
-            let bias = pseudo_random(&[2, 2 * gh], seed + 20)
-                .into_dimensionality()
-                .unwrap();
-            let weights =
-                LayerWeights::prepare(&spec, w.view(), r.view(), Some(bias.view()), None).unwrap();
+            let weights = random_weights(&spec, i, seed);
             let x_bt: Array3<f32> = pseudo_random(&[b, t, i], seed + 30)
                 .into_dimensionality()
                 .unwrap();
@@ -976,35 +987,11 @@ mod tests {
                 clip,
                 cell,
             };
-            let gh = spec.cell.gates() * h;
             let seed = 50 + n as u32;
             let array3 = |shape: [usize; 3], seed| -> Array3<f32> {
                 pseudo_random(&shape, seed).into_dimensionality().unwrap()
             };
-            let (w, r) = (array3([2, gh, i], seed), array3([2, gh, h], seed + 10));
-            let bias = pseudo_random(&[2, 2 * gh], seed + 20)
-                .into_dimensionality()
-                .unwrap();
-            let peepholes = matches!(
-                spec.cell,
-                Cell::Lstm {
-                    peepholes: true,
-                    ..
-                }
-            )
-            .then(|| {
-                pseudo_random(&[2, 3 * h], seed + 30)
-                    .into_dimensionality()
-                    .unwrap()
-            });
-            let weights = LayerWeights::prepare(
-                &spec,
-                w.view(),
-                r.view(),
-                Some(bias.view()),
-                peepholes.as_ref().map(|p: &Array2<f32>| p.view()),
-            )
-            .unwrap();
+            let weights = random_weights(&spec, i, seed);
             let x = array3([t, b, i], seed + 40).mapv(|v| 4.0 * v);
             let (h0, c0) = (array3([2, b, h], seed + 50), array3([2, b, h], seed + 60));
             // Ragged (no step has every sequence), and every sequence the whole length.
