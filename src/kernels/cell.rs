@@ -186,15 +186,25 @@ impl<'a> Step<'a> {
         // Gate order in ONNX: z, r, h.
         let (zr, h_g) = gates.split_at_mut(2 * h);
         let rh = &mut scratch.extra;
-        matvec_packed(zr, h_prev, &r_packed[0]);
         if linear_before_reset {
-            // h~ = g(X·Whᵀ + Wbh + r ⊙ (H·Rhᵀ + Rbh))
+            // h~ = g(X·Whᵀ + Wbh + r ⊙ (H·Rhᵀ + Rbh)). Both products read only H, so a step
+            // whose panels run backwards also takes the two matrices in reverse: each step
+            // then starts on the matrix the previous one read last, whose panels are still in
+            // L1 (together 48 KiB for hidden 64, more than a 32 KiB L1 holds). The same bits
+            // in either order.
             rh.copy_from_slice(&self.weights.rb_h);
-            matvec_packed(rh, h_prev, &r_packed[1]);
+            if backwards {
+                matvec_packed(rh, h_prev, &r_packed[1]);
+                matvec_packed(zr, h_prev, &r_packed[0]);
+            } else {
+                matvec_packed(zr, h_prev, &r_packed[0]);
+                matvec_packed(rh, h_prev, &r_packed[1]);
+            }
             self.gru_gates(zr);
             self.gru_reset_after(zr, rh, h_g);
         } else {
             // h~ = g(X·Whᵀ + Wbh + Rbh + (r ⊙ H)·Rhᵀ)
+            matvec_packed(zr, h_prev, &r_packed[0]);
             self.gru_gates(zr);
             gru_reset_before(zr, h_prev, rh);
             matvec_packed(h_g, rh, &r_packed[1]);
