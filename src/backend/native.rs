@@ -39,6 +39,14 @@ impl Value {
         }
     }
 
+    /// The value's shape, read where it lies.
+    fn shape(&self) -> &[usize] {
+        match self {
+            Value::F32(a) => a.shape(),
+            Value::I64(a) => a.shape(),
+        }
+    }
+
     /// A graph output as it leaves, in standard layout (a Transpose inside only sets
     /// strides).
     fn into_host(self) -> HostTensor {
@@ -1077,39 +1085,28 @@ fn eval(op: &Op, v: &mut [Option<Value>], dying: &[usize]) -> Result<(), String>
         }
         Op::Reshape { x, rule, out } => {
             let value = v[*x].as_ref().ok_or("value not computed")?;
-            let shape: Vec<usize> = match value {
-                Value::F32(a) => a.shape().to_vec(),
-                Value::I64(a) => a.shape().to_vec(),
-            };
-            let target = reshape_target(&shape, rule)?;
-            let standard = match value {
-                Value::F32(a) => a.is_standard_layout(),
-                Value::I64(a) => a.is_standard_layout(),
-            };
-            // An input in standard layout that nothing reads later is reshaped where it lies;
-            // any other takes one copy (a view when the data is contiguous, then owned).
-            let r = if standard && dying.contains(x) {
-                let shaped = |e: ndarray::ShapeError| e.to_string();
+            let target = IxDyn(&reshape_target(value.shape(), rule)?);
+            let shaped = |e: ndarray::ShapeError| e.to_string();
+            // A value nothing reads later is reshaped where it lies (copied only when it is
+            // not in standard layout); any other takes one copy (a view when the data is
+            // contiguous, then owned).
+            let r = if dying.contains(x) {
                 match v[*x].take().ok_or("value not computed")? {
-                    Value::F32(a) => {
-                        Value::F32(a.into_shape_with_order(IxDyn(&target)).map_err(shaped)?)
-                    }
-                    Value::I64(a) => {
-                        Value::I64(a.into_shape_with_order(IxDyn(&target)).map_err(shaped)?)
-                    }
+                    Value::F32(a) => Value::F32(
+                        standard_layout(a)
+                            .into_shape_with_order(target)
+                            .map_err(shaped)?,
+                    ),
+                    Value::I64(a) => Value::I64(
+                        standard_layout(a)
+                            .into_shape_with_order(target)
+                            .map_err(shaped)?,
+                    ),
                 }
             } else {
                 match value {
-                    Value::F32(a) => Value::F32(
-                        a.to_shape(IxDyn(&target))
-                            .map_err(|e| e.to_string())?
-                            .into_owned(),
-                    ),
-                    Value::I64(a) => Value::I64(
-                        a.to_shape(IxDyn(&target))
-                            .map_err(|e| e.to_string())?
-                            .into_owned(),
-                    ),
+                    Value::F32(a) => Value::F32(a.to_shape(target).map_err(shaped)?.into_owned()),
+                    Value::I64(a) => Value::I64(a.to_shape(target).map_err(shaped)?.into_owned()),
                 }
             };
             v[*out] = Some(r);
@@ -1185,10 +1182,8 @@ fn eval(op: &Op, v: &mut [Option<Value>], dying: &[usize]) -> Result<(), String>
             });
         }
         Op::Shape { x, out } => {
-            let shape: Vec<i64> = match get(v, *x)? {
-                Value::F32(a) => a.shape().iter().map(|&d| d as i64).collect(),
-                Value::I64(a) => a.shape().iter().map(|&d| d as i64).collect(),
-            };
+            let value = v[*x].as_ref().ok_or("value not computed")?;
+            let shape: Vec<i64> = value.shape().iter().map(|&d| d as i64).collect();
             v[*out] = Some(Value::I64(
                 ArrayD::from_shape_vec(IxDyn(&[shape.len()]), shape).expect("1-D"),
             ));
@@ -1234,7 +1229,6 @@ fn slice_view<'a, T>(
     Ok(a)
 }
 
-/// A float value by reference (no copy).
 /// The input slots an op reads.
 fn reads(op: &Op) -> Vec<usize> {
     match op {
@@ -1255,6 +1249,25 @@ fn reads(op: &Op) -> Vec<usize> {
     }
 }
 
+/// The slots an op writes.
+fn outputs_of(op: &Op) -> Vec<usize> {
+    match op {
+        Op::Recurrent { outs, .. } => outs.iter().flatten().copied().collect(),
+        Op::Dense { out, .. }
+        | Op::Binary { out, .. }
+        | Op::Unary { out, .. }
+        | Op::Softmax { out, .. }
+        | Op::Reshape { out, .. }
+        | Op::Transpose { out, .. }
+        | Op::Slice { out, .. }
+        | Op::Gather { out, .. }
+        | Op::Concat { out, .. }
+        | Op::Shape { out, .. }
+        | Op::ConstantOfShape { out, .. } => vec![*out],
+    }
+}
+
+/// A float value by reference (no copy).
 fn fref(v: &[Option<Value>], s: usize) -> Result<&ArrayD<f32>, String> {
     match &v[s] {
         Some(Value::F32(a)) => Ok(a),

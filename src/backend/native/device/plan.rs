@@ -2,7 +2,7 @@
 //! of them run together as one cuDNN stack: decided from the graph alone, so that `inspect`
 //! and the tests can ask on a machine without a GPU.
 
-use super::super::{reads, NativePlan, Op, ShapeRule};
+use super::super::{outputs_of, reads, NativePlan, Op, ShapeRule};
 use crate::cuda::rnn::CellMode;
 use crate::ir::{Activation, ActivationKind, Cell, Direction, RecurrentModel};
 use crate::kernels::LayerSpec;
@@ -183,24 +183,6 @@ pub(super) fn plan_units(plan: &NativePlan, ir: &RecurrentModel) -> (Vec<Planned
         });
     }
     (planned, placements)
-}
-
-/// The slots an op writes.
-fn outputs_of(op: &Op) -> Vec<usize> {
-    match op {
-        Op::Recurrent { outs, .. } => outs.iter().flatten().copied().collect(),
-        Op::Dense { out, .. }
-        | Op::Binary { out, .. }
-        | Op::Unary { out, .. }
-        | Op::Softmax { out, .. }
-        | Op::Reshape { out, .. }
-        | Op::Transpose { out, .. }
-        | Op::Slice { out, .. }
-        | Op::Gather { out, .. }
-        | Op::Concat { out, .. }
-        | Op::Shape { out, .. }
-        | Op::ConstantOfShape { out, .. } => vec![*out],
-    }
 }
 
 /// A layer that continues a cuDNN stack, found by [`stacked_on`].
