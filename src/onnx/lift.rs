@@ -156,23 +156,10 @@ fn index_limit(graph: &GraphProto, index: &GraphIndex, input: &str) -> Option<In
             match node.op_type.as_str() {
                 "Cast" if reads(0) => names.extend(node.output.first().map(String::as_str)),
                 "Gather" if reads(1) => {
-                    let Some(table) = index.constant(node.input.first()) else {
-                        continue;
-                    };
-                    let display = node_display_name(node, i);
-                    let rank = table.dims.len() as i64;
-                    let axis = NodeAttrs::new(node, &display).int("axis").unwrap_or(0);
-                    let axis = if axis < 0 { axis + rank } else { axis };
-                    let Some(&rows) = usize::try_from(axis).ok().and_then(|a| table.dims.get(a))
-                    else {
-                        continue;
-                    };
-                    let rows = rows.max(0) as usize;
-                    if limit.as_ref().is_none_or(|l| rows < l.rows) {
-                        limit = Some(IndexLimit {
-                            rows,
-                            node: display,
-                        });
+                    if let Some(found) = gathered_rows(node, i, index) {
+                        if limit.as_ref().is_none_or(|l| found.rows < l.rows) {
+                            limit = Some(found);
+                        }
                     }
                 }
                 _ => {}
@@ -180,6 +167,21 @@ fn index_limit(graph: &GraphProto, index: &GraphIndex, input: &str) -> Option<In
         }
     }
     limit
+}
+
+/// For a Gather on a constant table (node `i` of the graph): the table's size along the
+/// Gather's axis, and the node.
+fn gathered_rows(node: &NodeProto, i: usize, index: &GraphIndex) -> Option<IndexLimit> {
+    let table = index.constant(node.input.first())?;
+    let display = node_display_name(node, i);
+    let rank = table.dims.len() as i64;
+    let axis = NodeAttrs::new(node, &display).int("axis").unwrap_or(0);
+    let axis = usize::try_from(if axis < 0 { axis + rank } else { axis }).ok()?;
+    let rows = (*table.dims.get(axis)?).max(0) as usize;
+    Some(IndexLimit {
+        rows,
+        node: display,
+    })
 }
 
 fn value_info(v: &ValueInfoProto) -> ValueInfo {
