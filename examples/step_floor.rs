@@ -14,8 +14,15 @@ use recur::kernels::{run_layer, LayerSpec, LayerWeights};
 use recur::model::Model;
 use recur::tensor::{check_inputs, HostTensor};
 
-fn stats(mut v: Vec<f64>) -> String {
+/// `v` in increasing order.
+fn sorted(v: &[f64]) -> Vec<f64> {
+    let mut v = v.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v
+}
+
+fn stats(v: Vec<f64>) -> String {
+    let v = sorted(&v);
     format!(
         "min {:.2} us  p10 {:.2} us  median {:.2} us",
         v[0],
@@ -25,9 +32,7 @@ fn stats(mut v: Vec<f64>) -> String {
 }
 
 fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    sorted(v)[v.len() / 2]
 }
 
 /// The multiply-adds of one run of `model` (its recurrent layers' products: every step's

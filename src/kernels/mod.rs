@@ -755,6 +755,17 @@ mod tests {
         })
     }
 
+    /// A layer of `cell` with its default activations in every direction and no clip.
+    fn plain_spec(cell: Cell, direction: Direction, hidden: usize) -> LayerSpec {
+        LayerSpec {
+            activations: vec![cell.default_activations(); direction.count()],
+            direction,
+            hidden,
+            clip: None,
+            cell,
+        }
+    }
+
     /// Pseudo-random W, R, B (seeds `seed`, `seed + 10`, `seed + 20`) and, for an LSTM with
     /// peepholes, P (`seed + 30`), laid out for `spec` with `input` features.
     fn random_weights(spec: &LayerSpec, input: usize, seed: u32) -> LayerWeights {
@@ -789,6 +800,33 @@ mod tests {
         .unwrap()
     }
 
+    /// Runs the layer on the batch-first `x_bt` (`[B, T, I]`, read in place) and on its
+    /// time-major copy, asserts that Y, Y_h and Y_c are the same bits, and returns the copy.
+    fn assert_batch_first_is_time_major(
+        spec: &LayerSpec,
+        weights: &LayerWeights,
+        x_bt: &Array3<f32>,
+        lengths: Option<&[usize]>,
+        h0: Option<ArrayView3<f32>>,
+    ) -> Array3<f32> {
+        let (b, t, _) = x_bt.dim();
+        let (d, h) = (spec.direction.count(), spec.hidden);
+        let x_tb = x_bt
+            .view()
+            .permuted_axes([1, 0, 2])
+            .as_standard_layout()
+            .into_owned();
+        let time_major = run_layer(spec, weights, x_tb.view(), lengths, h0, None);
+        let batch_first = run_layer_batch_first(spec, weights, x_bt.view(), lengths, h0, None);
+        let what = format!("{:?}, batch {b}, {t} steps", spec.cell);
+        let y_tm = time_major.y.into_shape_with_order((t, d, b, h)).unwrap();
+        let y_bf = batch_first.y.into_shape_with_order((b, t, d, h)).unwrap();
+        assert_eq!(y_tm.permuted_axes([2, 0, 1, 3]), y_bf, "{what}: Y");
+        assert_eq!(time_major.y_h, batch_first.y_h, "{what}: Y_h");
+        assert_eq!(time_major.y_c, batch_first.y_c, "{what}: Y_c");
+        x_tb
+    }
+
     /// The batch-first run (input read and Y written in place) gives the time-major run's
     /// values bit for bit, for every cell, both directions and ragged lengths; and one
     /// `step_layer` gives a one-step `run_layer` bit for bit.
@@ -811,31 +849,13 @@ mod tests {
                     linear_before_reset: false,
                 },
             ] {
-                let spec = LayerSpec {
-                    direction: Direction::Forward,
-                    hidden: h,
-                    activations: vec![cell.default_activations()],
-                    clip: None,
-                    cell,
-                };
+                let spec = plain_spec(cell, Direction::Forward, h);
                 let seed = 60 + n as u32;
                 let weights = random_weights(&spec, i, seed);
                 let x_bt: Array3<f32> = pseudo_random(&[b, t, i], seed + 3)
                     .into_dimensionality()
                     .unwrap();
-                let x_tb = x_bt
-                    .view()
-                    .permuted_axes([1, 0, 2])
-                    .as_standard_layout()
-                    .into_owned();
-                let time_major = run_layer(&spec, &weights, x_tb.view(), None, None, None);
-                let batch_first =
-                    run_layer_batch_first(&spec, &weights, x_bt.view(), None, None, None);
-                let y_tm = time_major.y.into_shape_with_order((t, b, h)).unwrap();
-                let y_bf = batch_first.y.into_shape_with_order((b, t, h)).unwrap();
-                let what = format!("{:?}, batch {b}, {t} steps", spec.cell);
-                assert_eq!(y_tm.permuted_axes([1, 0, 2]), y_bf, "{what}: Y");
-                assert_eq!(time_major.y_h, batch_first.y_h, "{what}: Y_h");
+                assert_batch_first_is_time_major(&spec, &weights, &x_bt, None, None);
             }
         }
     }
@@ -854,13 +874,7 @@ mod tests {
             Cell::Rnn,
         ];
         for (n, cell) in cells.into_iter().enumerate() {
-            let spec = LayerSpec {
-                direction: Direction::Bidirectional,
-                hidden: h,
-                activations: vec![cell.default_activations(); 2],
-                clip: None,
-                cell,
-            };
+            let spec = plain_spec(cell, Direction::Bidirectional, h);
             let seed = 7 + n as u32;
             let weights = random_weights(&spec, i, seed);
             let x_bt: Array3<f32> = pseudo_random(&[b, t, i], seed + 30)
@@ -870,32 +884,13 @@ mod tests {
                 .into_dimensionality()
                 .unwrap();
             let lengths = [23, 1, 17, 23, 9];
-            let x_tb = x_bt
-                .view()
-                .permuted_axes([1, 0, 2])
-                .as_standard_layout()
-                .into_owned();
-            let time_major = run_layer(
+            let x_tb = assert_batch_first_is_time_major(
                 &spec,
                 &weights,
-                x_tb.view(),
+                &x_bt,
                 Some(&lengths),
                 Some(h0.view()),
-                None,
             );
-            let batch_first = run_layer_batch_first(
-                &spec,
-                &weights,
-                x_bt.view(),
-                Some(&lengths),
-                Some(h0.view()),
-                None,
-            );
-            let y_tm = time_major.y.into_shape_with_order((t, 2, b, h)).unwrap();
-            let y_bf = batch_first.y.into_shape_with_order((b, t, 2, h)).unwrap();
-            assert_eq!(y_tm.permuted_axes([2, 0, 1, 3]), y_bf, "{:?}: Y", spec.cell);
-            assert_eq!(time_major.y_h, batch_first.y_h, "{:?}: Y_h", spec.cell);
-            assert_eq!(time_major.y_c, batch_first.y_c, "{:?}: Y_c", spec.cell);
 
             // One step: step_layer against run_layer on the first time step.
             let x1 = x_tb.slice(ndarray::s![0..1, .., ..]);
